@@ -1,0 +1,185 @@
+//! AMQP connections and a publisher that waits for confirms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use crate::event::Event;
+use crate::job::JobKind;
+use crate::topology::{EVENTS_EXCHANGE, JOBS_EXCHANGE};
+use crate::{Error, Result};
+
+/// How long a publication may wait for the broker's confirm before it counts as failed.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Persistent delivery mode.
+const PERSISTENT: u8 = 2;
+
+/// Connects to RabbitMQ on the tokio runtime; `name` shows in the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    Connection::connect(url, props).await.map_err(Error::broker("connecting to RabbitMQ"))
+}
+
+/// A URL with its password replaced by `***`, for log lines.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The AMQP properties of a job message: JSON, persistent, `message-id` = job id, `type`.
+pub fn job_properties(kind: JobKind, job_id: &str, app_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(job_id.into())
+        .with_type(kind.message_type().into())
+        .with_app_id(app_id.into())
+}
+
+/// A channel in confirm mode. Cloning shares the channel; publications from many tasks
+/// interleave and each waits for its own confirm.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `conn`.
+    pub async fn open(conn: &Connection) -> Result<Self> {
+        let channel = conn.create_channel().await.map_err(Error::broker("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(Error::broker("enabling publisher confirms"))?;
+        Ok(Publisher { channel })
+    }
+
+    /// The underlying channel (for declarations).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
+    /// takes is an error rather than silently dropped.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<()> {
+        let not_confirmed = |reason: String| Error::NotConfirmed {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            reason,
+        };
+        let opts = BasicPublishOptions { mandatory, ..Default::default() };
+        let confirm = self
+            .channel
+            .basic_publish(exchange, routing_key, opts, body, props)
+            .await
+            .map_err(Error::broker("publishing"))?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| not_confirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}")))?
+            .map_err(Error::broker("waiting for a publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(not_confirmed("no queue is bound for it".into())),
+            Confirmation::Nack(_) => Err(not_confirmed("the broker refused it (nack)".into())),
+        }
+    }
+
+    /// Publishes a job message onto `dfe.jobs`.
+    pub async fn publish_job(&self, kind: JobKind, job_id: &str, body: &[u8], app_id: &str) -> Result<()> {
+        let props = job_properties(kind, job_id, app_id);
+        self.publish(JOBS_EXCHANGE, kind.as_str(), true, body, props).await
+    }
+
+    /// Publishes an event onto `dfe.events` (not mandatory: an event nobody listens to is fine).
+    pub async fn publish_event(&self, event: &Event, app_id: &str) -> Result<()> {
+        let body = serde_json::to_vec(event).map_err(Error::Json)?;
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(event.event_id.to_string().into())
+            .with_type(event.event.as_str().into())
+            .with_app_id(app_id.into());
+        self.publish(EVENTS_EXCHANGE, &event.event, false, &body, props).await
+    }
+}
+
+/// Adds a string header to a header table.
+pub fn set_header(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+}
+
+/// A lazily (re)connecting publisher: the API keeps accepting jobs while the broker is down
+/// (they are recorded first) and reconnects on the next use once it is back.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    url: String,
+    name: String,
+    state: Arc<Mutex<Option<(Connection, Publisher)>>>,
+}
+
+impl BrokerHandle {
+    /// A handle that connects on first use.
+    pub fn new(url: &str, name: &str) -> Self {
+        BrokerHandle { url: url.to_owned(), name: name.to_owned(), state: Arc::new(Mutex::new(None)) }
+    }
+
+    /// A connected publisher, connecting (and declaring the topology) when needed.
+    pub async fn publisher(&self) -> Result<Publisher> {
+        let mut state = self.state.lock().await;
+        if let Some((conn, publisher)) = state.as_ref() {
+            if conn.status().connected() && publisher.channel.status().connected() {
+                return Ok(publisher.clone());
+            }
+        }
+        *state = None;
+        let conn = connect(&self.url, &self.name).await?;
+        let publisher = Publisher::open(&conn).await?;
+        crate::topology::declare(publisher.channel()).await?;
+        *state = Some((conn, publisher.clone()));
+        Ok(publisher)
+    }
+
+    /// Whether the broker answers now (for readiness).
+    pub async fn is_ready(&self) -> bool {
+        self.publisher().await.is_ok()
+    }
+
+    /// Forgets the connection after a failure so the next use reconnects.
+    pub async fn reset(&self) {
+        if let Some((conn, _)) = self.state.lock().await.take() {
+            let _ = conn.close(200, "reconnecting").await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("postgres://dfe:s3cr%40t@h/db"), "postgres://dfe:***@h/db");
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

@@ -1,0 +1,369 @@
+//! Configuration: a TOML file (`--config FILE` or `DFE_CONFIG`), overridden by environment
+//! variables `DFE__SECTION__KEY` (e.g. `DFE__AMQP__URL`). Every binary reads the same file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+use crate::{Error, Result};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    /// RabbitMQ.
+    #[serde(default)]
+    pub amqp: AmqpConfig,
+    /// The registry database.
+    pub registry: RegistryConfig,
+    /// dfe-api.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// dfe-worker.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Provisioners (DFE's `config/provisioners.php`).
+    pub provisioners: ProvisionersConfig,
+    /// Docker clusters, by id.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Database servers, by id.
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseServerConfig>,
+    /// The snapshot store.
+    #[serde(default)]
+    pub snapshots: SnapshotsConfig,
+    /// Names of what the sub-provisioners make.
+    #[serde(default)]
+    pub naming: NamingConfig,
+}
+
+/// RabbitMQ connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AmqpConfig {
+    /// Broker URL.
+    #[serde(default = "default_amqp_url")]
+    pub url: String,
+}
+
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig { url: default_amqp_url() }
+    }
+}
+
+/// Registry database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// PostgreSQL URL of the registry database.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+/// dfe-api.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApiConfig {
+    /// Listen address; port 0 picks a free one (the bound address is logged).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Accepted API clients.
+    #[serde(default)]
+    pub clients: Vec<ApiClient>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: default_listen(), clients: Vec::new() }
+    }
+}
+
+/// An accepted API client: its id and the SHA-256 (hex) of its bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApiClient {
+    /// Client id, recorded with the jobs it submits.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the bearer token.
+    pub token_sha256: String,
+}
+
+/// dfe-worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WorkerConfig {
+    /// Jobs one worker runs at once (its prefetch).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u16,
+    /// Seconds a job may run before it is failed.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_secs: u64,
+    /// Seconds to wait for a container's `resource-uri` to answer.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_secs: u64,
+}
+
+fn default_concurrency() -> u16 {
+    8
+}
+
+fn default_job_timeout() -> u64 {
+    300
+}
+
+fn default_health_timeout() -> u64 {
+    60
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: default_concurrency(),
+            job_timeout_secs: default_job_timeout(),
+            health_timeout_secs: default_health_timeout(),
+        }
+    }
+}
+
+/// Provisioners by tag (the `guest-location` of a job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ProvisionersConfig {
+    /// Tag used when a job names no guest location.
+    pub default: String,
+    /// Provisioner hosts by tag.
+    pub hosts: BTreeMap<String, ProvisionerHost>,
+}
+
+/// One provisioner: which implementations make the three parts, and its offerings.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ProvisionerHost {
+    /// Implementation names of the sub-provisioners.
+    pub provides: Provides,
+    /// DFE offerings, by id.
+    #[serde(default)]
+    pub offerings: BTreeMap<String, Offering>,
+    /// Path on the instance where the console talks to it.
+    #[serde(default = "default_resource_uri")]
+    pub resource_uri: String,
+    /// Docker cluster used when the job names none.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Database server of the instances' databases.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+fn default_resource_uri() -> String {
+    "/api/v2/system".into()
+}
+
+/// Implementation names of the three sub-provisioners.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Provides {
+    /// e.g. `docker-container` or `noop`.
+    pub instance: String,
+    /// e.g. `docker-volume` or `noop`.
+    pub storage: String,
+    /// e.g. `postgres` or `noop`.
+    pub db: String,
+}
+
+/// A DFE offering: a choice the client makes (e.g. the image version), with its items.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Offering {
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Display description.
+    #[serde(default)]
+    pub description: String,
+    /// Item chosen when the job does not choose.
+    #[serde(default)]
+    pub suggested: Option<String>,
+    /// Items by value; each holds attributes such as `image`, `memory`, `cpus`.
+    #[serde(default)]
+    pub items: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+}
+
+/// A Docker cluster (here: one Docker engine).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://host:2376`.
+    #[serde(default = "default_docker_host")]
+    pub docker_host: String,
+    /// Host address instance ports are published on.
+    #[serde(default = "default_publish_address")]
+    pub publish_address: String,
+    /// Directory of `ca.pem`, `cert.pem`, `key.pem` for a TLS engine.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+}
+
+fn default_docker_host() -> String {
+    "unix:///var/run/docker.sock".into()
+}
+
+fn default_publish_address() -> String {
+    "127.0.0.1".into()
+}
+
+/// A PostgreSQL server holding instance databases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DatabaseServerConfig {
+    /// Address the worker connects to.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Address instances (containers) use to reach it; `host` when absent.
+    #[serde(default)]
+    pub instance_host: Option<String>,
+    /// Admin role (needs CREATEROLE and CREATEDB).
+    pub user: String,
+    /// Admin password.
+    pub password: Secret,
+    /// Database the admin connects to.
+    #[serde(default = "default_admin_db")]
+    pub admin_database: String,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_admin_db() -> String {
+    "postgres".into()
+}
+
+/// The snapshot store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotsConfig {
+    /// Directory of the snapshots.
+    #[serde(default = "default_snapshots_path")]
+    pub path: PathBuf,
+}
+
+fn default_snapshots_path() -> PathBuf {
+    PathBuf::from("/var/lib/dfe/snapshots")
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        SnapshotsConfig { path: default_snapshots_path() }
+    }
+}
+
+/// Names of what the sub-provisioners make.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NamingConfig {
+    /// Prefix of containers, volumes (`dfe-…`), databases and roles (`dfe_…`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    "dfe".into()
+}
+
+impl Default for NamingConfig {
+    fn default() -> Self {
+        NamingConfig { prefix: default_prefix() }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or `DFE_CONFIG` when `path` is `None`), then the `DFE__…` variables,
+    /// and checks that the references between sections resolve.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => std::env::var_os("DFE_CONFIG").map(PathBuf::from).ok_or_else(|| {
+                Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into())
+            })?,
+        };
+        if !path.exists() {
+            return Err(Error::Config(format!("configuration file {} does not exist", path.display())));
+        }
+        let cfg: Config = config::Config::builder()
+            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("DFE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks references: the default provisioner exists, clusters and database servers
+    /// named by provisioners exist, prefixes are valid identifiers.
+    pub fn check(&self) -> Result<()> {
+        if !self.provisioners.hosts.contains_key(&self.provisioners.default) {
+            return Err(Error::Config(format!(
+                "provisioners.default = {:?} names no provisioners.hosts entry",
+                self.provisioners.default
+            )));
+        }
+        for (tag, host) in &self.provisioners.hosts {
+            if let Some(c) = &host.cluster {
+                if !self.clusters.contains_key(c) {
+                    return Err(Error::Config(format!("provisioners.hosts.{tag}.cluster = {c:?} names no [clusters.{c}]")));
+                }
+            }
+            if let Some(d) = &host.database {
+                if !self.databases.contains_key(d) {
+                    return Err(Error::Config(format!("provisioners.hosts.{tag}.database = {d:?} names no [databases.{d}]")));
+                }
+            }
+            for (id, offering) in &host.offerings {
+                if let Some(s) = &offering.suggested {
+                    if !offering.items.contains_key(s) {
+                        return Err(Error::Config(format!(
+                            "provisioners.hosts.{tag}.offerings.{id}.suggested = {s:?} names no item"
+                        )));
+                    }
+                }
+            }
+        }
+        let p = &self.naming.prefix;
+        if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(Error::Config(format!("naming.prefix = {p:?} must be 1-16 of [a-z0-9]")));
+        }
+        Ok(())
+    }
+
+    /// The provisioner host for a guest location (the default when `None`).
+    pub fn provisioner(&self, guest_location: Option<&str>) -> Option<(&str, &ProvisionerHost)> {
+        let tag = guest_location.unwrap_or(&self.provisioners.default);
+        self.provisioners.hosts.get_key_value(tag).map(|(k, v)| (k.as_str(), v))
+    }
+}

@@ -1,0 +1,70 @@
+//! Broker names and their idempotent declaration. The api and every worker declare the
+//! topology at start, so whichever starts first makes it and the others find it.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::job::JobKind;
+use crate::{Error, Result};
+
+/// Direct exchange of job messages; routing key = job kind.
+pub const JOBS_EXCHANGE: &str = "dfe.jobs";
+/// Topic exchange of events; routing key = event name.
+pub const EVENTS_EXCHANGE: &str = "dfe.events";
+/// Quorum queue that holds dead-lettered job messages.
+pub const DEAD_QUEUE: &str = "dfe.jobs.dead";
+/// Header naming why a message was dead-lettered.
+pub const ERROR_HEADER: &str = "x-dfe-error";
+
+/// The queue of a job kind: `dfe.jobs.provision`, …
+pub fn queue_name(kind: JobKind) -> String {
+    format!("{JOBS_EXCHANGE}.{}", kind.as_str())
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+/// Declares the exchanges, the four job queues (quorum, dead-lettering to
+/// [`DEAD_QUEUE`]) and the dead queue. Safe to call any number of times.
+pub async fn declare(channel: &Channel) -> Result<()> {
+    let exchange_opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(JOBS_EXCHANGE, ExchangeKind::Direct, exchange_opts, FieldTable::default())
+        .await
+        .map_err(Error::broker("declaring exchange dfe.jobs"))?;
+    channel
+        .exchange_declare(EVENTS_EXCHANGE, ExchangeKind::Topic, exchange_opts, FieldTable::default())
+        .await
+        .map_err(Error::broker("declaring exchange dfe.events"))?;
+    channel
+        .queue_declare(DEAD_QUEUE, durable(), quorum_args())
+        .await
+        .map_err(Error::broker("declaring queue dfe.jobs.dead"))?;
+    for kind in JobKind::ALL {
+        let mut args = quorum_args();
+        // Dead-letter through the default exchange straight into the dead queue.
+        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            AMQPValue::LongString(DEAD_QUEUE.into()),
+        );
+        let queue = queue_name(kind);
+        channel
+            .queue_declare(&queue, durable(), args)
+            .await
+            .map_err(Error::broker("declaring a job queue"))?;
+        channel
+            .queue_bind(&queue, JOBS_EXCHANGE, kind.as_str(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(Error::broker("binding a job queue"))?;
+    }
+    Ok(())
+}
