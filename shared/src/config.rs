@@ -55,7 +55,9 @@ fn default_amqp_url() -> String {
 
 impl Default for AmqpConfig {
     fn default() -> Self {
-        AmqpConfig { url: default_amqp_url() }
+        AmqpConfig {
+            url: default_amqp_url(),
+        }
     }
 }
 
@@ -92,7 +94,10 @@ fn default_listen() -> String {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_listen(), clients: Vec::new() }
+        ApiConfig {
+            listen: default_listen(),
+            clients: Vec::new(),
+        }
     }
 }
 
@@ -274,7 +279,9 @@ fn default_snapshots_path() -> PathBuf {
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        SnapshotsConfig { path: default_snapshots_path() }
+        SnapshotsConfig {
+            path: default_snapshots_path(),
+        }
     }
 }
 
@@ -293,7 +300,9 @@ fn default_prefix() -> String {
 
 impl Default for NamingConfig {
     fn default() -> Self {
-        NamingConfig { prefix: default_prefix() }
+        NamingConfig {
+            prefix: default_prefix(),
+        }
     }
 }
 
@@ -303,12 +312,17 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let path = match path {
             Some(p) => p.to_path_buf(),
-            None => std::env::var_os("DFE_CONFIG").map(PathBuf::from).ok_or_else(|| {
-                Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into())
-            })?,
+            None => std::env::var_os("DFE_CONFIG")
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into())
+                })?,
         };
         if !path.exists() {
-            return Err(Error::Config(format!("configuration file {} does not exist", path.display())));
+            return Err(Error::Config(format!(
+                "configuration file {} does not exist",
+                path.display()
+            )));
         }
         let cfg: Config = config::Config::builder()
             .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
@@ -327,7 +341,11 @@ impl Config {
     /// Checks references: the default provisioner exists, clusters and database servers
     /// named by provisioners exist, prefixes are valid identifiers.
     pub fn check(&self) -> Result<()> {
-        if !self.provisioners.hosts.contains_key(&self.provisioners.default) {
+        if !self
+            .provisioners
+            .hosts
+            .contains_key(&self.provisioners.default)
+        {
             return Err(Error::Config(format!(
                 "provisioners.default = {:?} names no provisioners.hosts entry",
                 self.provisioners.default
@@ -336,12 +354,16 @@ impl Config {
         for (tag, host) in &self.provisioners.hosts {
             if let Some(c) = &host.cluster {
                 if !self.clusters.contains_key(c) {
-                    return Err(Error::Config(format!("provisioners.hosts.{tag}.cluster = {c:?} names no [clusters.{c}]")));
+                    return Err(Error::Config(format!(
+                        "provisioners.hosts.{tag}.cluster = {c:?} names no [clusters.{c}]"
+                    )));
                 }
             }
             if let Some(d) = &host.database {
                 if !self.databases.contains_key(d) {
-                    return Err(Error::Config(format!("provisioners.hosts.{tag}.database = {d:?} names no [databases.{d}]")));
+                    return Err(Error::Config(format!(
+                        "provisioners.hosts.{tag}.database = {d:?} names no [databases.{d}]"
+                    )));
                 }
             }
             for (id, offering) in &host.offerings {
@@ -355,8 +377,15 @@ impl Config {
             }
         }
         let p = &self.naming.prefix;
-        if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-            return Err(Error::Config(format!("naming.prefix = {p:?} must be 1-16 of [a-z0-9]")));
+        if p.is_empty()
+            || p.len() > 16
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(Error::Config(format!(
+                "naming.prefix = {p:?} must be 1-16 of [a-z0-9]"
+            )));
         }
         Ok(())
     }
@@ -364,6 +393,49 @@ impl Config {
     /// The provisioner host for a guest location (the default when `None`).
     pub fn provisioner(&self, guest_location: Option<&str>) -> Option<(&str, &ProvisionerHost)> {
         let tag = guest_location.unwrap_or(&self.provisioners.default);
-        self.provisioners.hosts.get_key_value(tag).map(|(k, v)| (k.as_str(), v))
+        self.provisioners
+            .hosts
+            .get_key_value(tag)
+            .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl ProvisionerHost {
+    /// The attributes of the chosen offering items: for each offering, the job's choice or
+    /// its `suggested` item. A choice of an unknown offering or item is an error naming it
+    /// (`offerings.<id>`).
+    pub fn resolve_offerings(
+        &self,
+        chosen: Option<&BTreeMap<String, String>>,
+    ) -> std::result::Result<BTreeMap<String, serde_json::Value>, crate::ids::FieldError> {
+        use crate::ids::FieldError;
+        if let Some(chosen) = chosen {
+            if let Some(unknown) = chosen.keys().find(|k| !self.offerings.contains_key(*k)) {
+                let known: Vec<&str> = self.offerings.keys().map(String::as_str).collect();
+                return Err(FieldError::new(
+                    format!("offerings.{unknown}"),
+                    format!(
+                        "is not an offering of this provisioner (offerings: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut attributes = BTreeMap::new();
+        for (id, offering) in &self.offerings {
+            let pick = chosen
+                .and_then(|c| c.get(id))
+                .or(offering.suggested.as_ref());
+            let Some(pick) = pick else { continue };
+            let item = offering.items.get(pick).ok_or_else(|| {
+                let known: Vec<&str> = offering.items.keys().map(String::as_str).collect();
+                FieldError::new(
+                    format!("offerings.{id}"),
+                    format!("{pick:?} is not one of: {}", known.join(", ")),
+                )
+            })?;
+            attributes.extend(item.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(attributes)
     }
 }

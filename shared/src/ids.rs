@@ -19,7 +19,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -94,7 +97,9 @@ fn check_tag(s: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("may contain only letters, digits, '.', '_' and '-', found {c:?}"));
+        return Err(format!(
+            "may contain only letters, digits, '.', '_' and '-', found {c:?}"
+        ));
     }
     Ok(())
 }
@@ -216,10 +221,23 @@ mod tests {
         for ok in ["abc", "acme-1", "a1b", &"a".repeat(63)] {
             assert!(InstanceId::parse(ok).is_ok(), "{ok} should be valid");
         }
-        for bad in ["Acme", "../x", "a;drop", "ab", "1abc", "abc-", "a_b_c", &"a".repeat(64), ""] {
+        for bad in [
+            "Acme",
+            "../x",
+            "a;drop",
+            "ab",
+            "1abc",
+            "abc-",
+            "a_b_c",
+            &"a".repeat(64),
+            "",
+        ] {
             assert!(InstanceId::parse(bad).is_err(), "{bad} should be invalid");
         }
-        assert_eq!(InstanceId::parse("acme-prod-1").map(|i| i.snake()), Ok("acme_prod_1".into()));
+        assert_eq!(
+            InstanceId::parse("acme-prod-1").map(|i| i.snake()),
+            Ok("acme_prod_1".into())
+        );
     }
 
     #[test]

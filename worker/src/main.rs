@@ -1,1 +1,37 @@
-fn main() {}
+//! dfe-worker: parses arguments, loads the configuration and runs the worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Consumes provisioning jobs from RabbitMQ and carries them out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); DFE__SECTION__KEY variables override it.
+    #[arg(long, env = "DFE_CONFIG")]
+    config: PathBuf,
+    /// Unique name of this worker (default: dfe-worker-<host>-<pid>).
+    #[arg(long, env = "DFE_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Seconds running jobs get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dfe_shared::telemetry::init();
+    let args = Args::parse();
+    let config = dfe_shared::config::Config::load(Some(&args.config))?;
+    let worker_id = args.worker_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("dfe-worker-{}-{}", host.trim(), std::process::id())
+    });
+    let options = dfe_worker::Options {
+        worker_id,
+        grace: Duration::from_secs(args.grace_secs),
+    };
+    dfe_worker::run(config, options, dfe_worker::shutdown_signal()).await
+}

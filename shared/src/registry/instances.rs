@@ -106,6 +106,8 @@ pub enum InstanceChange {
     None,
     /// A provision succeeded.
     Provisioned {
+        /// The provisioner tag that made it (the job may have named none).
+        guest_location: String,
         /// Docker cluster.
         cluster_id: Option<String>,
         /// Docker host.
@@ -130,9 +132,16 @@ pub(crate) async fn claim_for_provision(
     p: &ProvisionJob,
     job_id: &str,
 ) -> Result<bool> {
-    let guest = p.guest_location.as_ref().map(|g| g.as_str().to_owned()).unwrap_or_default();
+    let guest = p
+        .guest_location
+        .as_ref()
+        .map(|g| g.as_str().to_owned())
+        .unwrap_or_default();
     let owner = serde_json::to_value(&p.owner_id).unwrap_or_default();
-    let owner_type = p.owner_type.as_ref().map(|o| serde_json::to_value(o).unwrap_or_default());
+    let owner_type = p
+        .owner_type
+        .as_ref()
+        .map(|o| serde_json::to_value(o).unwrap_or_default());
     let cluster = p.cluster_id.as_ref().map(|c| c.as_str());
     let row = tx
         .query_opt(
@@ -168,12 +177,19 @@ impl Registry {
     pub async fn instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
-        let row = client.query_opt(&sql, &[&instance_id]).await.map_err(Error::registry("reading an instance"))?;
+        let row = client
+            .query_opt(&sql, &[&instance_id])
+            .await
+            .map_err(Error::registry("reading an instance"))?;
         Ok(row.as_ref().map(InstanceRecord::from_row))
     }
 
     /// Instances, newest first; deprovisioned ones only when `include_removed`.
-    pub async fn instances(&self, include_removed: bool, limit: i64) -> Result<Vec<InstanceRecord>> {
+    pub async fn instances(
+        &self,
+        include_removed: bool,
+        limit: i64,
+    ) -> Result<Vec<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ($1 OR state <> 'deprovisioned')
@@ -212,7 +228,10 @@ impl Registry {
         change: InstanceChange,
     ) -> Result<bool> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(Error::registry("starting a job completion"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(Error::registry("starting a job completion"))?;
         let n = tx
             .execute(
                 "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
@@ -226,12 +245,13 @@ impl Registry {
         }
         let q = match &change {
             InstanceChange::None => None,
-            InstanceChange::Provisioned { cluster_id, host, resource_uri, resources } => Some(
+            InstanceChange::Provisioned { guest_location, cluster_id, host, resource_uri, resources } => Some(
                 tx.execute(
                     "UPDATE instances SET state = 'provisioned', cluster_id = coalesce($3, cluster_id),
-                            host = $4, resource_uri = $5, resources = $6, provisioned_at = now(), updated_at = now()
+                            host = $4, resource_uri = $5, resources = $6, guest_location = $7,
+                            provisioned_at = now(), updated_at = now()
                      WHERE instance_id = $1 AND job_id = $2",
-                    &[&instance_id, &job_id, cluster_id, host, resource_uri, resources],
+                    &[&instance_id, &job_id, cluster_id, host, resource_uri, resources, guest_location],
                 )
                 .await,
             ),
@@ -262,7 +282,9 @@ impl Registry {
         if let Some(r) = q {
             r.map_err(Error::registry("updating an instance"))?;
         }
-        tx.commit().await.map_err(Error::registry("committing a job completion"))?;
+        tx.commit()
+            .await
+            .map_err(Error::registry("committing a job completion"))?;
         Ok(true)
     }
 }

@@ -59,7 +59,10 @@ CREATE INDEX instances_owner ON instances (owner_id);
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.
 pub(super) async fn apply(client: &mut Object) -> Result<()> {
-    let tx = client.transaction().await.map_err(Error::registry("starting the migration"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(Error::registry("starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(Error::registry("taking the migration lock"))?;
@@ -71,7 +74,10 @@ pub(super) async fn apply(client: &mut Object) -> Result<()> {
     .await
     .map_err(Error::registry("creating dfe_schema_migrations"))?;
     let row = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM dfe_schema_migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM dfe_schema_migrations",
+            &[],
+        )
         .await
         .map_err(Error::registry("reading the schema version"))?;
     let current: i32 = row.get(0);
@@ -80,11 +86,18 @@ pub(super) async fn apply(client: &mut Object) -> Result<()> {
         if version <= current {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(Error::registry("applying a migration"))?;
-        tx.execute("INSERT INTO dfe_schema_migrations (version) VALUES ($1)", &[&version])
+        tx.batch_execute(sql)
             .await
-            .map_err(Error::registry("recording a migration"))?;
+            .map_err(Error::registry("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO dfe_schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(Error::registry("recording a migration"))?;
         tracing::info!(version, "registry migration applied");
     }
-    tx.commit().await.map_err(Error::registry("committing the migration"))
+    tx.commit()
+        .await
+        .map_err(Error::registry("committing the migration"))
 }

@@ -28,8 +28,15 @@ pub struct Registry {
 }
 
 fn pool(url: &str, size: usize, recycling: RecyclingMethod) -> Result<Pool> {
-    let pg = tokio_postgres::Config::from_str(url).map_err(Error::registry("parsing registry.url"))?;
-    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: recycling });
+    let pg =
+        tokio_postgres::Config::from_str(url).map_err(Error::registry("parsing registry.url"))?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: recycling,
+        },
+    );
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
@@ -42,14 +49,18 @@ fn pool(url: &str, size: usize, recycling: RecyclingMethod) -> Result<Pool> {
 impl Registry {
     /// Connects to the registry at `url` and applies pending migrations.
     pub async fn connect(url: &str, size: usize) -> Result<Registry> {
-        let registry = Registry { pool: pool(url, size, RecyclingMethod::Fast)? };
+        let registry = Registry {
+            pool: pool(url, size, RecyclingMethod::Fast)?,
+        };
         registry.migrate().await?;
         Ok(registry)
     }
 
     /// Connects without migrating (for read-only tools).
     pub fn connect_lazy(url: &str, size: usize) -> Result<Registry> {
-        Ok(Registry { pool: pool(url, size, RecyclingMethod::Fast)? })
+        Ok(Registry {
+            pool: pool(url, size, RecyclingMethod::Fast)?,
+        })
     }
 
     /// Applies pending migrations.

@@ -1,0 +1,116 @@
+//! dfe-api: the thin REST front of the provisioner. It validates, records and publishes;
+//! the workers do the work.
+//!
+//! Module map:
+//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, provisioners), `health`.
+//! - [`auth`]: bearer tokens checked against the configured SHA-256 digests.
+//! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
+//! - [`metrics`]: counters for `/metrics`.
+
+pub mod auth;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use dfe_shared::broker::BrokerHandle;
+use dfe_shared::config::Config;
+use dfe_shared::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use problem::Problem;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The registry.
+    pub registry: Registry,
+    /// The broker, reconnected on demand.
+    pub broker: BrokerHandle,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Accepted clients.
+    pub clients: Arc<Vec<auth::ClientKey>>,
+    /// Counters.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/ops/provision", post(routes::ops::provision))
+        .route("/api/v1/ops/deprovision", post(routes::ops::deprovision))
+        .route("/api/v1/ops/import", post(routes::ops::import))
+        .route("/api/v1/ops/export", post(routes::ops::export))
+        .route("/api/v1/ops/jobs", get(routes::read::jobs))
+        .route("/api/v1/ops/jobs/{job_id}", get(routes::read::job))
+        .route("/api/v1/ops/provisioners", get(routes::read::provisioners))
+        .route("/api/v1/instances", get(routes::read::instances))
+        .route(
+            "/api/v1/instances/{instance_id}",
+            get(routes::read::instance),
+        )
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(|| async { Problem::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` completes; in-flight requests finish first.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let clients = auth::client_keys(&config.api.clients)?;
+    if clients.is_empty() {
+        tracing::warn!(
+            "no [[api.clients]] configured: every request needing a token will be refused"
+        );
+    }
+    let registry = Registry::connect(&config.registry.url, config.registry.pool_size).await?;
+    let broker = BrokerHandle::new(&config.amqp.url, "dfe-api");
+    if let Err(e) = broker.publisher().await {
+        tracing::warn!(error = %e, "broker not reachable at start; jobs are recorded and published once it is back");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(dfe_shared::outbox::relay(
+        registry.clone(),
+        broker.clone(),
+        "dfe-api".into(),
+        stop_rx,
+    ));
+    let state = AppState {
+        registry,
+        broker,
+        config: Arc::new(config),
+        clients: Arc::new(clients),
+        metrics: Arc::default(),
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop_tx.send(true);
+    tracing::info!("dfe-api stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,5 @@
+//! Routes, one module per resource.
+
+pub mod health;
+pub mod ops;
+pub mod read;

@@ -1,0 +1,348 @@
+//! The consumer machinery: it knows AMQP, acknowledgements, locks and the registry life
+//! cycle of a job, and nothing of provisioning (that is [`crate::jobs`]).
+//!
+//! Per delivery: parse (or dead-letter) → assign the job id → record → take the instance
+//! lock → start → run the body (a panic becomes the job's failure) → record the outcome →
+//! publish the final event → acknowledge. A crash anywhere before the acknowledgement makes
+//! RabbitMQ redeliver, and every step is safe to repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfe_shared::broker::{self, Publisher};
+use dfe_shared::ids::Tag;
+use dfe_shared::job::{Job, JobKind};
+use dfe_shared::registry::instances::InstanceChange;
+use dfe_shared::registry::jobs::Submitter;
+use dfe_shared::registry::{JobState, LockPool, Registry};
+use dfe_shared::topology::{self, queue_name};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+
+use crate::deadletter;
+use crate::error::{Error, Result};
+use crate::events::{Events, JobMeta};
+use crate::jobs::{self, Env, Outcome};
+use crate::manager::Manager;
+use dfe_shared::config::Config;
+
+/// Pause before a message whose handling failed on infrastructure is requeued, so an
+/// outage does not become a hot loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why a consume session ended.
+pub enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The broker connection was lost.
+    ConnectionLost,
+}
+
+/// The consumer of one worker process.
+pub struct Consumer {
+    /// Unique name of this worker (consumer tags, logs, the registry's `worker`).
+    pub worker_id: String,
+    /// Broker URL.
+    pub amqp_url: String,
+    /// Jobs run at once, and the prefetch of each queue.
+    pub concurrency: u16,
+    /// Seconds running jobs get to finish after a shutdown request.
+    pub grace: Duration,
+    /// The registry.
+    pub registry: Registry,
+    /// Connections holding instance locks.
+    pub locks: LockPool,
+    /// Provisioners by guest location.
+    pub manager: Arc<Manager>,
+    /// The configuration.
+    pub config: Arc<Config>,
+}
+
+impl Consumer {
+    /// Consumes the four job queues until shutdown or connection loss.
+    pub async fn session(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>) -> Result<Ended> {
+        let conn = broker::connect(&self.amqp_url, &self.worker_id).await?;
+        let publisher = Publisher::open(&conn).await?;
+        topology::declare(publisher.channel()).await?;
+        let events = Events::new(publisher);
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(dfe_shared::Error::broker("opening the consume channel"))?;
+        // Per-consumer prefetch (quorum queues do not support global QoS); the semaphore
+        // below bounds the jobs running at once across the four queues.
+        channel
+            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(dfe_shared::Error::broker("setting the prefetch"))?;
+        let mut streams = Vec::new();
+        let mut tags = Vec::new();
+        for kind in JobKind::ALL {
+            let tag = format!("{}.{kind}", self.worker_id);
+            let consumer = channel
+                .basic_consume(
+                    &queue_name(kind),
+                    &tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(dfe_shared::Error::broker("starting a consumer"))?;
+            streams.push(consumer.map(move |d| (kind, d)).boxed());
+            tags.push(tag);
+        }
+        tracing::info!(worker = %self.worker_id, concurrency = self.concurrency, "consuming dfe.jobs.*");
+        let mut deliveries = futures::stream::select_all(streams);
+        let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let env = Env {
+            registry: self.registry.clone(),
+            manager: self.manager.clone(),
+            events,
+            config: self.config.clone(),
+        };
+
+        let ended = loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.map_err(|_| Error::Config("semaphore closed".into()))?,
+                _ = shutdown.changed() => break Ended::Shutdown,
+            };
+            let next = tokio::select! {
+                n = deliveries.next() => n,
+                _ = shutdown.changed() => break Ended::Shutdown,
+            };
+            match next {
+                Some((kind, Ok(delivery))) => {
+                    let me = self.clone();
+                    let env = env.clone();
+                    tokio::spawn(async move {
+                        me.handle(&env, kind, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some((_, Err(e))) => {
+                    tracing::warn!(error = %e, "consumer stream failed");
+                    break Ended::ConnectionLost;
+                }
+                None => break Ended::ConnectionLost,
+            }
+        };
+
+        if matches!(ended, Ended::Shutdown) {
+            for tag in &tags {
+                let _ = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await;
+            }
+            let all = u32::from(self.concurrency);
+            tracing::info!(grace = ?self.grace, "shutdown: waiting for running jobs");
+            if tokio::time::timeout(self.grace, slots.acquire_many(all))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "shutdown: grace period over; unfinished jobs go back to their queue"
+                );
+            }
+        }
+        // Closing returns every unacknowledged message to its queue.
+        let _ = conn.close(200, "worker stopping").await;
+        Ok(ended)
+    }
+
+    async fn handle(&self, env: &Env, kind: JobKind, delivery: Delivery) {
+        let Delivery {
+            data,
+            properties,
+            acker,
+            redelivered,
+            ..
+        } = delivery;
+        let settled = match self
+            .process(env, kind, &data, &properties, redelivered)
+            .await
+        {
+            Ok(()) => acker.ack(BasicAckOptions::default()).await,
+            Err(e) => {
+                tracing::error!(queue = %queue_name(kind), error = %e.chain(), "job handling failed; requeueing");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone; the broker redelivers the message elsewhere.
+            tracing::warn!(error = %e, "could not settle a delivery");
+        }
+    }
+
+    /// Everything up to (not including) the acknowledgement. `Ok` means: acknowledge.
+    async fn process(
+        &self,
+        env: &Env,
+        kind: JobKind,
+        data: &[u8],
+        props: &BasicProperties,
+        redelivered: bool,
+    ) -> Result<()> {
+        let mut job = match parse(kind, data, props) {
+            Ok(job) => job,
+            Err(reason) => {
+                return deadletter::reject(&env.events, kind, data, props, &reason).await
+            }
+        };
+        let explicit_id = job.job_id().cloned().or_else(|| {
+            props
+                .message_id()
+                .as_ref()
+                .and_then(|m| Tag::parse(m.as_str()).ok())
+        });
+        let fingerprint = hex::encode(Sha256::digest(data));
+        let job_id = match explicit_id {
+            Some(id) => id,
+            None => {
+                let earlier = if redelivered {
+                    self.registry.job_by_fingerprint(kind, &fingerprint).await?
+                } else {
+                    None
+                };
+                let id = earlier.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                Tag::parse(&id).map_err(Error::Invalid)?
+            }
+        };
+        job.set_job_id(job_id.clone());
+        let by = Submitter {
+            source: "queue",
+            fingerprint: Some(&fingerprint),
+            ..Default::default()
+        };
+        let record = self.registry.record(&job, &by).await?;
+        if record.kind != kind {
+            let reason = format!("job-id {job_id} already names a {} job", record.kind);
+            return deadletter::reject(&env.events, kind, data, props, &reason).await;
+        }
+        let meta = self.meta(&job).await?;
+        if record.state.is_terminal() {
+            tracing::info!(job_id = %job_id, "job already ended; announcing its outcome again");
+            return env.events.emit_final(&meta, &record).await;
+        }
+
+        let Some(lock) = self
+            .locks
+            .acquire(job.instance_id(), env.deadline())
+            .await?
+        else {
+            return Err(Error::Conflict(format!(
+                "instance {} stayed locked by another job",
+                job.instance_id()
+            )));
+        };
+        let outcome = self.run_locked(env, &job, &meta).await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "instance lock release failed; the pool recycles the connection");
+        }
+        outcome
+    }
+
+    async fn run_locked(&self, env: &Env, job: &Job, meta: &JobMeta) -> Result<()> {
+        let Some(started) = self
+            .registry
+            .start_job(&meta.job_id, &self.worker_id)
+            .await?
+        else {
+            // Finished by another delivery while this one waited for the lock.
+            let record = self
+                .registry
+                .job(&meta.job_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
+            return env.events.emit_final(meta, &record).await;
+        };
+        tracing::info!(job_id = %meta.job_id, kind = %meta.kind, instance = %meta.instance_id, attempt = started.attempts, "job started");
+        let body = {
+            let (env, job, meta) = (env.clone(), job.clone(), meta.clone());
+            tokio::spawn(async move { jobs::run(&env, &job, &meta).await })
+        };
+        let outcome = match body.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(job_id = %meta.job_id, error = %e, "job body panicked");
+                Outcome::failed_with(
+                    "internal-error",
+                    "the worker hit an internal error running this job".into(),
+                    InstanceChange::None,
+                )
+            }
+        };
+        let error_json = outcome
+            .error
+            .as_ref()
+            .map(|e| serde_json::to_value(e).unwrap_or_default());
+        self.registry
+            .complete_job(
+                &meta.job_id,
+                &meta.instance_id,
+                outcome.state,
+                Some(&outcome.result),
+                error_json.as_ref(),
+                outcome.change,
+            )
+            .await?;
+        let record = self
+            .registry
+            .job(&meta.job_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
+        match outcome.state {
+            JobState::Succeeded => tracing::info!(job_id = %meta.job_id, "job succeeded"),
+            _ => tracing::warn!(job_id = %meta.job_id, error = ?outcome.error, "job failed"),
+        }
+        env.events.emit_final(meta, &record).await
+    }
+
+    async fn meta(&self, job: &Job) -> Result<JobMeta> {
+        let owner_id = match job.owner_id() {
+            Some(o) => Some(serde_json::to_value(o).unwrap_or_default()),
+            None => self
+                .registry
+                .instance(job.instance_id().as_str())
+                .await?
+                .map(|i| i.owner_id),
+        };
+        Ok(JobMeta {
+            job_id: job.job_id().map(|j| j.to_string()).unwrap_or_default(),
+            kind: job.kind(),
+            instance_id: job.instance_id().to_string(),
+            owner_id,
+            request: job.to_value(),
+        })
+    }
+}
+
+/// Parses a delivery from the queue of `kind`; the error is the dead-letter reason.
+fn parse(kind: JobKind, data: &[u8], props: &BasicProperties) -> std::result::Result<Job, String> {
+    if let Some(t) = props.kind().as_ref() {
+        match JobKind::from_message_type(t.as_str()) {
+            Some(k) if k == kind => {}
+            _ => {
+                return Err(format!(
+                    "AMQP type {:?} does not match queue {} (expected {})",
+                    t.as_str(),
+                    queue_name(kind),
+                    kind.message_type()
+                ))
+            }
+        }
+    }
+    Job::parse(kind, data).map_err(|e| e.to_string())
+}

@@ -1,0 +1,102 @@
+//! The error type of `dfe-worker`. Each variant keeps its source for the logs and has a
+//! stable `code` for failure events; `Display` is what a client reads in the event, so it
+//! never holds a secret.
+
+use std::fmt::Write;
+
+/// Everything a job can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job cannot be carried out as asked (unknown provisioner, offering, cluster…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The instance id is held by another instance, or the instance is busy.
+    #[error("{0}")]
+    Conflict(String),
+    /// The instance the job names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The offering's image is not on the Docker host.
+    #[error("image {image} is not available on the Docker host")]
+    ImageNotFound {
+        /// The image reference.
+        image: String,
+    },
+    /// A Docker engine call failed.
+    #[error("docker: {context}")]
+    Docker {
+        /// What was being done.
+        context: String,
+        /// bollard's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A database server call failed.
+    #[error("database server {server}: {context}")]
+    Database {
+        /// Which database server.
+        server: String,
+        /// What was being done.
+        context: String,
+        /// The PostgreSQL client's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The instance did not become healthy.
+    #[error("instance did not answer on its resource-uri: {0}")]
+    Unhealthy(String),
+    /// The job ran past its deadline.
+    #[error("the job did not finish within {0} seconds")]
+    Timeout(u64),
+    /// The operation is not available yet.
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    /// The registry or the broker failed.
+    #[error(transparent)]
+    Shared(#[from] dfe_shared::Error),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The stable code in failure events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid-job",
+            Error::Conflict(_) => "conflict",
+            Error::NotFound(_) => "instance-not-found",
+            Error::ImageNotFound { .. } => "image-not-found",
+            Error::Docker { .. } => "docker-error",
+            Error::Database { .. } => "database-error",
+            Error::Unhealthy(_) => "instance-unhealthy",
+            Error::Timeout(_) => "timeout",
+            Error::NotImplemented(_) => "not-implemented",
+            Error::Shared(_) => "internal-error",
+            Error::Config(_) => "configuration-error",
+        }
+    }
+
+    /// The error with its chain of causes, `a: b: c`, for events and logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !out.ends_with(&text) {
+                let _ = write!(out, ": {text}");
+            }
+            source = s.source();
+        }
+        out
+    }
+
+    /// Wraps a Docker error with what was being done.
+    pub fn docker(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Docker { context, source }
+    }
+}

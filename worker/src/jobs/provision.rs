@@ -1,0 +1,121 @@
+//! Provision: claim the instance id, then storage → database → instance, each followed by
+//! its event. On any failure (or the deadline) everything is removed in reverse order, so a
+//! failed provision leaves no container, volume, database or role behind.
+
+use dfe_shared::event::{names, Component};
+use dfe_shared::job::{JobKind, ProvisionJob};
+use dfe_shared::registry::instances::InstanceChange;
+use serde_json::json;
+
+use super::{Env, Outcome};
+use crate::error::{Error, Result};
+use crate::events::JobMeta;
+use crate::fault::hold_after;
+use crate::manager::Plan;
+
+pub(super) async fn run(env: &Env, job: &ProvisionJob, meta: &JobMeta) -> Outcome {
+    match env.registry.claim_instance(job, &meta.job_id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let e = Error::Conflict(format!("instance {} already exists", job.instance_id));
+            return Outcome::failed_with("instance-exists", e.to_string(), InstanceChange::None);
+        }
+        Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
+    }
+    let plan = match env.manager.plan_provision(job, &meta.job_id) {
+        Ok(plan) => plan,
+        Err(e) => return Outcome::failed(&e, InstanceChange::Released),
+    };
+    let deadline = env.deadline();
+    let made = tokio::time::timeout(deadline, steps(env, &plan, meta)).await;
+    let error = match made {
+        Ok(Ok(outcome)) => return outcome,
+        Ok(Err(e)) => e,
+        Err(_) => Error::Timeout(deadline.as_secs()),
+    };
+    tracing::warn!(job_id = %meta.job_id, instance = %job.instance_id, error = %error.chain(), "provision failed; rolling back");
+    match rollback(&plan).await {
+        Ok(()) => Outcome::failed(&error, InstanceChange::Released),
+        Err(r) => {
+            // What could not be removed stays visible: the instance is marked failed, and a
+            // deprovision (or the reconciler) finishes the removal.
+            let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
+            Outcome::failed_with(error.code(), message, InstanceChange::Failed)
+        }
+    }
+}
+
+async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
+    let p = plan.provisioner;
+    let ctx = &plan.ctx;
+
+    let storage = p.storage.provision(ctx).await?;
+    env.events
+        .emit(
+            meta,
+            &names::component(Component::Storage, JobKind::Provision),
+            json!({ "volume": storage.volume }),
+            None,
+        )
+        .await?;
+    hold_after("storage").await;
+
+    let db = p.db.provision(ctx).await?;
+    let db_result = json!({
+        "database": db.database, "database-role": db.username, "database-host": db.host,
+        "database-port": db.port, "database-server": db.server,
+    });
+    env.events
+        .emit(
+            meta,
+            &names::component(Component::Database, JobKind::Provision),
+            db_result.clone(),
+            None,
+        )
+        .await?;
+    hold_after("database").await;
+
+    let instance = p.instance.provision(ctx, &storage, &db).await?;
+    hold_after("instance").await;
+
+    let mut result = json!({
+        "instance-id": ctx.instance_id,
+        "guest-location": p.tag,
+        "cluster-id": plan.cluster_id,
+        "host": instance.host,
+        "container": instance.container,
+        "container-id": instance.container_id,
+        "volume": storage.volume,
+        "resource-uri": instance.resource_uri,
+    });
+    if let (Some(r), Some(d)) = (result.as_object_mut(), db_result.as_object()) {
+        r.extend(d.clone());
+    }
+    let change = InstanceChange::Provisioned {
+        guest_location: p.tag.clone(),
+        cluster_id: plan.cluster_id.clone(),
+        host: instance.host.clone(),
+        resource_uri: instance.resource_uri.clone(),
+        resources: result.clone(),
+    };
+    Ok(Outcome::succeeded(result, change))
+}
+
+/// Removes all three parts by their deterministic names, in reverse order. The claim makes
+/// them this job's, and a redelivered job cannot know which an earlier run made, so all are
+/// removed; removing an absent part is a success.
+async fn rollback(plan: &Plan<'_>) -> Result<()> {
+    let p = plan.provisioner;
+    let ctx = &plan.ctx;
+    let mut first_error = None;
+    if let Err(e) = p.instance.deprovision(ctx).await {
+        first_error.get_or_insert(e);
+    }
+    if let Err(e) = p.db.deprovision(ctx).await {
+        first_error.get_or_insert(e);
+    }
+    if let Err(e) = p.storage.deprovision(ctx).await {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,126 @@
+//! dfe-worker: consumes jobs from `dfe.jobs.*` and carries them out.
+//!
+//! Module map:
+//! - [`consumer`]: AMQP consumption, acks, locks, the job life cycle in the registry.
+//! - [`deadletter`]: invalid messages to `dfe.jobs.dead` with their reason.
+//! - [`jobs`]: one body per job kind (provision, deprovision, …), free of AMQP.
+//! - [`manager`]: provisioners by guest location, built from the configuration.
+//! - [`provisioners`]: the storage, database and instance sub-provisioners.
+//! - [`events`]: sub-events and final events on `dfe.events`.
+//! - [`fault`]: the test-only hook that holds a job after a step.
+//! - [`error`]: the crate's error type.
+
+pub mod consumer;
+pub mod deadletter;
+pub mod error;
+pub mod events;
+pub mod fault;
+pub mod jobs;
+pub mod manager;
+pub mod provisioners;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfe_shared::broker::BrokerHandle;
+use dfe_shared::config::Config;
+use dfe_shared::registry::{LockPool, Registry};
+use tokio::sync::watch;
+
+use consumer::{Consumer, Ended};
+
+/// Pause between reconnection attempts to the broker or the registry.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+/// Options of a worker run beyond the configuration file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Unique name of this worker.
+    pub worker_id: String,
+    /// Seconds running jobs get to finish after shutdown is asked for.
+    pub grace: Duration,
+}
+
+/// Runs a worker until `shutdown` completes, then lets running jobs finish (up to the grace
+/// period) and returns. Broker and registry outages are ridden out by reconnecting.
+pub async fn run(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let manager = Arc::new(manager::Manager::new(config.clone())?);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let registry = loop {
+        match Registry::connect(&config.registry.url, config.registry.pool_size).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry not reachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    _ = stop_rx.changed() => return Ok(()),
+                }
+            }
+        }
+    };
+    let concurrency = config.worker.concurrency.max(1);
+    let locks = LockPool::new(&config.registry.url, usize::from(concurrency) * 4 + 2)?;
+
+    // The outbox relay runs here too, so accepted jobs get published even when no api runs.
+    let relay_broker =
+        BrokerHandle::new(&config.amqp.url, &format!("{} outbox", options.worker_id));
+    tokio::spawn(dfe_shared::outbox::relay(
+        registry.clone(),
+        relay_broker,
+        options.worker_id.clone(),
+        stop_rx.clone(),
+    ));
+
+    let consumer = Arc::new(Consumer {
+        worker_id: options.worker_id.clone(),
+        amqp_url: config.amqp.url.clone(),
+        concurrency,
+        grace: options.grace,
+        registry: registry.clone(),
+        locks,
+        manager,
+        config: config.clone(),
+    });
+
+    loop {
+        match consumer.session(&mut stop_rx).await {
+            Ok(Ended::Shutdown) => break,
+            Ok(Ended::ConnectionLost) => tracing::warn!("broker connection lost; reconnecting"),
+            Err(e) => tracing::warn!(error = %e.chain(), "broker session failed; reconnecting"),
+        }
+        if *stop_rx.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+            _ = stop_rx.changed() => break,
+        }
+    }
+    tracing::info!(worker = %options.worker_id, "worker stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,389 @@
+//! `docker-container`: the instance is a container `dfe-<id>` running the offering's image,
+//! with its database settings in the environment, its volume mounted at the storage path,
+//! resource limits from the offering and its port published on the cluster's (loopback by
+//! default) address. It counts as provisioned only once its resource-uri answers over HTTP.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::{
+    Config, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
+};
+use bollard::models::{
+    HostConfig, Mount, MountTypeEnum, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+
+use super::docker::{is_conflict, is_not_found, DockerCluster};
+use super::docker_volume::labels;
+use super::{DatabaseInfo, InstanceContext, InstanceInfo, InstanceProvisioner, StorageInfo};
+use crate::error::{Error, Result};
+
+/// Default pids limit: enough for an application, not enough for a fork bomb.
+const DEFAULT_PIDS: i64 = 512;
+/// Default container port of the application.
+const DEFAULT_PORT: u64 = 80;
+
+/// The Docker container instance provisioner.
+pub struct DockerContainer {
+    health_timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl DockerContainer {
+    /// A provisioner that waits up to `health_timeout_secs` for the resource-uri.
+    pub fn new(health_timeout_secs: u64) -> DockerContainer {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        DockerContainer {
+            health_timeout: Duration::from_secs(health_timeout_secs),
+            http,
+        }
+    }
+}
+
+/// Resource limits and the container port, read from the offering's attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory, if limited.
+    pub memory: Option<i64>,
+    /// CPUs in billionths, if limited.
+    pub nano_cpus: Option<i64>,
+    /// Process limit.
+    pub pids: i64,
+    /// The application's port inside the container.
+    pub port: u64,
+}
+
+impl Limits {
+    /// Reads `memory` (bytes or `512m`/`1g`), `cpus` (e.g. `0.5`), `pids` and `port`.
+    pub fn from_offering(
+        o: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<Limits> {
+        let memory = match o.get("memory") {
+            None => None,
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => Some(parse_bytes(s).ok_or_else(|| {
+                Error::Config(format!(
+                    "offering memory {s:?} is not a size like 256m or 1g"
+                ))
+            })?),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "offering memory {other} is not a size"
+                )))
+            }
+        };
+        let nano_cpus = match o.get("cpus") {
+            None => None,
+            Some(v) => {
+                let cpus = v
+                    .as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|c| *c > 0.0)
+                    .ok_or_else(|| {
+                        Error::Config(format!("offering cpus {v} is not a positive number"))
+                    })?;
+                Some((cpus * 1e9) as i64)
+            }
+        };
+        let pids = o
+            .get("pids")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(DEFAULT_PIDS);
+        let port = o
+            .get("port")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(DEFAULT_PORT);
+        Ok(Limits {
+            memory,
+            nano_cpus,
+            pids,
+            port,
+        })
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1i64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.trim().parse::<i64>().ok()?.checked_mul(mult)
+}
+
+async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
+    let docker = cluster.client().await?;
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: false,
+        ..Default::default()
+    };
+    match docker.remove_container(name, Some(opts)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        // 409: a removal is already in progress; wait for it to finish.
+        Err(e) if is_conflict(&e) => {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match docker
+                    .inspect_container(name, None::<InspectContainerOptions>)
+                    .await
+                {
+                    Err(e) if is_not_found(&e) => return Ok(()),
+                    _ => continue,
+                }
+            }
+            Err(Error::docker(format!("removing container {name}"))(e))
+        }
+        Err(e) => Err(Error::docker(format!("removing container {name}"))(e)),
+    }
+}
+
+#[async_trait]
+impl InstanceProvisioner for DockerContainer {
+    async fn provision(
+        &self,
+        ctx: &InstanceContext,
+        storage: &StorageInfo,
+        db: &DatabaseInfo,
+    ) -> Result<InstanceInfo> {
+        let cluster = ctx.docker("docker-container")?;
+        let docker = cluster.client().await?;
+        let name = &ctx.names.container;
+        let image = ctx
+            .offering
+            .get("image")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Config("the chosen offering has no `image` attribute".into()))?
+            .to_owned();
+        let limits = Limits::from_offering(&ctx.offering)?;
+
+        // A container left by an earlier run of this job is replaced: the database step has
+        // just issued a fresh password, which only a new container can carry.
+        match docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(existing) => {
+                let owner = existing
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .and_then(|l| l.get("dfe.instance-id"));
+                if owner.map(String::as_str) != Some(ctx.instance_id.as_str()) {
+                    return Err(Error::Conflict(format!(
+                        "container {name} exists and does not belong to instance {}",
+                        ctx.instance_id
+                    )));
+                }
+                remove(cluster, name).await?;
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::docker(format!("inspecting container {name}"))(e)),
+        }
+        match docker.inspect_image(&image).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Err(Error::ImageNotFound { image }),
+            Err(e) => return Err(Error::docker(format!("inspecting image {image}"))(e)),
+        }
+
+        let port_key = format!("{}/tcp", limits.port);
+        let storage_path = ctx.storage_path();
+        let env = vec![
+            format!("DFE_INSTANCE_ID={}", ctx.instance_id),
+            format!("DFE_OWNER_ID={}", ctx.owner_id),
+            format!("DFE_STORAGE_PATH={storage_path}"),
+            format!("DB_CONNECTION={}", db.connection),
+            format!("DB_HOST={}", db.host),
+            format!("DB_PORT={}", db.port),
+            format!("DB_DATABASE={}", db.database),
+            format!("DB_USERNAME={}", db.username),
+            format!("DB_PASSWORD={}", db.password.expose()),
+        ];
+        let mounts = storage.volume.as_ref().map(|v| {
+            vec![Mount {
+                target: Some(storage_path.clone()),
+                source: Some(v.clone()),
+                typ: Some(MountTypeEnum::VOLUME),
+                ..Default::default()
+            }]
+        });
+        let host_config = HostConfig {
+            memory: limits.memory,
+            nano_cpus: limits.nano_cpus,
+            pids_limit: Some(limits.pids),
+            port_bindings: Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(cluster.config.publish_address.clone()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            mounts,
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let config = Config {
+            image: Some(image.clone()),
+            env: Some(env),
+            labels: Some(labels(ctx)),
+            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.clone(),
+                    platform: None,
+                }),
+                config,
+            )
+            .await
+            .map_err(Error::docker(format!("creating container {name}")))?;
+        docker
+            .start_container::<String>(name, None)
+            .await
+            .map_err(Error::docker(format!("starting container {name}")))?;
+
+        let host_port = published_port(cluster, name, &port_key).await?;
+        let url = format!(
+            "http://{}:{host_port}{}",
+            cluster.config.publish_address, ctx.resource_uri
+        );
+        self.wait_healthy(cluster, name, &url).await?;
+        Ok(InstanceInfo {
+            container: Some(name.clone()),
+            container_id: Some(created.id),
+            host: Some(cluster.host_name().await?.to_owned()),
+            resource_uri: Some(url),
+        })
+    }
+
+    async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
+        remove(ctx.docker("docker-container")?, &ctx.names.container).await
+    }
+}
+
+/// The host port Docker chose for `port_key`.
+async fn published_port(cluster: &DockerCluster, name: &str, port_key: &str) -> Result<String> {
+    let docker = cluster.client().await?;
+    for _ in 0..20 {
+        let info = docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(Error::docker(format!("inspecting container {name}")))?;
+        let port = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(port_key).cloned().flatten())
+            .and_then(|b| {
+                b.into_iter()
+                    .find_map(|b| b.host_port.filter(|p| !p.is_empty()))
+            });
+        if let Some(port) = port {
+            return Ok(port);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Unhealthy(format!(
+        "container {name} has no published port for {port_key}"
+    )))
+}
+
+impl DockerContainer {
+    /// Polls `url` until it answers 2xx, failing early when the container stops.
+    async fn wait_healthy(&self, cluster: &DockerCluster, name: &str, url: &str) -> Result<()> {
+        let docker = cluster.client().await?;
+        let deadline = tokio::time::Instant::now() + self.health_timeout;
+        let mut last: String;
+        let mut delay = Duration::from_millis(50);
+        for round in 0u32.. {
+            match self.http.get(url).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => last = format!("{url} answered {}", r.status()),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+            if round % 5 == 4 {
+                let info = docker
+                    .inspect_container(name, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(Error::docker(format!("inspecting container {name}")))?;
+                if let Some(state) = info.state.filter(|s| s.running == Some(false)) {
+                    return Err(Error::Unhealthy(format!(
+                        "container {name} stopped ({}, exit code {})",
+                        state.status.map(|s| s.to_string()).unwrap_or_default(),
+                        state.exit_code.unwrap_or_default()
+                    )));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unhealthy(format!(
+                    "{last} (waited {:?})",
+                    self.health_timeout
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn limits_are_read_from_the_offering() {
+        let o = [
+            ("memory", json!("256m")),
+            ("cpus", json!(0.5)),
+            ("pids", json!(100)),
+            ("port", json!(8080)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let l = Limits::from_offering(&o).expect("valid");
+        assert_eq!(
+            l,
+            Limits {
+                memory: Some(256 << 20),
+                nano_cpus: Some(500_000_000),
+                pids: 100,
+                port: 8080
+            }
+        );
+        let none = Limits::from_offering(&Default::default()).expect("defaults");
+        assert_eq!(
+            none,
+            Limits {
+                memory: None,
+                nano_cpus: None,
+                pids: DEFAULT_PIDS,
+                port: DEFAULT_PORT
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1g"), Some(1 << 30));
+        assert_eq!(parse_bytes("512MB"), Some(512 << 20));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! `noop`: makes nothing and succeeds at once, for any part. A provisioner whose three parts
+//! are `noop` measures the pipeline alone (benchmarks, tests).
+
+use async_trait::async_trait;
+use dfe_shared::secret::Secret;
+
+use super::{
+    DatabaseInfo, DatabaseProvisioner, InstanceContext, InstanceInfo, InstanceProvisioner,
+    StorageInfo, StorageProvisioner,
+};
+use crate::error::Result;
+
+/// The no-op sub-provisioner.
+pub struct Noop;
+
+#[async_trait]
+impl StorageProvisioner for Noop {
+    async fn provision(&self, _ctx: &InstanceContext) -> Result<StorageInfo> {
+        Ok(StorageInfo::default())
+    }
+    async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DatabaseProvisioner for Noop {
+    async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+        Ok(DatabaseInfo {
+            connection: "none".into(),
+            host: String::new(),
+            port: 0,
+            database: ctx.names.database.clone(),
+            username: ctx.names.database.clone(),
+            password: Secret::new(""),
+            server: "noop".into(),
+        })
+    }
+    async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InstanceProvisioner for Noop {
+    async fn provision(
+        &self,
+        _ctx: &InstanceContext,
+        _s: &StorageInfo,
+        _d: &DatabaseInfo,
+    ) -> Result<InstanceInfo> {
+        Ok(InstanceInfo::default())
+    }
+    async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+}
