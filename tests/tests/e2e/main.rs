@@ -1,0 +1,15 @@
+//! End-to-end tests against the real RabbitMQ, PostgreSQL and Docker engine started by
+//! `deploy/setup.sh`, with real `dfe-api` and `dfe-worker` processes.
+
+mod bad_input;
+mod concurrency;
+mod conflicts;
+mod crash;
+mod failures;
+mod lifecycle;
+mod secrets;
+
+use std::time::Duration;
+
+/// How long a single provision may take end to end in a test.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(90);
