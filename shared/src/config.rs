@@ -225,6 +225,13 @@ pub struct ClusterConfig {
     /// Directory of `ca.pem`, `cert.pem`, `key.pem` for a TLS engine.
     #[serde(default)]
     pub tls_cert_path: Option<PathBuf>,
+    /// Docker network instances join (default: the engine's default bridge).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Check the resource-uri at `http://<container-name>:<port>` over `network` instead of
+    /// at the published address: for workers that run in a container on that network.
+    #[serde(default)]
+    pub health_via_network: bool,
 }
 
 fn default_docker_host() -> String {

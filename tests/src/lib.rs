@@ -259,7 +259,7 @@ impl TestEnv {
             .envs(self.service_env())
             .envs(extra.iter().cloned());
         self.workers.push(Proc::spawn(&name, cmd, &self.dir)?);
-        Ok(self.workers.last().context("just pushed")?)
+        self.workers.last().context("just pushed")
     }
 
     async fn wait_ready(&self) -> Result<()> {

@@ -6,7 +6,6 @@ use dfe_shared::broker::set_header;
 use dfe_shared::event::{names, Event};
 use dfe_shared::job::JobKind;
 use dfe_shared::topology::{queue_name, DEAD_QUEUE, ERROR_HEADER};
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -25,7 +24,7 @@ pub async fn reject(
     props: &BasicProperties,
     reason: &str,
 ) -> Result<()> {
-    let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
+    let mut headers = props.headers().clone().unwrap_or_default();
     set_header(&mut headers, ERROR_HEADER, reason);
     set_header(&mut headers, "x-dfe-queue", &queue_name(kind));
     let dead_props = props.clone().with_headers(headers);
