@@ -24,13 +24,8 @@ pub fn client_keys(clients: &[dfe_shared::config::ApiClient]) -> anyhow::Result<
             let bytes = hex::decode(c.token_sha256.trim())
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("api.clients {:?}: token-sha256 must be 64 hex digits", c.id)
-                })?;
-            Ok(ClientKey {
-                id: c.id.clone(),
-                digest: bytes,
-            })
+                .ok_or_else(|| anyhow::anyhow!("api.clients {:?}: token-sha256 must be 64 hex digits", c.id))?;
+            Ok(ClientKey { id: c.id.clone(), digest: bytes })
         })
         .collect()
 }
@@ -44,28 +39,18 @@ pub struct Client {
 impl FromRequestParts<AppState> for Client {
     type Rejection = Problem;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                Problem::unauthorized("an Authorization: Bearer <token> header is required")
-            })?;
+            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer <token> header is required"))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Problem::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
+            .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare with every key so the time taken does not depend on which one matches.
         let mut found = None;
@@ -74,8 +59,6 @@ impl FromRequestParts<AppState> for Client {
                 found = Some(key.id.clone());
             }
         }
-        found
-            .map(|id| Client { id })
-            .ok_or_else(|| Problem::unauthorized("the bearer token is not accepted"))
+        found.map(|id| Client { id }).ok_or_else(|| Problem::unauthorized("the bearer token is not accepted"))
     }
 }

@@ -51,10 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ops/jobs/{job_id}", get(routes::read::job))
         .route("/api/v1/ops/provisioners", get(routes::read::provisioners))
         .route("/api/v1/instances", get(routes::read::instances))
-        .route(
-            "/api/v1/instances/{instance_id}",
-            get(routes::read::instance),
-        )
+        .route("/api/v1/instances/{instance_id}", get(routes::read::instance))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -70,9 +67,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let clients = auth::client_keys(&config.api.clients)?;
     if clients.is_empty() {
-        tracing::warn!(
-            "no [[api.clients]] configured: every request needing a token will be refused"
-        );
+        tracing::warn!("no [[api.clients]] configured: every request needing a token will be refused");
     }
     let registry = Registry::connect(&config.registry.url, config.registry.pool_size).await?;
     let broker = BrokerHandle::new(&config.amqp.url, "dfe-api");
@@ -80,22 +75,10 @@ pub async fn run(
         tracing::warn!(error = %e, "broker not reachable at start; jobs are recorded and published once it is back");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(dfe_shared::outbox::relay(
-        registry.clone(),
-        broker.clone(),
-        "dfe-api".into(),
-        stop_rx,
-    ));
-    let state = AppState {
-        registry,
-        broker,
-        config: Arc::new(config),
-        clients: Arc::new(clients),
-        metrics: Arc::default(),
-    };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    tokio::spawn(dfe_shared::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), stop_rx));
+    let state =
+        AppState { registry, broker, config: Arc::new(config), clients: Arc::new(clients), metrics: Arc::default() };
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     let _ = stop_tx.send(true);
     tracing::info!("dfe-api stopped");
     Ok(())

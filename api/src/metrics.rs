@@ -38,11 +38,7 @@ impl Metrics {
         }
         out.push_str("# HELP dfe_api_publish_deferred_total Accepted jobs whose publication was left to the outbox.\n");
         out.push_str("# TYPE dfe_api_publish_deferred_total counter\n");
-        let _ = writeln!(
-            out,
-            "dfe_api_publish_deferred_total {}",
-            self.publish_failures.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "dfe_api_publish_deferred_total {}", self.publish_failures.load(Ordering::Relaxed));
         out
     }
 }

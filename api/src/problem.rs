@@ -17,39 +17,18 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(
-        status: StatusCode,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Problem {
-        Problem {
-            status,
-            kind,
-            title,
-            detail: detail.into(),
-            errors: Vec::new(),
-        }
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, kind, title, detail: detail.into(), errors: Vec::new() }
     }
 
     /// 400: the body is not JSON.
     pub fn malformed(detail: impl Into<String>) -> Problem {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "malformed-request",
-            "Malformed request",
-            detail,
-        )
+        Problem::new(StatusCode::BAD_REQUEST, "malformed-request", "Malformed request", detail)
     }
 
     /// 401: no or unknown bearer token.
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            detail,
-        )
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
     }
 
     /// 404.
@@ -64,46 +43,26 @@ impl Problem {
 
     /// 422 naming the field.
     pub fn invalid_field(e: FieldError) -> Problem {
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-field",
-            "Invalid field",
-            e.to_string(),
-        );
+        let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field", e.to_string());
         p.errors.push(e);
         p
     }
 
     /// 501.
     pub fn not_implemented(detail: impl Into<String>) -> Problem {
-        Problem::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not-implemented",
-            "Not implemented",
-            detail,
-        )
+        Problem::new(StatusCode::NOT_IMPLEMENTED, "not-implemented", "Not implemented", detail)
     }
 
     /// 503: the job could not be recorded (nothing was accepted). The cause is logged.
     pub fn unavailable(detail: impl Into<String>, cause: &dyn std::error::Error) -> Problem {
         tracing::error!(error = %chain(cause), "request failed on a dependency");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-            detail,
-        )
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
     }
 
     /// 500 for anything unexpected. The cause is logged.
     pub fn internal(cause: &dyn std::error::Error) -> Problem {
         tracing::error!(error = %chain(cause), "internal error");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            "see the dfe-api log",
-        )
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "see the dfe-api log")
     }
 }
 
@@ -121,9 +80,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl From<dfe_shared::Error> for Problem {
     fn from(e: dfe_shared::Error) -> Problem {
         match e {
-            dfe_shared::Error::Json(j) => {
-                Problem::malformed(format!("the body is not valid JSON: {j}"))
-            }
+            dfe_shared::Error::Json(j) => Problem::malformed(format!("the body is not valid JSON: {j}")),
             dfe_shared::Error::Field(f) => Problem::invalid_field(f),
             other => Problem::internal(&other),
         }
@@ -139,21 +96,12 @@ impl IntoResponse for Problem {
             "detail": self.detail,
         });
         if !self.errors.is_empty() {
-            body["errors"] = self
-                .errors
-                .iter()
-                .map(|e| json!({ "field": e.field, "detail": e.message }))
-                .collect();
+            body["errors"] = self.errors.iter().map(|e| json!({ "field": e.field, "detail": e.message })).collect();
         }
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

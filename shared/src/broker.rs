@@ -26,9 +26,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    Connection::connect(url, props)
-        .await
-        .map_err(Error::broker("connecting to RabbitMQ"))
+    Connection::connect(url, props).await.map_err(Error::broker("connecting to RabbitMQ"))
 }
 
 /// A URL with its password replaced by `***`, for log lines.
@@ -65,10 +63,7 @@ pub struct Publisher {
 impl Publisher {
     /// Opens a confirm-mode channel on `conn`.
     pub async fn open(conn: &Connection) -> Result<Self> {
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(Error::broker("opening a channel"))?;
+        let channel = conn.create_channel().await.map_err(Error::broker("opening a channel"))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -96,10 +91,7 @@ impl Publisher {
             routing_key: routing_key.to_owned(),
             reason,
         };
-        let opts = BasicPublishOptions {
-            mandatory,
-            ..Default::default()
-        };
+        let opts = BasicPublishOptions { mandatory, ..Default::default() };
         let confirm = self
             .channel
             .basic_publish(exchange, routing_key, opts, body, props)
@@ -117,16 +109,9 @@ impl Publisher {
     }
 
     /// Publishes a job message onto `dfe.jobs`.
-    pub async fn publish_job(
-        &self,
-        kind: JobKind,
-        job_id: &str,
-        body: &[u8],
-        app_id: &str,
-    ) -> Result<()> {
+    pub async fn publish_job(&self, kind: JobKind, job_id: &str, body: &[u8], app_id: &str) -> Result<()> {
         let props = job_properties(kind, job_id, app_id);
-        self.publish(JOBS_EXCHANGE, kind.as_str(), true, body, props)
-            .await
+        self.publish(JOBS_EXCHANGE, kind.as_str(), true, body, props).await
     }
 
     /// Publishes an event onto `dfe.events` (not mandatory: an event nobody listens to is fine).
@@ -138,8 +123,7 @@ impl Publisher {
             .with_message_id(event.event_id.to_string().into())
             .with_type(event.event.as_str().into())
             .with_app_id(app_id.into());
-        self.publish(EVENTS_EXCHANGE, &event.event, false, &body, props)
-            .await
+        self.publish(EVENTS_EXCHANGE, &event.event, false, &body, props).await
     }
 }
 
@@ -160,11 +144,7 @@ pub struct BrokerHandle {
 impl BrokerHandle {
     /// A handle that connects on first use.
     pub fn new(url: &str, name: &str) -> Self {
-        BrokerHandle {
-            url: url.to_owned(),
-            name: name.to_owned(),
-            state: Arc::new(Mutex::new(None)),
-        }
+        BrokerHandle { url: url.to_owned(), name: name.to_owned(), state: Arc::new(Mutex::new(None)) }
     }
 
     /// A connected publisher, connecting (and declaring the topology) when needed.
@@ -202,14 +182,8 @@ mod tests {
 
     #[test]
     fn urls_are_redacted_for_logs() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://dfe:s3cr%40t@h/db"),
-            "postgres://dfe:***@h/db"
-        );
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("postgres://dfe:s3cr%40t@h/db"), "postgres://dfe:***@h/db");
         assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

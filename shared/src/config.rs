@@ -55,9 +55,7 @@ fn default_amqp_url() -> String {
 
 impl Default for AmqpConfig {
     fn default() -> Self {
-        AmqpConfig {
-            url: default_amqp_url(),
-        }
+        AmqpConfig { url: default_amqp_url() }
     }
 }
 
@@ -94,10 +92,7 @@ fn default_listen() -> String {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            listen: default_listen(),
-            clients: Vec::new(),
-        }
+        ApiConfig { listen: default_listen(), clients: Vec::new() }
     }
 }
 
@@ -278,6 +273,54 @@ pub struct SnapshotsConfig {
     /// Directory of the snapshots.
     #[serde(default = "default_snapshots_path")]
     pub path: PathBuf,
+    /// Named destinations an export may choose (`destination`), each a directory.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, SnapshotDestination>,
+}
+
+/// A named snapshot destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotDestination {
+    /// Its directory.
+    pub path: PathBuf,
+}
+
+/// The file name of snapshot `id` in a store directory.
+pub fn snapshot_file_name(id: &str) -> String {
+    format!("{id}.snapshot.tar.gz")
+}
+
+impl SnapshotsConfig {
+    /// The directory of a destination (`None`: the default store). `None` when unknown.
+    pub fn dir(&self, destination: Option<&str>) -> Option<&Path> {
+        match destination {
+            None | Some("default") => Some(self.path.as_path()),
+            Some(name) => self.destinations.get(name).map(|d| d.path.as_path()),
+        }
+    }
+
+    /// Every store directory: the default first, then the named destinations.
+    pub fn all_dirs(&self) -> Vec<(&str, &Path)> {
+        let mut dirs = vec![("default", self.path.as_path())];
+        dirs.extend(self.destinations.iter().map(|(k, v)| (k.as_str(), v.path.as_path())));
+        dirs
+    }
+
+    /// Finds the archive of snapshot `id` in the stores. The id is a [`crate::ids::Tag`]
+    /// (no `/`), and the file's real path must lie inside its store directory, so neither a
+    /// crafted id nor a symlink can point outside the store.
+    pub fn locate(&self, id: &str) -> Option<(String, PathBuf)> {
+        crate::ids::Tag::parse(id).ok()?;
+        for (name, dir) in self.all_dirs() {
+            let candidate = dir.join(snapshot_file_name(id));
+            let (Ok(real), Ok(real_dir)) = (candidate.canonicalize(), dir.canonicalize()) else { continue };
+            if real.starts_with(&real_dir) && real.is_file() {
+                return Some((name.to_owned(), real));
+            }
+        }
+        None
+    }
 }
 
 fn default_snapshots_path() -> PathBuf {
@@ -286,9 +329,7 @@ fn default_snapshots_path() -> PathBuf {
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        SnapshotsConfig {
-            path: default_snapshots_path(),
-        }
+        SnapshotsConfig { path: default_snapshots_path(), destinations: BTreeMap::new() }
     }
 }
 
@@ -307,9 +348,7 @@ fn default_prefix() -> String {
 
 impl Default for NamingConfig {
     fn default() -> Self {
-        NamingConfig {
-            prefix: default_prefix(),
-        }
+        NamingConfig { prefix: default_prefix() }
     }
 }
 
@@ -321,23 +360,15 @@ impl Config {
             Some(p) => p.to_path_buf(),
             None => std::env::var_os("DFE_CONFIG")
                 .map(PathBuf::from)
-                .ok_or_else(|| {
-                    Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into())
-                })?,
+                .ok_or_else(|| Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into()))?,
         };
         if !path.exists() {
-            return Err(Error::Config(format!(
-                "configuration file {} does not exist",
-                path.display()
-            )));
+            return Err(Error::Config(format!("configuration file {} does not exist", path.display())));
         }
         let cfg: Config = config::Config::builder()
             .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
             .add_source(
-                config::Environment::with_prefix("DFE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
+                config::Environment::with_prefix("DFE").prefix_separator("__").separator("__").try_parsing(true),
             )
             .build()?
             .try_deserialize()?;
@@ -348,11 +379,7 @@ impl Config {
     /// Checks references: the default provisioner exists, clusters and database servers
     /// named by provisioners exist, prefixes are valid identifiers.
     pub fn check(&self) -> Result<()> {
-        if !self
-            .provisioners
-            .hosts
-            .contains_key(&self.provisioners.default)
-        {
+        if !self.provisioners.hosts.contains_key(&self.provisioners.default) {
             return Err(Error::Config(format!(
                 "provisioners.default = {:?} names no provisioners.hosts entry",
                 self.provisioners.default
@@ -384,15 +411,8 @@ impl Config {
             }
         }
         let p = &self.naming.prefix;
-        if p.is_empty()
-            || p.len() > 16
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
-            return Err(Error::Config(format!(
-                "naming.prefix = {p:?} must be 1-16 of [a-z0-9]"
-            )));
+        if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(Error::Config(format!("naming.prefix = {p:?} must be 1-16 of [a-z0-9]")));
         }
         Ok(())
     }
@@ -400,10 +420,7 @@ impl Config {
     /// The provisioner host for a guest location (the default when `None`).
     pub fn provisioner(&self, guest_location: Option<&str>) -> Option<(&str, &ProvisionerHost)> {
         let tag = guest_location.unwrap_or(&self.provisioners.default);
-        self.provisioners
-            .hosts
-            .get_key_value(tag)
-            .map(|(k, v)| (k.as_str(), v))
+        self.provisioners.hosts.get_key_value(tag).map(|(k, v)| (k.as_str(), v))
     }
 }
 
@@ -421,25 +438,17 @@ impl ProvisionerHost {
                 let known: Vec<&str> = self.offerings.keys().map(String::as_str).collect();
                 return Err(FieldError::new(
                     format!("offerings.{unknown}"),
-                    format!(
-                        "is not an offering of this provisioner (offerings: {})",
-                        known.join(", ")
-                    ),
+                    format!("is not an offering of this provisioner (offerings: {})", known.join(", ")),
                 ));
             }
         }
         let mut attributes = BTreeMap::new();
         for (id, offering) in &self.offerings {
-            let pick = chosen
-                .and_then(|c| c.get(id))
-                .or(offering.suggested.as_ref());
+            let pick = chosen.and_then(|c| c.get(id)).or(offering.suggested.as_ref());
             let Some(pick) = pick else { continue };
             let item = offering.items.get(pick).ok_or_else(|| {
                 let known: Vec<&str> = offering.items.keys().map(String::as_str).collect();
-                FieldError::new(
-                    format!("offerings.{id}"),
-                    format!("{pick:?} is not one of: {}", known.join(", ")),
-                )
+                FieldError::new(format!("offerings.{id}"), format!("{pick:?} is not one of: {}", known.join(", ")))
             })?;
             attributes.extend(item.iter().map(|(k, v)| (k.clone(), v.clone())));
         }

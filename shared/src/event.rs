@@ -103,33 +103,15 @@ mod tests {
     #[test]
     fn event_names_follow_the_contract() {
         assert_eq!(names::succeeded(JobKind::Provision), "dfe.provisioned");
-        assert_eq!(
-            names::failed(JobKind::Deprovision),
-            "dfe.deprovision.failed"
-        );
-        assert_eq!(
-            names::component(Component::Storage, JobKind::Provision),
-            "dfe.storage.provisioned"
-        );
-        assert_eq!(
-            names::component(Component::Database, JobKind::Export),
-            "dfe.database.exported"
-        );
+        assert_eq!(names::failed(JobKind::Deprovision), "dfe.deprovision.failed");
+        assert_eq!(names::component(Component::Storage, JobKind::Provision), "dfe.storage.provisioned");
+        assert_eq!(names::component(Component::Database, JobKind::Export), "dfe.database.exported");
     }
 
     #[test]
     fn event_ids_are_stable_per_job_and_name() {
-        assert_eq!(
-            Event::id_for("j1", "dfe.provisioned"),
-            Event::id_for("j1", "dfe.provisioned")
-        );
-        assert_ne!(
-            Event::id_for("j1", "dfe.provisioned"),
-            Event::id_for("j2", "dfe.provisioned")
-        );
-        assert_ne!(
-            Event::id_for("j1", "dfe.provisioned"),
-            Event::id_for("j1", "dfe.provision.failed")
-        );
+        assert_eq!(Event::id_for("j1", "dfe.provisioned"), Event::id_for("j1", "dfe.provisioned"));
+        assert_ne!(Event::id_for("j1", "dfe.provisioned"), Event::id_for("j2", "dfe.provisioned"));
+        assert_ne!(Event::id_for("j1", "dfe.provisioned"), Event::id_for("j1", "dfe.provision.failed"));
     }
 }

@@ -19,10 +19,7 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 
@@ -46,13 +43,8 @@ impl InstanceId {
         if bytes[len - 1] == b'-' {
             return Err("must not end with '-'".into());
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            return Err(format!(
-                "may contain only lowercase letters, digits and '-' (a DNS label), found {c:?}"
-            ));
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return Err(format!("may contain only lowercase letters, digits and '-' (a DNS label), found {c:?}"));
         }
         Ok(InstanceId(s.to_owned()))
     }
@@ -93,13 +85,8 @@ fn check_tag(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 64 {
         return Err(format!("must be 1 to 64 characters long, got {}", s.len()));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "may contain only letters, digits, '.', '_' and '-', found {c:?}"
-        ));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("may contain only letters, digits, '.', '_' and '-', found {c:?}"));
     }
     Ok(())
 }
@@ -189,9 +176,10 @@ impl<'de> Deserialize<'de> for OwnerId {
                 check_tag(&s).map_err(D::Error::custom)?;
                 Ok(OwnerId::Text(s))
             }
-            serde_json::Value::Number(n) => n.as_u64().map(OwnerId::Number).ok_or_else(|| {
-                D::Error::custom(format!("must be a non-negative integer or a string, got {n}"))
-            }),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(OwnerId::Number)
+                .ok_or_else(|| D::Error::custom(format!("must be a non-negative integer or a string, got {n}"))),
             other => Err(D::Error::custom(format!(
                 "must be a string of 1 to 64 characters [A-Za-z0-9._-] or a non-negative integer, got {}",
                 json_kind(&other)
@@ -221,23 +209,10 @@ mod tests {
         for ok in ["abc", "acme-1", "a1b", &"a".repeat(63)] {
             assert!(InstanceId::parse(ok).is_ok(), "{ok} should be valid");
         }
-        for bad in [
-            "Acme",
-            "../x",
-            "a;drop",
-            "ab",
-            "1abc",
-            "abc-",
-            "a_b_c",
-            &"a".repeat(64),
-            "",
-        ] {
+        for bad in ["Acme", "../x", "a;drop", "ab", "1abc", "abc-", "a_b_c", &"a".repeat(64), ""] {
             assert!(InstanceId::parse(bad).is_err(), "{bad} should be invalid");
         }
-        assert_eq!(
-            InstanceId::parse("acme-prod-1").map(|i| i.snake()),
-            Ok("acme_prod_1".into())
-        );
+        assert_eq!(InstanceId::parse("acme-prod-1").map(|i| i.snake()), Ok("acme_prod_1".into()));
     }
 
     #[test]

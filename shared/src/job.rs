@@ -28,12 +28,7 @@ pub enum JobKind {
 
 impl JobKind {
     /// All kinds, in the order queues are declared.
-    pub const ALL: [JobKind; 4] = [
-        JobKind::Provision,
-        JobKind::Deprovision,
-        JobKind::Import,
-        JobKind::Export,
-    ];
+    pub const ALL: [JobKind; 4] = [JobKind::Provision, JobKind::Deprovision, JobKind::Import, JobKind::Export];
 
     /// `provision`, `deprovision`, `import` or `export`.
     pub fn as_str(self) -> &'static str {
@@ -80,10 +75,7 @@ impl fmt::Display for JobKind {
 impl FromStr for JobKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        JobKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job kind {s:?}"))
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown job kind {s:?}"))
     }
 }
 
@@ -199,10 +191,7 @@ impl Job {
         if !value.is_object() {
             return Err(FieldError::new(
                 "body",
-                format!(
-                    "must be a JSON object, got {}",
-                    crate::ids::json_kind(&value)
-                ),
+                format!("must be a JSON object, got {}", crate::ids::json_kind(&value)),
             )
             .into());
         }
@@ -300,11 +289,7 @@ fn field_error(path: &str, message: &str) -> FieldError {
             return FieldError::new(name, format!("is not a known field (expected {expected})"));
         }
     }
-    let field = if path.is_empty() || path == "." {
-        "body".to_owned()
-    } else {
-        path.to_owned()
-    };
+    let field = if path.is_empty() || path == "." { "body".to_owned() } else { path.to_owned() };
     // serde's messages for rejected values quote the value; keep only the rule.
     let message = match message.split_once(": ") {
         Some((head, tail)) if head.starts_with("invalid value") => tail.to_owned(),
@@ -337,45 +322,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
+        assert_eq!(field_of(JobKind::Provision, r#"{"owner-id":1,"instance-id":"Acme"}"#), "instance-id");
+        assert_eq!(field_of(JobKind::Provision, r#"{"owner-id":1,"instance-id":"../x"}"#), "instance-id");
+        assert_eq!(field_of(JobKind::Provision, r#"{"owner-id":1}"#), "instance-id");
+        assert_eq!(field_of(JobKind::Provision, r#"{"instance-id":"abc"}"#), "owner-id");
         assert_eq!(
-            field_of(JobKind::Provision, r#"{"owner-id":1,"instance-id":"Acme"}"#),
-            "instance-id"
-        );
-        assert_eq!(
-            field_of(JobKind::Provision, r#"{"owner-id":1,"instance-id":"../x"}"#),
-            "instance-id"
-        );
-        assert_eq!(
-            field_of(JobKind::Provision, r#"{"owner-id":1}"#),
-            "instance-id"
-        );
-        assert_eq!(
-            field_of(JobKind::Provision, r#"{"instance-id":"abc"}"#),
-            "owner-id"
-        );
-        assert_eq!(
-            field_of(
-                JobKind::Provision,
-                r#"{"owner-id":1,"instance-id":"abc","instance_id":"x"}"#
-            ),
+            field_of(JobKind::Provision, r#"{"owner-id":1,"instance-id":"abc","instance_id":"x"}"#),
             "instance_id"
         );
-        assert_eq!(
-            field_of(
-                JobKind::Deprovision,
-                r#"{"instance-id":"abc","keep-database":"y"}"#
-            ),
-            "keep-database"
-        );
+        assert_eq!(field_of(JobKind::Deprovision, r#"{"instance-id":"abc","keep-database":"y"}"#), "keep-database");
         assert_eq!(field_of(JobKind::Export, "[1]"), "body");
     }
 
     #[test]
     fn malformed_json_is_not_a_field_error() {
-        assert!(matches!(
-            Job::parse(JobKind::Provision, b"{"),
-            Err(Error::Json(_))
-        ));
+        assert!(matches!(Job::parse(JobKind::Provision, b"{"), Err(Error::Json(_))));
     }
 
     #[test]

@@ -17,12 +17,7 @@ const MIN_AGE_SECS: f64 = 3.0;
 const INTERVAL: Duration = Duration::from_secs(2);
 
 /// Publishes unpublished jobs until `shutdown` turns true.
-pub async fn relay(
-    registry: Registry,
-    broker: BrokerHandle,
-    app_id: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn relay(registry: Registry, broker: BrokerHandle, app_id: String, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
@@ -38,11 +33,7 @@ pub async fn relay(
 }
 
 /// One pass: publishes up to 500 unpublished jobs. Returns how many it published.
-pub async fn relay_once(
-    registry: &Registry,
-    broker: &BrokerHandle,
-    app_id: &str,
-) -> crate::Result<usize> {
+pub async fn relay_once(registry: &Registry, broker: &BrokerHandle, app_id: &str) -> crate::Result<usize> {
     let pending = registry.unpublished(MIN_AGE_SECS, 500).await?;
     if pending.is_empty() {
         return Ok(0);

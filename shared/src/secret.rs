@@ -22,13 +22,7 @@ impl Secret {
     /// A fresh random secret of `len` alphanumeric characters from the OS CSPRNG.
     pub fn generate(len: usize) -> Self {
         use rand::{distributions::Alphanumeric, rngs::OsRng, Rng};
-        Secret(
-            OsRng
-                .sample_iter(&Alphanumeric)
-                .take(len)
-                .map(char::from)
-                .collect(),
-        )
+        Secret(OsRng.sample_iter(&Alphanumeric).take(len).map(char::from).collect())
     }
 }
 

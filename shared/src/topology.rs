@@ -23,44 +23,25 @@ pub fn queue_name(kind: JobKind) -> String {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
 }
 
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
     args
 }
 
 /// Declares the exchanges, the four job queues (quorum, dead-lettering to
 /// [`DEAD_QUEUE`]) and the dead queue. Safe to call any number of times.
 pub async fn declare(channel: &Channel) -> Result<()> {
-    let exchange_opts = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let exchange_opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
-        .exchange_declare(
-            JOBS_EXCHANGE,
-            ExchangeKind::Direct,
-            exchange_opts,
-            FieldTable::default(),
-        )
+        .exchange_declare(JOBS_EXCHANGE, ExchangeKind::Direct, exchange_opts, FieldTable::default())
         .await
         .map_err(Error::broker("declaring exchange dfe.jobs"))?;
     channel
-        .exchange_declare(
-            EVENTS_EXCHANGE,
-            ExchangeKind::Topic,
-            exchange_opts,
-            FieldTable::default(),
-        )
+        .exchange_declare(EVENTS_EXCHANGE, ExchangeKind::Topic, exchange_opts, FieldTable::default())
         .await
         .map_err(Error::broker("declaring exchange dfe.events"))?;
     channel
@@ -70,27 +51,12 @@ pub async fn declare(channel: &Channel) -> Result<()> {
     for kind in JobKind::ALL {
         let mut args = quorum_args();
         // Dead-letter through the default exchange straight into the dead queue.
-        args.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            AMQPValue::LongString(DEAD_QUEUE.into()),
-        );
+        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
+        args.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(DEAD_QUEUE.into()));
         let queue = queue_name(kind);
+        channel.queue_declare(&queue, durable(), args).await.map_err(Error::broker("declaring a job queue"))?;
         channel
-            .queue_declare(&queue, durable(), args)
-            .await
-            .map_err(Error::broker("declaring a job queue"))?;
-        channel
-            .queue_bind(
-                &queue,
-                JOBS_EXCHANGE,
-                kind.as_str(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_bind(&queue, JOBS_EXCHANGE, kind.as_str(), QueueBindOptions::default(), FieldTable::default())
             .await
             .map_err(Error::broker("binding a job queue"))?;
     }

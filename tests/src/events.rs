@@ -22,14 +22,8 @@ impl EventLog {
         let conn = dfe_shared::broker::connect(url, "dfe-tests events").await?;
         let channel = conn.create_channel().await?;
         dfe_shared::topology::declare(&channel).await?;
-        let opts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("", opts, FieldTable::default())
-            .await?;
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("", opts, FieldTable::default()).await?;
         channel
             .queue_bind(
                 queue.name().as_str(),
@@ -40,12 +34,7 @@ impl EventLog {
             )
             .await?;
         let mut consumer = channel
-            .basic_consume(
-                queue.name().as_str(),
-                "tests",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(queue.name().as_str(), "tests", BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
@@ -59,10 +48,7 @@ impl EventLog {
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
         });
-        Ok(EventLog {
-            events,
-            _conn: conn,
-        })
+        Ok(EventLog { events, _conn: conn })
     }
 
     /// All events so far.
@@ -72,10 +58,7 @@ impl EventLog {
 
     /// The events of one job, in arrival order.
     pub fn of_job(&self, job_id: &str) -> Vec<Value> {
-        self.all()
-            .into_iter()
-            .filter(|e| e["job-id"] == job_id)
-            .collect()
+        self.all().into_iter().filter(|e| e["job-id"] == job_id).collect()
     }
 
     /// The names of one job's events, in arrival order, duplicates (same event-id) dropped.
@@ -89,23 +72,14 @@ impl EventLog {
     }
 
     /// Waits for an event matching `pred`; returns it.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
+    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(e) = self.all().into_iter().find(|e| pred(e)) {
                 return Ok(e);
             }
             if tokio::time::Instant::now() > deadline {
-                let names: Vec<String> = self
-                    .all()
-                    .iter()
-                    .map(|e| format!("{} {}", e["event"], e["job-id"]))
-                    .collect();
+                let names: Vec<String> = self.all().iter().map(|e| format!("{} {}", e["event"], e["job-id"])).collect();
                 bail!("no event {what} within {timeout:?}; seen: {names:#?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,8 +97,6 @@ impl EventLog {
 
 /// Whether an event name is a job's final event.
 pub fn is_final(name: &str) -> bool {
-    matches!(
-        name,
-        "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported"
-    ) || (name.ends_with(".failed") && name.matches('.').count() == 2)
+    matches!(name, "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported")
+        || (name.ends_with(".failed") && name.matches('.').count() == 2)
 }

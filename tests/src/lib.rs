@@ -31,18 +31,13 @@ pub const PG_ADMIN_URL: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// A short random hex string.
 pub fn random_hex(n: usize) -> String {
     let mut rng = rand::thread_rng();
-    (0..n)
-        .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-        .collect()
+    (0..n).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
 }
 
 /// Options of a test environment.
@@ -56,10 +51,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            workers: 2,
-            worker_env: Vec::new(),
-        }
+        Options { workers: 2, worker_env: Vec::new() }
     }
 }
 
@@ -97,11 +89,7 @@ pub struct TestEnv {
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -109,19 +97,10 @@ fn run(cmd: &mut Command) -> Result<String> {
 /// Fails with the setup command named when a service is not there.
 pub async fn preflight() -> Result<()> {
     let root = repo_root();
-    if tokio::net::TcpStream::connect("127.0.0.1:5672")
-        .await
-        .is_err()
-    {
-        bail!(
-            "RabbitMQ is not reachable on 127.0.0.1:5672: run `{SETUP}` (from {}) first",
-            root.display()
-        );
+    if tokio::net::TcpStream::connect("127.0.0.1:5672").await.is_err() {
+        bail!("RabbitMQ is not reachable on 127.0.0.1:5672: run `{SETUP}` (from {}) first", root.display());
     }
-    if tokio::net::TcpStream::connect("127.0.0.1:5432")
-        .await
-        .is_err()
-    {
+    if tokio::net::TcpStream::connect("127.0.0.1:5432").await.is_err() {
         bail!("PostgreSQL is not reachable on 127.0.0.1:5432: run `{SETUP}` first");
     }
     if !Path::new("/var/run/docker.sock").exists() || probes::docker().await.is_err() {
@@ -136,13 +115,13 @@ pub async fn preflight() -> Result<()> {
 /// Where the workspace's binaries are (next to the test executable's `deps/`).
 pub fn bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no parent")?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent")?;
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} is missing: build the binaries first (`cargo build --workspace --bins`; `deploy/test.sh` does it)", path.display());
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`; `deploy/test.sh` does it)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -159,16 +138,7 @@ impl TestEnv {
         let id = random_hex(10);
         let vhost = format!("dfe-test-{id}");
         run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &vhost]))?;
-        run(Command::new("rabbitmqctl").args([
-            "-q",
-            "set_permissions",
-            "-p",
-            &vhost,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ]))?;
+        run(Command::new("rabbitmqctl").args(["-q", "set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]))?;
         let database = format!("dfe_test_{id}");
         probes::pg_exec(PG_ADMIN_URL, &format!("CREATE DATABASE \"{database}\"")).await?;
 
@@ -195,10 +165,7 @@ impl TestEnv {
             database,
             worker_env: options.worker_env.clone(),
             instances: Default::default(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()?,
+            http: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?,
             next_worker: 0,
             id,
         };
@@ -215,29 +182,17 @@ impl TestEnv {
             ("DFE__AMQP__URL".into(), self.amqp_url.clone()),
             ("DFE__REGISTRY__URL".into(), self.registry_url.clone()),
             ("DFE__API__LISTEN".into(), "127.0.0.1:0".into()),
-            (
-                "RUST_LOG".into(),
-                "info,dfe_worker=debug,dfe_api=debug,dfe_shared=debug".into(),
-            ),
+            ("RUST_LOG".into(), "info,dfe_worker=debug,dfe_api=debug,dfe_shared=debug".into()),
         ]
     }
 
     /// Starts (or restarts) the api and waits for its address.
     pub async fn start_api(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin("dfe-api")?);
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .envs(self.service_env());
+        cmd.arg("--config").arg(&self.config_path).envs(self.service_env());
         let proc = Proc::spawn("api", cmd, &self.dir)?;
-        let line = proc
-            .wait_for_line("dfe-api listening on ", Duration::from_secs(30))
-            .await?;
-        self.api_url = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let line = proc.wait_for_line("dfe-api listening on ", Duration::from_secs(30)).await?;
+        self.api_url = line.split("listening on ").nth(1).unwrap_or_default().trim().to_owned();
         self.api = Some(proc);
         Ok(())
     }
@@ -264,8 +219,7 @@ impl TestEnv {
 
     async fn wait_ready(&self) -> Result<()> {
         for w in &self.workers {
-            w.wait_for_line("consuming dfe.jobs", Duration::from_secs(60))
-                .await?;
+            w.wait_for_line("consuming dfe.jobs", Duration::from_secs(60)).await?;
         }
         Ok(())
     }
@@ -279,10 +233,7 @@ impl TestEnv {
 
     /// Records an instance id made by other means so drop cleans it up.
     pub fn track(&self, instance_id: &str) {
-        self.instances
-            .lock()
-            .map(|mut v| v.push(instance_id.to_owned()))
-            .ok();
+        self.instances.lock().map(|mut v| v.push(instance_id.to_owned())).ok();
     }
 
     /// An event log of this environment's `dfe.events` (bound before it returns).
@@ -292,8 +243,7 @@ impl TestEnv {
 
     /// POSTs JSON to the api with the token; returns status and body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        self.post_raw(path, body.to_string().as_bytes(), Some(&self.token), &[])
-            .await
+        self.post_raw(path, body.to_string().as_bytes(), Some(&self.token), &[]).await
     }
 
     /// POSTs raw bytes with an optional token and extra headers.
@@ -320,12 +270,7 @@ impl TestEnv {
 
     /// GETs from the api with the token.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        self.answer(
-            self.http
-                .get(format!("{}{path}", self.api_url))
-                .bearer_auth(&self.token),
-        )
-        .await
+        self.answer(self.http.get(format!("{}{path}", self.api_url)).bearer_auth(&self.token)).await
     }
 
     async fn answer(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
@@ -343,10 +288,7 @@ impl TestEnv {
         if status != 202 {
             bail!("POST {kind} answered {status}: {answer}");
         }
-        answer["job-id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("202 without job-id")
+        answer["job-id"].as_str().map(str::to_owned).context("202 without job-id")
     }
 
     /// Waits until the job reads a terminal state; returns the job.
@@ -365,12 +307,7 @@ impl TestEnv {
     }
 
     /// Publishes a raw message onto `dfe.jobs` with a plain AMQP client, as any publisher would.
-    pub async fn publish_raw(
-        &self,
-        routing_key: &str,
-        body: &[u8],
-        props: lapin::BasicProperties,
-    ) -> Result<()> {
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], props: lapin::BasicProperties) -> Result<()> {
         probes::publish(&self.amqp_url, "dfe.jobs", routing_key, body, props).await
     }
 
@@ -434,11 +371,7 @@ impl Drop for TestEnv {
             p.kill();
         }
         if failed {
-            eprintln!(
-                "--- logs of environment {} (in {}) ---",
-                self.id,
-                self.dir.display()
-            );
+            eprintln!("--- logs of environment {} (in {}) ---", self.id, self.dir.display());
             for p in self.api.iter().chain(self.workers.iter()) {
                 let log = p.log();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -452,15 +385,9 @@ impl Drop for TestEnv {
         for id in instances {
             probes::remove_instance_blocking(&id);
         }
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.vhost])
-            .output();
+        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.vhost]).output();
         let _ = Command::new("psql")
-            .args([
-                PG_ADMIN_URL,
-                "-qAtc",
-                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database),
-            ])
+            .args([PG_ADMIN_URL, "-qAtc", &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)])
             .output();
     }
 }

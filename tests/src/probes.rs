@@ -9,9 +9,7 @@ use bollard::container::{InspectContainerOptions, ListContainersOptions};
 use bollard::volume::ListVolumesOptions;
 use bollard::Docker;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use tokio_postgres::NoTls;
 
@@ -36,18 +34,14 @@ pub async fn image_exists(image: &str) -> bool {
 /// Runs one statement on the PostgreSQL at `url`.
 pub async fn pg_exec(url: &str, sql: &str) -> Result<()> {
     let client = pg(url).await?;
-    client
-        .batch_execute(sql)
-        .await
-        .with_context(|| format!("running {sql}"))?;
+    client.batch_execute(sql).await.with_context(|| format!("running {sql}"))?;
     Ok(())
 }
 
 /// A client of the PostgreSQL at `url`.
 pub async fn pg(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| "connecting to PostgreSQL".to_string())?;
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls).await.with_context(|| "connecting to PostgreSQL".to_string())?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -75,14 +69,7 @@ impl Footprint {
 
     /// Exactly one of each, the container running.
     pub fn is_complete(&self) -> bool {
-        *self
-            == Footprint {
-                containers: 1,
-                running: 1,
-                volumes: 1,
-                databases: 1,
-                roles: 1,
-            }
+        *self == Footprint { containers: 1, running: 1, volumes: 1, databases: 1, roles: 1 }
     }
 }
 
@@ -97,35 +84,14 @@ pub async fn footprint(instance_id: &str) -> Result<Footprint> {
     let label = format!("dfe.instance-id={instance_id}");
     let filters = HashMap::from([("label".to_owned(), vec![label.clone()])]);
     let containers = d
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: filters.clone(),
-            ..Default::default()
-        }))
+        .list_containers(Some(ListContainersOptions { all: true, filters: filters.clone(), ..Default::default() }))
         .await?;
-    let running = containers
-        .iter()
-        .filter(|c| c.state.as_deref() == Some("running"))
-        .count();
-    let volumes = d
-        .list_volumes(Some(ListVolumesOptions { filters }))
-        .await?
-        .volumes
-        .unwrap_or_default()
-        .len();
+    let running = containers.iter().filter(|c| c.state.as_deref() == Some("running")).count();
+    let volumes = d.list_volumes(Some(ListVolumesOptions { filters })).await?.volumes.unwrap_or_default().len();
     let name = db_name(instance_id);
     let pg = pg(PG_ADMIN_URL).await?;
-    let databases: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await?
-        .get(0);
-    let roles: i64 = pg
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&name])
-        .await?
-        .get(0);
+    let databases: i64 = pg.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name]).await?.get(0);
+    let roles: i64 = pg.query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&name]).await?.get(0);
     Ok(Footprint {
         containers: containers.len(),
         running,
@@ -137,23 +103,12 @@ pub async fn footprint(instance_id: &str) -> Result<Footprint> {
 
 /// The inspected container `dfe-<instance_id>`.
 pub async fn container(instance_id: &str) -> Result<bollard::models::ContainerInspectResponse> {
-    Ok(docker()
-        .await?
-        .inspect_container(
-            &format!("dfe-{instance_id}"),
-            None::<InspectContainerOptions>,
-        )
-        .await?)
+    Ok(docker().await?.inspect_container(&format!("dfe-{instance_id}"), None::<InspectContainerOptions>).await?)
 }
 
 /// An environment variable of a container.
 pub fn container_env(c: &bollard::models::ContainerInspectResponse, key: &str) -> Option<String> {
-    c.config
-        .as_ref()?
-        .env
-        .as_ref()?
-        .iter()
-        .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_owned))
+    c.config.as_ref()?.env.as_ref()?.iter().find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_owned))
 }
 
 /// Publishes one message with confirms.
@@ -168,36 +123,16 @@ pub async fn publish(
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     dfe_shared::topology::declare(&ch).await?;
-    ch.basic_publish(
-        exchange,
-        routing_key,
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await?
-    .await?;
+    ch.basic_publish(exchange, routing_key, BasicPublishOptions::default(), body, props).await?.await?;
     let _ = conn.close(200, "done").await;
     Ok(())
 }
 
 /// Takes up to `n` messages from `queue` (waiting up to `timeout` for them), acking them.
-pub async fn drain(
-    url: &str,
-    queue: &str,
-    n: usize,
-    timeout: Duration,
-) -> Result<Vec<lapin::message::Delivery>> {
+pub async fn drain(url: &str, queue: &str, n: usize, timeout: Duration) -> Result<Vec<lapin::message::Delivery>> {
     let conn = dfe_shared::broker::connect(url, "dfe-tests drain").await?;
     let ch = conn.create_channel().await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue,
-            "drain",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = ch.basic_consume(queue, "drain", BasicConsumeOptions::default(), FieldTable::default()).await?;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
@@ -217,18 +152,11 @@ pub async fn drain(
 /// Removes whatever exists of an instance (best effort, for cleanup after a test).
 pub fn remove_instance_blocking(instance_id: &str) {
     use std::process::Command;
-    let _ = Command::new("docker")
-        .args(["rm", "-f", &format!("dfe-{instance_id}")])
-        .output();
-    let _ = Command::new("docker")
-        .args(["volume", "rm", "-f", &format!("dfe-{instance_id}-storage")])
-        .output();
+    let _ = Command::new("docker").args(["rm", "-f", &format!("dfe-{instance_id}")]).output();
+    let _ = Command::new("docker").args(["volume", "rm", "-f", &format!("dfe-{instance_id}-storage")]).output();
     let name = db_name(instance_id);
-    let sql =
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); DROP ROLE IF EXISTS \"{name}\";");
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); DROP ROLE IF EXISTS \"{name}\";");
     for stmt in sql.split_inclusive(';') {
-        let _ = Command::new("psql")
-            .args([PG_ADMIN_URL, "-qAtc", stmt])
-            .output();
+        let _ = Command::new("psql").args([PG_ADMIN_URL, "-qAtc", stmt]).output();
     }
 }

@@ -20,22 +20,13 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd`, teeing stdout and stderr into `<dir>/<name>.log` and memory.
     pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let file = Arc::new(Mutex::new(std::fs::File::create(
-            dir.join(format!("{name}.log")),
-        )?));
+        let file = Arc::new(Mutex::new(std::fs::File::create(dir.join(format!("{name}.log")))?));
         let stdout = child.stdout.take().context("stdout")?;
         let stderr = child.stderr.take().context("stderr")?;
-        for stream in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
+        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
             let (lines, file) = (lines.clone(), file.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -48,11 +39,7 @@ impl Proc {
                 }
             });
         }
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            lines,
-        })
+        Ok(Proc { name: name.to_owned(), child, lines })
     }
 
     /// The process id.
@@ -62,30 +49,18 @@ impl Proc {
 
     /// Everything it printed so far.
     pub fn log(&self) -> String {
-        self.lines
-            .lock()
-            .map(|l| l.join("\n") + "\n")
-            .unwrap_or_default()
+        self.lines.lock().map(|l| l.join("\n") + "\n").unwrap_or_default()
     }
 
     /// Waits for a line containing `needle`; returns it.
     pub async fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .ok()
-                .and_then(|l| l.iter().find(|l| l.contains(needle)).cloned())
-            {
+            if let Some(l) = self.lines.lock().ok().and_then(|l| l.iter().find(|l| l.contains(needle)).cloned()) {
                 return Ok(l);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} printed no line with {needle:?} within {timeout:?}; it printed:\n{}",
-                    self.name,
-                    self.log()
-                );
+                bail!("{} printed no line with {needle:?} within {timeout:?}; it printed:\n{}", self.name, self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -18,9 +18,7 @@ use dfe_shared::registry::{JobState, LockPool, Registry};
 use dfe_shared::topology::{self, queue_name};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
@@ -72,10 +70,7 @@ impl Consumer {
         let publisher = Publisher::open(&conn).await?;
         topology::declare(publisher.channel()).await?;
         let events = Events::new(publisher);
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(dfe_shared::Error::broker("opening the consume channel"))?;
+        let channel = conn.create_channel().await.map_err(dfe_shared::Error::broker("opening the consume channel"))?;
         // Per-consumer prefetch (quorum queues do not support global QoS); the semaphore
         // below bounds the jobs running at once across the four queues.
         channel
@@ -87,12 +82,7 @@ impl Consumer {
         for kind in JobKind::ALL {
             let tag = format!("{}.{kind}", self.worker_id);
             let consumer = channel
-                .basic_consume(
-                    &queue_name(kind),
-                    &tag,
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+                .basic_consume(&queue_name(kind), &tag, BasicConsumeOptions::default(), FieldTable::default())
                 .await
                 .map_err(dfe_shared::Error::broker("starting a consumer"))?;
             streams.push(consumer.map(move |d| (kind, d)).boxed());
@@ -101,12 +91,8 @@ impl Consumer {
         tracing::info!(worker = %self.worker_id, concurrency = self.concurrency, "consuming dfe.jobs.*");
         let mut deliveries = futures::stream::select_all(streams);
         let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
-        let env = Env {
-            registry: self.registry.clone(),
-            manager: self.manager.clone(),
-            events,
-            config: self.config.clone(),
-        };
+        let env =
+            Env { registry: self.registry.clone(), manager: self.manager.clone(), events, config: self.config.clone() };
 
         let ended = loop {
             let permit = tokio::select! {
@@ -136,19 +122,12 @@ impl Consumer {
 
         if matches!(ended, Ended::Shutdown) {
             for tag in &tags {
-                let _ = channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await;
+                let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
             }
             let all = u32::from(self.concurrency);
             tracing::info!(grace = ?self.grace, "shutdown: waiting for running jobs");
-            if tokio::time::timeout(self.grace, slots.acquire_many(all))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "shutdown: grace period over; unfinished jobs go back to their queue"
-                );
+            if tokio::time::timeout(self.grace, slots.acquire_many(all)).await.is_err() {
+                tracing::warn!("shutdown: grace period over; unfinished jobs go back to their queue");
             }
         }
         // Closing returns every unacknowledged message to its queue.
@@ -157,27 +136,13 @@ impl Consumer {
     }
 
     async fn handle(&self, env: &Env, kind: JobKind, delivery: Delivery) {
-        let Delivery {
-            data,
-            properties,
-            acker,
-            redelivered,
-            ..
-        } = delivery;
-        let settled = match self
-            .process(env, kind, &data, &properties, redelivered)
-            .await
-        {
+        let Delivery { data, properties, acker, redelivered, .. } = delivery;
+        let settled = match self.process(env, kind, &data, &properties, redelivered).await {
             Ok(()) => acker.ack(BasicAckOptions::default()).await,
             Err(e) => {
                 tracing::error!(queue = %queue_name(kind), error = %e.chain(), "job handling failed; requeueing");
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
         };
         if let Err(e) = settled {
@@ -197,35 +162,22 @@ impl Consumer {
     ) -> Result<()> {
         let mut job = match parse(kind, data, props) {
             Ok(job) => job,
-            Err(reason) => {
-                return deadletter::reject(&env.events, kind, data, props, &reason).await
-            }
+            Err(reason) => return deadletter::reject(&env.events, kind, data, props, &reason).await,
         };
-        let explicit_id = job.job_id().cloned().or_else(|| {
-            props
-                .message_id()
-                .as_ref()
-                .and_then(|m| Tag::parse(m.as_str()).ok())
-        });
+        let explicit_id =
+            job.job_id().cloned().or_else(|| props.message_id().as_ref().and_then(|m| Tag::parse(m.as_str()).ok()));
         let fingerprint = hex::encode(Sha256::digest(data));
         let job_id = match explicit_id {
             Some(id) => id,
             None => {
-                let earlier = if redelivered {
-                    self.registry.job_by_fingerprint(kind, &fingerprint).await?
-                } else {
-                    None
-                };
+                let earlier =
+                    if redelivered { self.registry.job_by_fingerprint(kind, &fingerprint).await? } else { None };
                 let id = earlier.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 Tag::parse(&id).map_err(Error::Invalid)?
             }
         };
         job.set_job_id(job_id.clone());
-        let by = Submitter {
-            source: "queue",
-            fingerprint: Some(&fingerprint),
-            ..Default::default()
-        };
+        let by = Submitter { source: "queue", fingerprint: Some(&fingerprint), ..Default::default() };
         let record = self.registry.record(&job, &by).await?;
         if record.kind != kind {
             let reason = format!("job-id {job_id} already names a {} job", record.kind);
@@ -237,15 +189,8 @@ impl Consumer {
             return env.events.emit_final(&meta, &record).await;
         }
 
-        let Some(lock) = self
-            .locks
-            .acquire(job.instance_id(), env.deadline())
-            .await?
-        else {
-            return Err(Error::Conflict(format!(
-                "instance {} stayed locked by another job",
-                job.instance_id()
-            )));
+        let Some(lock) = self.locks.acquire(job.instance_id(), env.deadline()).await? else {
+            return Err(Error::Conflict(format!("instance {} stayed locked by another job", job.instance_id())));
         };
         let outcome = self.run_locked(env, &job, &meta).await;
         if let Err(e) = lock.release().await {
@@ -255,17 +200,9 @@ impl Consumer {
     }
 
     async fn run_locked(&self, env: &Env, job: &Job, meta: &JobMeta) -> Result<()> {
-        let Some(started) = self
-            .registry
-            .start_job(&meta.job_id, &self.worker_id)
-            .await?
-        else {
+        let Some(started) = self.registry.start_job(&meta.job_id, &self.worker_id).await? else {
             // Finished by another delivery while this one waited for the lock.
-            let record = self
-                .registry
-                .job(&meta.job_id)
-                .await?
-                .ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
+            let record = self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
             return env.events.emit_final(meta, &record).await;
         };
         tracing::info!(job_id = %meta.job_id, kind = %meta.kind, instance = %meta.instance_id, attempt = started.attempts, "job started");
@@ -284,10 +221,7 @@ impl Consumer {
                 )
             }
         };
-        let error_json = outcome
-            .error
-            .as_ref()
-            .map(|e| serde_json::to_value(e).unwrap_or_default());
+        let error_json = outcome.error.as_ref().map(|e| serde_json::to_value(e).unwrap_or_default());
         self.registry
             .complete_job(
                 &meta.job_id,
@@ -298,11 +232,7 @@ impl Consumer {
                 outcome.change,
             )
             .await?;
-        let record = self
-            .registry
-            .job(&meta.job_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
+        let record = self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
         match outcome.state {
             JobState::Succeeded => tracing::info!(job_id = %meta.job_id, "job succeeded"),
             _ => tracing::warn!(job_id = %meta.job_id, error = ?outcome.error, "job failed"),
@@ -313,11 +243,7 @@ impl Consumer {
     async fn meta(&self, job: &Job) -> Result<JobMeta> {
         let owner_id = match job.owner_id() {
             Some(o) => Some(serde_json::to_value(o).unwrap_or_default()),
-            None => self
-                .registry
-                .instance(job.instance_id().as_str())
-                .await?
-                .map(|i| i.owner_id),
+            None => self.registry.instance(job.instance_id().as_str()).await?.map(|i| i.owner_id),
         };
         Ok(JobMeta {
             job_id: job.job_id().map(|j| j.to_string()).unwrap_or_default(),

@@ -76,16 +76,10 @@ impl Events {
         let (name, error) = if record.state == JobState::Succeeded {
             (names::succeeded(record.kind), None)
         } else {
-            let error = record
-                .error
-                .clone()
-                .and_then(|e| serde_json::from_value::<EventError>(e).ok());
+            let error = record.error.clone().and_then(|e| serde_json::from_value::<EventError>(e).ok());
             (names::failed(record.kind), error)
         };
-        let result = record
-            .result
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({}));
+        let result = record.result.clone().unwrap_or_else(|| serde_json::json!({}));
         self.emit(meta, &name, result, error).await
     }
 }

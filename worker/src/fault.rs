@@ -9,10 +9,7 @@ use std::time::Duration;
 /// Holds the current task forever when the hook names `step`.
 pub async fn hold_after(step: &str) {
     if std::env::var("DFE_TEST_HOLD_AFTER").is_ok_and(|s| s == step) {
-        tracing::warn!(
-            step,
-            "DFE_TEST_HOLD_AFTER: holding the job after this step (test hook)"
-        );
+        tracing::warn!(step, "DFE_TEST_HOLD_AFTER: holding the job after this step (test hook)");
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     }
 }

@@ -73,14 +73,8 @@ pub async fn run(
     let locks = LockPool::new(&config.registry.url, usize::from(concurrency) * 4 + 2)?;
 
     // The outbox relay runs here too, so accepted jobs get published even when no api runs.
-    let relay_broker =
-        BrokerHandle::new(&config.amqp.url, &format!("{} outbox", options.worker_id));
-    tokio::spawn(dfe_shared::outbox::relay(
-        registry.clone(),
-        relay_broker,
-        options.worker_id.clone(),
-        stop_rx.clone(),
-    ));
+    let relay_broker = BrokerHandle::new(&config.amqp.url, &format!("{} outbox", options.worker_id));
+    tokio::spawn(dfe_shared::outbox::relay(registry.clone(), relay_broker, options.worker_id.clone(), stop_rx.clone()));
 
     let consumer = Arc::new(Consumer {
         worker_id: options.worker_id.clone(),

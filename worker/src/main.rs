@@ -29,9 +29,6 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("dfe-worker-{}-{}", host.trim(), std::process::id())
     });
-    let options = dfe_worker::Options {
-        worker_id,
-        grace: Duration::from_secs(args.grace_secs),
-    };
+    let options = dfe_worker::Options { worker_id, grace: Duration::from_secs(args.grace_secs) };
     dfe_worker::run(config, options, dfe_worker::shutdown_signal()).await
 }

@@ -13,8 +13,8 @@ use dfe_shared::registry::InstanceRecord;
 use crate::error::{Error, Result};
 use crate::provisioners::docker::DockerCluster;
 use crate::provisioners::{
-    build_database, build_instance, build_storage, BuildContext, DatabaseProvisioner,
-    InstanceContext, InstanceProvisioner, Names, StorageProvisioner,
+    build_database, build_instance, build_storage, BuildContext, DatabaseProvisioner, InstanceContext,
+    InstanceProvisioner, Names, StorageProvisioner,
 };
 
 /// One provisioner host with its built sub-provisioners.
@@ -52,11 +52,8 @@ impl Manager {
     /// Builds every configured provisioner; an unknown implementation name is an error here,
     /// at start, not in the middle of a job.
     pub fn new(config: Arc<Config>) -> Result<Manager> {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|(id, c)| (id.clone(), Arc::new(DockerCluster::new(id, c.clone()))))
-            .collect();
+        let clusters =
+            config.clusters.iter().map(|(id, c)| (id.clone(), Arc::new(DockerCluster::new(id, c.clone())))).collect();
         let mut provisioners = BTreeMap::new();
         for (tag, host) in &config.provisioners.hosts {
             let database = match &host.database {
@@ -65,16 +62,11 @@ impl Manager {
                         .databases
                         .get_key_value(id)
                         .map(|(k, v)| (k.as_str(), v))
-                        .ok_or_else(|| {
-                            Error::Config(format!("provisioner {tag}: no [databases.{id}]"))
-                        })?,
+                        .ok_or_else(|| Error::Config(format!("provisioner {tag}: no [databases.{id}]")))?,
                 ),
                 None => None,
             };
-            let b = BuildContext {
-                database,
-                health_timeout_secs: config.worker.health_timeout_secs,
-            };
+            let b = BuildContext { database, health_timeout_secs: config.worker.health_timeout_secs };
             let built = (|| -> Result<Provisioner> {
                 Ok(Provisioner {
                     tag: tag.clone(),
@@ -87,71 +79,42 @@ impl Manager {
             .map_err(|e| Error::Config(format!("provisioners.hosts.{tag}: {e}")))?;
             provisioners.insert(tag.clone(), built);
         }
-        Ok(Manager {
-            config,
-            provisioners,
-            clusters,
-        })
+        Ok(Manager { config, provisioners, clusters })
     }
 
     fn provisioner(&self, guest_location: Option<&str>) -> Result<&Provisioner> {
         let tag = guest_location.unwrap_or(&self.config.provisioners.default);
-        self.provisioners.get(tag).ok_or_else(|| {
-            Error::Invalid(format!(
-                "guest-location {tag:?} names no configured provisioner"
-            ))
-        })
+        self.provisioners
+            .get(tag)
+            .ok_or_else(|| Error::Invalid(format!("guest-location {tag:?} names no configured provisioner")))
     }
 
-    fn cluster(
-        &self,
-        requested: Option<&str>,
-        p: &Provisioner,
-    ) -> Result<Option<(String, Arc<DockerCluster>)>> {
+    fn cluster(&self, requested: Option<&str>, p: &Provisioner) -> Result<Option<(String, Arc<DockerCluster>)>> {
         let id = match requested.or(p.host.cluster.as_deref()) {
             Some(id) => id.to_owned(),
-            None if self.clusters.len() == 1 => {
-                self.clusters.keys().next().cloned().unwrap_or_default()
-            }
+            None if self.clusters.len() == 1 => self.clusters.keys().next().cloned().unwrap_or_default(),
             None => return Ok(None),
         };
-        let cluster = self.clusters.get(&id).ok_or_else(|| {
-            Error::Invalid(format!("cluster-id {id:?} names no configured cluster"))
-        })?;
+        let cluster = self
+            .clusters
+            .get(&id)
+            .ok_or_else(|| Error::Invalid(format!("cluster-id {id:?} names no configured cluster")))?;
         Ok(Some((id, cluster.clone())))
     }
 
     /// Plans a provision.
     pub fn plan_provision(&self, job: &ProvisionJob, job_id: &str) -> Result<Plan<'_>> {
         let provisioner = self.provisioner(job.guest_location.as_ref().map(|g| g.as_str()))?;
-        let offering = provisioner
-            .host
-            .resolve_offerings(job.offerings.as_ref())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let offering =
+            provisioner.host.resolve_offerings(job.offerings.as_ref()).map_err(|e| Error::Invalid(e.to_string()))?;
         let cluster = self.cluster(job.cluster_id.as_ref().map(|c| c.as_str()), provisioner)?;
-        Ok(self.plan(
-            provisioner,
-            &job.instance_id,
-            job.owner_id.as_text(),
-            job_id,
-            offering,
-            cluster,
-        ))
+        Ok(self.plan(provisioner, &job.instance_id, job.owner_id.as_text(), job_id, offering, cluster))
     }
 
     /// Plans work on an instance the registry knows (deprovision, export).
-    pub fn plan_existing(
-        &self,
-        record: &InstanceRecord,
-        job_id: &str,
-        cluster_id: Option<&str>,
-    ) -> Result<Plan<'_>> {
-        let instance_id = InstanceId::parse(&record.instance_id).map_err(|e| {
-            Error::Invalid(format!(
-                "registry instance id {:?}: {e}",
-                record.instance_id
-            ))
-        })?;
+    pub fn plan_existing(&self, record: &InstanceRecord, job_id: &str, cluster_id: Option<&str>) -> Result<Plan<'_>> {
+        let instance_id = InstanceId::parse(&record.instance_id)
+            .map_err(|e| Error::Invalid(format!("registry instance id {:?}: {e}", record.instance_id)))?;
         let guest = Some(record.guest_location.as_str()).filter(|g| !g.is_empty());
         let provisioner = self.provisioner(guest)?;
         let cluster = self.cluster(cluster_id.or(record.cluster_id.as_deref()), provisioner)?;

@@ -16,22 +16,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// GET /readyz: the broker and the registry answer.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (broker, registry) = tokio::join!(state.broker.is_ready(), state.registry.is_ready());
-    let status = if broker && registry {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if broker && registry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (
-        status,
-        Json(json!({ "broker": word(broker), "registry": word(registry) })),
-    )
+    (status, Json(json!({ "broker": word(broker), "registry": word(registry) })))
 }
 
 /// GET /metrics: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -64,23 +64,16 @@ async fn submit(
     let idempotency_key = idempotency_key(&headers)?;
     // The body is read as JSON whatever its Content-Type says (curl -d sends a form type);
     // a body that is not JSON gets a 400 that mentions the declared type.
-    let mut job =
-        Job::parse(kind, &body).map_err(|e| match (e, headers.get(header::CONTENT_TYPE)) {
-            (dfe_shared::Error::Json(j), Some(ct))
-                if !ct.to_str().unwrap_or_default().contains("json") =>
-            {
-                Problem::malformed(format!(
-                    "the body is not valid JSON ({j}); send it as application/json"
-                ))
-            }
-            (e, _) => Problem::from(e),
-        })?;
+    let mut job = Job::parse(kind, &body).map_err(|e| match (e, headers.get(header::CONTENT_TYPE)) {
+        (dfe_shared::Error::Json(j), Some(ct)) if !ct.to_str().unwrap_or_default().contains("json") => {
+            Problem::malformed(format!("the body is not valid JSON ({j}); send it as application/json"))
+        }
+        (e, _) => Problem::from(e),
+    })?;
     check_against_config(&state, &job)?;
     if job.job_id().is_none() {
         let id = uuid::Uuid::new_v4().to_string();
-        job.set_job_id(
-            Tag::parse(&id).map_err(|e| Problem::invalid_field(FieldError::new("job-id", e)))?,
-        );
+        job.set_job_id(Tag::parse(&id).map_err(|e| Problem::invalid_field(FieldError::new("job-id", e)))?);
     }
     let by = Submitter {
         source: "api",
@@ -88,12 +81,10 @@ async fn submit(
         idempotency_key: idempotency_key.as_deref(),
         fingerprint: None,
     };
-    let outcome = state.registry.submit(&job, &by).await.map_err(|e| {
-        Problem::unavailable(
-            "the job could not be recorded; nothing was accepted, retry later",
-            &e,
-        )
-    })?;
+    let outcome =
+        state.registry.submit(&job, &by).await.map_err(|e| {
+            Problem::unavailable("the job could not be recorded; nothing was accepted, retry later", &e)
+        })?;
     let record = match outcome {
         SubmitOutcome::Created(record) => {
             state.metrics.submitted(kind);
@@ -121,15 +112,11 @@ async fn submit(
 async fn publish(state: &AppState, job: &Job, job_id: &str) {
     let body = match serde_json::to_vec(&job.to_value()) {
         Ok(b) => b,
-        Err(e) => {
-            return tracing::error!(error = %e, job_id, "cannot serialize a job; the outbox will retry")
-        }
+        Err(e) => return tracing::error!(error = %e, job_id, "cannot serialize a job; the outbox will retry"),
     };
     let attempt = async {
         let publisher = state.broker.publisher().await?;
-        publisher
-            .publish_job(job.kind(), job_id, &body, "dfe-api")
-            .await?;
+        publisher.publish_job(job.kind(), job_id, &body, "dfe-api").await?;
         state.registry.mark_published(job_id).await
     };
     match tokio::time::timeout(PUBLISH_TIMEOUT, attempt).await {
@@ -142,10 +129,7 @@ async fn publish(state: &AppState, job: &Job, job_id: &str) {
         Err(_) => {
             state.metrics.publish_failed();
             state.broker.reset().await;
-            tracing::warn!(
-                job_id,
-                "job recorded but publishing timed out; the outbox will publish it"
-            );
+            tracing::warn!(job_id, "job recorded but publishing timed out; the outbox will publish it");
         }
     }
 }
@@ -168,11 +152,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 fn check_against_config(state: &AppState, job: &Job) -> Result<(), Problem> {
     let cfg = &state.config;
     let (guest, cluster, offerings) = match job {
-        Job::Provision(p) => (
-            p.guest_location.as_ref(),
-            p.cluster_id.as_ref(),
-            Some(p.offerings.as_ref()),
-        ),
+        Job::Provision(p) => (p.guest_location.as_ref(), p.cluster_id.as_ref(), Some(p.offerings.as_ref())),
         Job::Import(i) => (i.guest_location.as_ref(), i.cluster_id.as_ref(), None),
         Job::Deprovision(d) => (None, d.cluster_id.as_ref(), None),
         Job::Export(_) => (None, None, None),
@@ -183,24 +163,17 @@ fn check_against_config(state: &AppState, job: &Job) -> Result<(), Problem> {
             let known: Vec<&str> = cfg.provisioners.hosts.keys().map(String::as_str).collect();
             return Err(Problem::invalid_field(FieldError::new(
                 "guest-location",
-                format!(
-                    "names no configured provisioner (known: {})",
-                    known.join(", ")
-                ),
+                format!("names no configured provisioner (known: {})", known.join(", ")),
             )));
         }
     };
     if let Some(c) = cluster {
         if !cfg.clusters.contains_key(c.as_str()) {
-            return Err(Problem::invalid_field(FieldError::new(
-                "cluster-id",
-                "names no configured cluster",
-            )));
+            return Err(Problem::invalid_field(FieldError::new("cluster-id", "names no configured cluster")));
         }
     }
     if let Some(chosen) = offerings {
-        host.resolve_offerings(chosen)
-            .map_err(Problem::invalid_field)?;
+        host.resolve_offerings(chosen).map_err(Problem::invalid_field)?;
     }
     Ok(())
 }

@@ -29,16 +29,8 @@ impl ListQuery {
 }
 
 /// GET /api/v1/ops/jobs/{job-id}
-pub async fn job(
-    State(state): State<AppState>,
-    _c: Client,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    let record = state
-        .registry
-        .job(&id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+pub async fn job(State(state): State<AppState>, _c: Client, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+    let record = state.registry.job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     Ok(Json(json!(record)))
 }
 
@@ -48,10 +40,7 @@ pub async fn jobs(
     _c: Client,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
-    let records = state
-        .registry
-        .jobs(q.instance_id.as_deref(), q.limit())
-        .await?;
+    let records = state.registry.jobs(q.instance_id.as_deref(), q.limit()).await?;
     Ok(Json(json!({ "jobs": records })))
 }
 
@@ -61,11 +50,7 @@ pub async fn instance(
     _c: Client,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let record = state
-        .registry
-        .instance(&id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
+    let record = state.registry.instance(&id).await?.ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
     Ok(Json(json!(record)))
 }
 
@@ -75,10 +60,7 @@ pub async fn instances(
     _c: Client,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
-    let records = state
-        .registry
-        .instances(q.include_removed, q.limit())
-        .await?;
+    let records = state.registry.instances(q.include_removed, q.limit()).await?;
     Ok(Json(json!({ "instances": records })))
 }
 

@@ -8,7 +8,8 @@ use tokio_postgres::Row;
 
 use super::jobs::JobState;
 use super::Registry;
-use crate::job::ProvisionJob;
+use crate::ids::{InstanceId, OwnerId, Tag};
+use crate::job::{ImportJob, ProvisionJob};
 use crate::{Error, Result};
 
 /// An instance's state.
@@ -125,24 +126,57 @@ pub enum InstanceChange {
     Failed,
 }
 
+/// What a job that creates an instance (a provision, or an import into a new instance)
+/// records when it claims the id.
+#[derive(Debug, Clone)]
+pub struct NewInstance<'a> {
+    /// The instance id.
+    pub instance_id: &'a InstanceId,
+    /// Its owner.
+    pub owner_id: &'a OwnerId,
+    /// DFE's owner type.
+    pub owner_type: Option<&'a OwnerId>,
+    /// The provisioner tag the job named.
+    pub guest_location: Option<&'a Tag>,
+    /// The cluster the job named.
+    pub cluster_id: Option<&'a Tag>,
+}
+
+impl<'a> From<&'a ProvisionJob> for NewInstance<'a> {
+    fn from(p: &'a ProvisionJob) -> Self {
+        NewInstance {
+            instance_id: &p.instance_id,
+            owner_id: &p.owner_id,
+            owner_type: p.owner_type.as_ref(),
+            guest_location: p.guest_location.as_ref(),
+            cluster_id: p.cluster_id.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a ImportJob> for NewInstance<'a> {
+    fn from(p: &'a ImportJob) -> Self {
+        NewInstance {
+            instance_id: &p.instance_id,
+            owner_id: &p.owner_id,
+            owner_type: p.owner_type.as_ref(),
+            guest_location: p.guest_location.as_ref(),
+            cluster_id: p.cluster_id.as_ref(),
+        }
+    }
+}
+
 /// Claims `p.instance_id` for job `job_id`: inserts the row, takes over a deprovisioned one,
 /// or finds it already claimed by this job. False when another instance holds the id.
 pub(crate) async fn claim_for_provision(
     tx: &impl deadpool_postgres::GenericClient,
-    p: &ProvisionJob,
+    p: &NewInstance<'_>,
     job_id: &str,
 ) -> Result<bool> {
-    let guest = p
-        .guest_location
-        .as_ref()
-        .map(|g| g.as_str().to_owned())
-        .unwrap_or_default();
-    let owner = serde_json::to_value(&p.owner_id).unwrap_or_default();
-    let owner_type = p
-        .owner_type
-        .as_ref()
-        .map(|o| serde_json::to_value(o).unwrap_or_default());
-    let cluster = p.cluster_id.as_ref().map(|c| c.as_str());
+    let guest = p.guest_location.map(|g| g.as_str().to_owned()).unwrap_or_default();
+    let owner = serde_json::to_value(p.owner_id).unwrap_or_default();
+    let owner_type = p.owner_type.map(|o| serde_json::to_value(o).unwrap_or_default());
+    let cluster = p.cluster_id.map(|c| c.as_str());
     let row = tx
         .query_opt(
             "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id, job_id)
@@ -168,7 +202,7 @@ const INSTANCE_COLUMNS: &str = "instance_id, owner_id, owner_type, state, guest_
 impl Registry {
     /// Claims an instance id for a provision that arrived straight on the queue (the API
     /// claims at submission). False when another instance holds the id.
-    pub async fn claim_instance(&self, p: &ProvisionJob, job_id: &str) -> Result<bool> {
+    pub async fn claim_instance(&self, p: &NewInstance<'_>, job_id: &str) -> Result<bool> {
         let client = self.client().await?;
         claim_for_provision(&client, p, job_id).await
     }
@@ -177,28 +211,19 @@ impl Registry {
     pub async fn instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
-        let row = client
-            .query_opt(&sql, &[&instance_id])
-            .await
-            .map_err(Error::registry("reading an instance"))?;
+        let row = client.query_opt(&sql, &[&instance_id]).await.map_err(Error::registry("reading an instance"))?;
         Ok(row.as_ref().map(InstanceRecord::from_row))
     }
 
     /// Instances, newest first; deprovisioned ones only when `include_removed`.
-    pub async fn instances(
-        &self,
-        include_removed: bool,
-        limit: i64,
-    ) -> Result<Vec<InstanceRecord>> {
+    pub async fn instances(&self, include_removed: bool, limit: i64) -> Result<Vec<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE ($1 OR state <> 'deprovisioned')
              ORDER BY created_at DESC LIMIT $2"
         );
-        let rows = client
-            .query(&sql, &[&include_removed, &limit])
-            .await
-            .map_err(Error::registry("listing instances"))?;
+        let rows =
+            client.query(&sql, &[&include_removed, &limit]).await.map_err(Error::registry("listing instances"))?;
         Ok(rows.iter().map(InstanceRecord::from_row).collect())
     }
 
@@ -228,10 +253,7 @@ impl Registry {
         change: InstanceChange,
     ) -> Result<bool> {
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(Error::registry("starting a job completion"))?;
+        let tx = client.transaction().await.map_err(Error::registry("starting a job completion"))?;
         let n = tx
             .execute(
                 "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
@@ -282,9 +304,7 @@ impl Registry {
         if let Some(r) = q {
             r.map_err(Error::registry("updating an instance"))?;
         }
-        tx.commit()
-            .await
-            .map_err(Error::registry("committing a job completion"))?;
+        tx.commit().await.map_err(Error::registry("committing a job completion"))?;
         Ok(true)
     }
 }

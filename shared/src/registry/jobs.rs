@@ -159,19 +159,11 @@ impl Registry {
     /// instance claim its kind needs: a provision claims the instance id (conflict when it
     /// exists), a deprovision needs an existing instance with no job in progress.
     pub async fn submit(&self, job: &Job, by: &Submitter<'_>) -> Result<SubmitOutcome> {
-        let job_id = job
-            .job_id()
-            .map(|j| j.as_str().to_owned())
-            .unwrap_or_default();
+        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
         let request = job.to_value();
-        let owner = job
-            .owner_id()
-            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(Error::registry("starting a submission"))?;
+        let tx = client.transaction().await.map_err(Error::registry("starting a submission"))?;
         let inserted = tx
             .query_opt(
                 "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source,
@@ -202,19 +194,12 @@ impl Registry {
             // Dropping the transaction rolls back the job row too: a refused job is not recorded.
             return Ok(refusal);
         }
-        tx.commit()
-            .await
-            .map_err(Error::registry("committing a submission"))?;
+        tx.commit().await.map_err(Error::registry("committing a submission"))?;
         Ok(SubmitOutcome::Created(record))
     }
 
     /// The job an id or idempotency key already names, if the request is the same one.
-    async fn resubmission(
-        &self,
-        job: &Job,
-        by: &Submitter<'_>,
-        request: &serde_json::Value,
-    ) -> Result<SubmitOutcome> {
+    async fn resubmission(&self, job: &Job, by: &Submitter<'_>, request: &serde_json::Value) -> Result<SubmitOutcome> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1
@@ -227,9 +212,7 @@ impl Registry {
             .await
             .map_err(Error::registry("reading a resubmitted job"))?;
         let Some(row) = row else {
-            return Err(Error::Inconsistent(
-                "job insert conflicted but no conflicting job was found".into(),
-            ));
+            return Err(Error::Inconsistent("job insert conflicted but no conflicting job was found".into()));
         };
         let existing = JobRecord::from_row(&row);
         let same = existing.kind == job.kind()
@@ -238,13 +221,9 @@ impl Registry {
         if same {
             Ok(SubmitOutcome::Existing(existing))
         } else if by.idempotency_key.is_some() && existing.job_id != job_id {
-            Ok(SubmitOutcome::Conflict(
-                "this Idempotency-Key was used for a different request".into(),
-            ))
+            Ok(SubmitOutcome::Conflict("this Idempotency-Key was used for a different request".into()))
         } else {
-            Ok(SubmitOutcome::Conflict(format!(
-                "job-id {job_id} is already used by another job"
-            )))
+            Ok(SubmitOutcome::Conflict(format!("job-id {job_id} is already used by another job")))
         }
     }
 
@@ -252,10 +231,7 @@ impl Registry {
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>> {
         let client = self.client().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
-        let row = client
-            .query_opt(&sql, &[&job_id])
-            .await
-            .map_err(Error::registry("reading a job"))?;
+        let row = client.query_opt(&sql, &[&job_id]).await.map_err(Error::registry("reading a job"))?;
         Ok(row.as_ref().map(JobRecord::from_row))
     }
 
@@ -266,20 +242,13 @@ impl Registry {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR instance_id = $1)
              ORDER BY created_at DESC LIMIT $2"
         );
-        let rows = client
-            .query(&sql, &[&instance_id, &limit])
-            .await
-            .map_err(Error::registry("listing jobs"))?;
+        let rows = client.query(&sql, &[&instance_id, &limit]).await.map_err(Error::registry("listing jobs"))?;
         Ok(rows.iter().map(JobRecord::from_row).collect())
     }
 
     /// A job still in progress that was recorded from a queue message with this body
     /// fingerprint (a redelivered message that carries no id of its own).
-    pub async fn job_by_fingerprint(
-        &self,
-        kind: JobKind,
-        fingerprint: &str,
-    ) -> Result<Option<String>> {
+    pub async fn job_by_fingerprint(&self, kind: JobKind, fingerprint: &str) -> Result<Option<String>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -297,10 +266,7 @@ impl Registry {
     pub async fn mark_published(&self, job_id: &str) -> Result<()> {
         let client = self.client().await?;
         client
-            .execute(
-                "UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL",
-                &[&job_id],
-            )
+            .execute("UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL", &[&job_id])
             .await
             .map_err(Error::registry("marking a job published"))?;
         Ok(())
@@ -316,10 +282,7 @@ impl Registry {
              WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
              RETURNING {JOB_COLUMNS}"
         );
-        let row = client
-            .query_opt(&sql, &[&job_id, &worker])
-            .await
-            .map_err(Error::registry("starting a job"))?;
+        let row = client.query_opt(&sql, &[&job_id, &worker]).await.map_err(Error::registry("starting a job"))?;
         Ok(row.as_ref().map(JobRecord::from_row))
     }
 
@@ -372,56 +335,50 @@ impl Registry {
 }
 
 /// The instance side of a submission; `Some` refuses it.
-async fn claim(
-    tx: &deadpool_postgres::Transaction<'_>,
-    job: &Job,
-    job_id: &str,
-) -> Result<Option<SubmitOutcome>> {
-    match job {
-        Job::Provision(p) => {
-            let claimed = super::instances::claim_for_provision(tx, p, job_id).await?;
-            Ok((!claimed).then(|| {
-                SubmitOutcome::Conflict(format!("instance {} already exists", p.instance_id))
-            }))
+async fn claim(tx: &deadpool_postgres::Transaction<'_>, job: &Job, job_id: &str) -> Result<Option<SubmitOutcome>> {
+    use super::instances::{claim_for_provision, NewInstance};
+    let id = job.instance_id().as_str();
+    let creates = match job {
+        Job::Provision(p) => Some(NewInstance::from(p)),
+        Job::Import(i) => Some(NewInstance::from(i)),
+        Job::Deprovision(_) | Job::Export(_) => None,
+    };
+    let row = tx
+        .query_opt("SELECT state FROM instances WHERE instance_id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(Error::registry("reading an instance"))?;
+    let state: Option<String> = row.map(|r| r.get(0));
+    match (state.as_deref(), creates) {
+        // A provision, or an import into an instance that does not exist yet, claims the id.
+        (None | Some("deprovisioned"), Some(new)) => {
+            let claimed = claim_for_provision(tx, &new, job_id).await?;
+            return Ok((!claimed).then(|| SubmitOutcome::Conflict(format!("instance {id} already exists"))));
         }
-        Job::Deprovision(d) => {
-            let id = d.instance_id.as_str();
-            let row = tx
-                .query_opt(
-                    "SELECT state FROM instances WHERE instance_id = $1 FOR UPDATE",
-                    &[&id],
-                )
-                .await
-                .map_err(Error::registry("reading an instance"))?;
-            let state: Option<String> = row.map(|r| r.get(0));
-            match state.as_deref() {
-                None | Some("deprovisioned") => {
-                    return Ok(Some(SubmitOutcome::NotFound(format!(
-                        "instance {id} does not exist"
-                    ))))
-                }
-                Some("provisioned" | "failed") => {}
-                Some(other) => {
-                    return Ok(Some(SubmitOutcome::Conflict(format!(
-                        "instance {id} is mid-operation ({other})"
-                    ))))
-                }
-            }
-            let busy = tx
-                .query_opt(
-                    "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
-                       AND state IN ('queued', 'running', 'retrying') LIMIT 1",
-                    &[&id, &job_id],
-                )
-                .await
-                .map_err(Error::registry("looking for jobs in progress"))?;
-            Ok(busy.map(|r| {
-                let other: String = r.get(0);
-                SubmitOutcome::Conflict(format!("instance {id} is mid-operation (job {other})"))
-            }))
+        (None | Some("deprovisioned"), None) => {
+            return Ok(Some(SubmitOutcome::NotFound(format!("instance {id} does not exist"))));
         }
-        Job::Import(_) | Job::Export(_) => Ok(None),
+        (Some(_), Some(_)) if matches!(job, Job::Provision(_)) => {
+            return Ok(Some(SubmitOutcome::Conflict(format!("instance {id} already exists"))));
+        }
+        // Deprovision may finish a removal that failed part-way; the others need a running instance.
+        (Some("provisioned"), _) | (Some("failed"), Some(_)) if !matches!(job, Job::Deprovision(_)) => {}
+        (Some("provisioned" | "failed"), None) if matches!(job, Job::Deprovision(_)) => {}
+        (Some(other), _) => {
+            return Ok(Some(SubmitOutcome::Conflict(format!("instance {id} is mid-operation ({other})"))));
+        }
     }
+    let busy = tx
+        .query_opt(
+            "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
+               AND state IN ('queued', 'running', 'retrying') LIMIT 1",
+            &[&id, &job_id],
+        )
+        .await
+        .map_err(Error::registry("looking for jobs in progress"))?;
+    Ok(busy.map(|r| {
+        let other: String = r.get(0);
+        SubmitOutcome::Conflict(format!("instance {id} is mid-operation (job {other})"))
+    }))
 }
 
 impl Registry {
@@ -429,13 +386,8 @@ impl Registry {
     /// runs, so a refusal becomes a failure event). Returns the job as recorded, which is
     /// the earlier record when the job id is already known.
     pub async fn record(&self, job: &Job, by: &Submitter<'_>) -> Result<JobRecord> {
-        let job_id = job
-            .job_id()
-            .map(|j| j.as_str().to_owned())
-            .unwrap_or_default();
-        let owner = job
-            .owner_id()
-            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
+        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
         let client = self.client().await?;
         client
             .execute(
@@ -454,8 +406,8 @@ impl Registry {
             )
             .await
             .map_err(Error::registry("recording a queued job"))?;
-        self.job(&job_id).await?.ok_or_else(|| {
-            Error::Inconsistent(format!("job {job_id} vanished right after it was recorded"))
-        })
+        self.job(&job_id)
+            .await?
+            .ok_or_else(|| Error::Inconsistent(format!("job {job_id} vanished right after it was recorded")))
     }
 }

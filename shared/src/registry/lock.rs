@@ -32,32 +32,20 @@ pub struct InstanceLock {
 impl LockPool {
     /// A pool of `size` lock connections to the registry at `url`.
     pub fn new(url: &str, size: usize) -> Result<LockPool> {
-        Ok(LockPool {
-            pool: super::pool(url, size, RecyclingMethod::Clean)?,
-        })
+        Ok(LockPool { pool: super::pool(url, size, RecyclingMethod::Clean)? })
     }
 
     /// Waits up to `timeout` for the lock of `instance`. `Ok(None)` when it stayed busy.
-    pub async fn acquire(
-        &self,
-        instance: &InstanceId,
-        timeout: Duration,
-    ) -> Result<Option<InstanceLock>> {
+    pub async fn acquire(&self, instance: &InstanceId, timeout: Duration) -> Result<Option<InstanceLock>> {
         let client = self.pool.get().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let row = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&LOCK_SPACE, &instance.as_str()],
-                )
+                .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_SPACE, &instance.as_str()])
                 .await
                 .map_err(Error::registry("taking an instance lock"))?;
             if row.get::<_, bool>(0) {
-                return Ok(Some(InstanceLock {
-                    client,
-                    instance: instance.as_str().to_owned(),
-                }));
+                return Ok(Some(InstanceLock { client, instance: instance.as_str().to_owned() }));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
@@ -71,10 +59,7 @@ impl InstanceLock {
     /// Releases the lock.
     pub async fn release(self) -> Result<()> {
         self.client
-            .query_one(
-                "SELECT pg_advisory_unlock($1, hashtext($2))",
-                &[&LOCK_SPACE, &self.instance],
-            )
+            .query_one("SELECT pg_advisory_unlock($1, hashtext($2))", &[&LOCK_SPACE, &self.instance])
             .await
             .map_err(Error::registry("releasing an instance lock"))?;
         Ok(())

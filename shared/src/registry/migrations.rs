@@ -9,7 +9,8 @@ use crate::{Error, Result};
 const MIGRATION_LOCK: i64 = 0x0064_6665_6d69_6772;
 
 /// The migrations, in order; a version is its index + 1. Never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     job_id          text PRIMARY KEY,
     kind            text NOT NULL,
@@ -55,14 +56,28 @@ CREATE TABLE instances (
     deprovisioned_at timestamptz
 );
 CREATE INDEX instances_owner ON instances (owner_id);
-"#];
+"#,
+    r#"
+CREATE TABLE snapshots (
+    snapshot_id  text PRIMARY KEY,
+    instance_id  text NOT NULL,
+    owner_id     jsonb,
+    job_id       text NOT NULL,
+    destination  text NOT NULL,
+    path         text NOT NULL,
+    size         bigint NOT NULL,
+    sha256       text NOT NULL,
+    manifest     jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX snapshots_instance ON snapshots (instance_id, created_at DESC);
+CREATE INDEX snapshots_owner ON snapshots (owner_id);
+"#,
+];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.
 pub(super) async fn apply(client: &mut Object) -> Result<()> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(Error::registry("starting the migration"))?;
+    let tx = client.transaction().await.map_err(Error::registry("starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(Error::registry("taking the migration lock"))?;
@@ -74,10 +89,7 @@ pub(super) async fn apply(client: &mut Object) -> Result<()> {
     .await
     .map_err(Error::registry("creating dfe_schema_migrations"))?;
     let row = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM dfe_schema_migrations",
-            &[],
-        )
+        .query_one("SELECT coalesce(max(version), 0) FROM dfe_schema_migrations", &[])
         .await
         .map_err(Error::registry("reading the schema version"))?;
     let current: i32 = row.get(0);
@@ -86,18 +98,11 @@ pub(super) async fn apply(client: &mut Object) -> Result<()> {
         if version <= current {
             continue;
         }
-        tx.batch_execute(sql)
+        tx.batch_execute(sql).await.map_err(Error::registry("applying a migration"))?;
+        tx.execute("INSERT INTO dfe_schema_migrations (version) VALUES ($1)", &[&version])
             .await
-            .map_err(Error::registry("applying a migration"))?;
-        tx.execute(
-            "INSERT INTO dfe_schema_migrations (version) VALUES ($1)",
-            &[&version],
-        )
-        .await
-        .map_err(Error::registry("recording a migration"))?;
+            .map_err(Error::registry("recording a migration"))?;
         tracing::info!(version, "registry migration applied");
     }
-    tx.commit()
-        .await
-        .map_err(Error::registry("committing the migration"))
+    tx.commit().await.map_err(Error::registry("committing the migration"))
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`jobs`]: submission (with idempotency and instance claims), the job life cycle.
 //! - [`instances`]: the registry view of instances and their state changes.
+//! - [`snapshots`]: the snapshots written by exports.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
 //! - [`migrations`]: the schema, applied once under a lock however many processes start.
 
@@ -9,6 +10,7 @@ pub mod instances;
 pub mod jobs;
 pub mod lock;
 mod migrations;
+pub mod snapshots;
 
 use std::str::FromStr;
 
@@ -20,6 +22,7 @@ use crate::{Error, Result};
 pub use instances::{InstanceRecord, InstanceState};
 pub use jobs::{JobRecord, JobState, SubmitOutcome};
 pub use lock::{InstanceLock, LockPool};
+pub use snapshots::SnapshotRecord;
 
 /// A handle on the registry; cheap to clone.
 #[derive(Clone)]
@@ -28,15 +31,8 @@ pub struct Registry {
 }
 
 fn pool(url: &str, size: usize, recycling: RecyclingMethod) -> Result<Pool> {
-    let pg =
-        tokio_postgres::Config::from_str(url).map_err(Error::registry("parsing registry.url"))?;
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: recycling,
-        },
-    );
+    let pg = tokio_postgres::Config::from_str(url).map_err(Error::registry("parsing registry.url"))?;
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: recycling });
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
@@ -49,18 +45,14 @@ fn pool(url: &str, size: usize, recycling: RecyclingMethod) -> Result<Pool> {
 impl Registry {
     /// Connects to the registry at `url` and applies pending migrations.
     pub async fn connect(url: &str, size: usize) -> Result<Registry> {
-        let registry = Registry {
-            pool: pool(url, size, RecyclingMethod::Fast)?,
-        };
+        let registry = Registry { pool: pool(url, size, RecyclingMethod::Fast)? };
         registry.migrate().await?;
         Ok(registry)
     }
 
     /// Connects without migrating (for read-only tools).
     pub fn connect_lazy(url: &str, size: usize) -> Result<Registry> {
-        Ok(Registry {
-            pool: pool(url, size, RecyclingMethod::Fast)?,
-        })
+        Ok(Registry { pool: pool(url, size, RecyclingMethod::Fast)? })
     }
 
     /// Applies pending migrations.

@@ -13,12 +13,8 @@ async fn twenty_concurrent_provisions_on_two_workers_all_succeed_and_all_deprovi
     let instances: Vec<String> = (0..20).map(|i| env.instance_id(&format!("c{i}"))).collect();
     let timeout = std::time::Duration::from_secs(240);
 
-    let submitted = join_all(
-        instances
-            .iter()
-            .map(|i| env.submit("provision", json!({"owner-id": 7, "instance-id": i}))),
-    )
-    .await;
+    let submitted =
+        join_all(instances.iter().map(|i| env.submit("provision", json!({"owner-id": 7, "instance-id": i})))).await;
     let jobs: Vec<String> = submitted.into_iter().map(|r| r.expect("202")).collect();
     for job in &jobs {
         let done = events.wait_final(job, timeout).await.expect("final");
@@ -27,10 +23,7 @@ async fn twenty_concurrent_provisions_on_two_workers_all_succeed_and_all_deprovi
     let workers: std::collections::HashSet<String> = {
         let mut w = std::collections::HashSet::new();
         for job in &jobs {
-            let (_, j) = env
-                .get(&format!("/api/v1/ops/jobs/{job}"))
-                .await
-                .expect("job");
+            let (_, j) = env.get(&format!("/api/v1/ops/jobs/{job}")).await.expect("job");
             assert_eq!(j["state"], "succeeded");
             w.insert(j["attempts"].to_string());
         }
@@ -43,18 +36,10 @@ async fn twenty_concurrent_provisions_on_two_workers_all_succeed_and_all_deprovi
     }
     let logs = env.all_logs();
     for w in &env.workers {
-        assert!(
-            w.log().contains("job succeeded"),
-            "both workers took part:\n{logs}"
-        );
+        assert!(w.log().contains("job succeeded"), "both workers took part:\n{logs}");
     }
 
-    let submitted = join_all(
-        instances
-            .iter()
-            .map(|i| env.submit("deprovision", json!({"instance-id": i}))),
-    )
-    .await;
+    let submitted = join_all(instances.iter().map(|i| env.submit("deprovision", json!({"instance-id": i})))).await;
     for job in submitted.into_iter().map(|r| r.expect("202")) {
         let done = events.wait_final(&job, timeout).await.expect("final");
         assert_eq!(done["event"], "dfe.deprovisioned", "{done}");

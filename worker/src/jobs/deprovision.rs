@@ -18,10 +18,7 @@ pub(super) async fn run(env: &Env, job: &DeprovisionJob, meta: &JobMeta) -> Outc
     let record = match env.registry.instance(id).await {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return Outcome::failed(
-                &Error::NotFound(format!("instance {id} does not exist")),
-                InstanceChange::None,
-            )
+            return Outcome::failed(&Error::NotFound(format!("instance {id} does not exist")), InstanceChange::None)
         }
         Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
     };
@@ -40,11 +37,7 @@ pub(super) async fn run(env: &Env, job: &DeprovisionJob, meta: &JobMeta) -> Outc
             return Outcome::failed_with("instance-busy", e.to_string(), InstanceChange::None);
         }
     }
-    let plan = match env.manager.plan_existing(
-        &record,
-        &meta.job_id,
-        job.cluster_id.as_ref().map(|c| c.as_str()),
-    ) {
+    let plan = match env.manager.plan_existing(&record, &meta.job_id, job.cluster_id.as_ref().map(|c| c.as_str())) {
         Ok(plan) => plan,
         Err(e) => return Outcome::failed(&e, InstanceChange::None),
     };

@@ -55,12 +55,7 @@ pub struct Outcome {
 impl Outcome {
     /// Success.
     pub fn succeeded(result: Value, change: InstanceChange) -> Outcome {
-        Outcome {
-            state: JobState::Succeeded,
-            result,
-            error: None,
-            change,
-        }
+        Outcome { state: JobState::Succeeded, result, error: None, change }
     }
 
     /// Failure with `error`'s code and message (with its causes).
@@ -73,10 +68,7 @@ impl Outcome {
         Outcome {
             state: JobState::Failed,
             result: json!({}),
-            error: Some(EventError {
-                code: code.to_owned(),
-                message,
-            }),
+            error: Some(EventError { code: code.to_owned(), message }),
             change,
         }
     }

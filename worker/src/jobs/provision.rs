@@ -14,7 +14,7 @@ use crate::fault::hold_after;
 use crate::manager::Plan;
 
 pub(super) async fn run(env: &Env, job: &ProvisionJob, meta: &JobMeta) -> Outcome {
-    match env.registry.claim_instance(job, &meta.job_id).await {
+    match env.registry.claim_instance(&job.into(), &meta.job_id).await {
         Ok(true) => {}
         Ok(false) => {
             let e = Error::Conflict(format!("instance {} already exists", job.instance_id));
@@ -65,14 +65,7 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
         "database": db.database, "database-role": db.username, "database-host": db.host,
         "database-port": db.port, "database-server": db.server,
     });
-    env.events
-        .emit(
-            meta,
-            &names::component(Component::Database, JobKind::Provision),
-            db_result.clone(),
-            None,
-        )
-        .await?;
+    env.events.emit(meta, &names::component(Component::Database, JobKind::Provision), db_result.clone(), None).await?;
     hold_after("database").await;
 
     let instance = p.instance.provision(ctx, &storage, &db).await?;

@@ -24,11 +24,7 @@ pub struct DockerCluster {
 impl DockerCluster {
     /// A cluster that connects on first use.
     pub fn new(id: &str, config: ClusterConfig) -> DockerCluster {
-        DockerCluster {
-            id: id.to_owned(),
-            config,
-            client: OnceCell::new(),
-        }
+        DockerCluster { id: id.to_owned(), config, client: OnceCell::new() }
     }
 
     /// The client, connecting and negotiating the API version the first time.
@@ -62,13 +58,8 @@ impl DockerCluster {
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(Error::docker(format!(
-                "negotiating the API version with {host}"
-            )))?;
-        let info = docker
-            .info()
-            .await
-            .map_err(Error::docker(format!("reading engine info of {host}")))?;
+            .map_err(Error::docker(format!("negotiating the API version with {host}")))?;
+        let info = docker.info().await.map_err(Error::docker(format!("reading engine info of {host}")))?;
         let name = info.name.unwrap_or_else(|| self.id.clone());
         tracing::info!(cluster = %self.id, engine = %name, version = ?docker.client_version(), "connected to Docker");
         Ok((docker, name))
@@ -77,22 +68,10 @@ impl DockerCluster {
 
 /// Whether a bollard error is the engine's 404.
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// Whether a bollard error is the engine's 409 (conflict, e.g. removal already in progress).
 pub fn is_conflict(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
-    )
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })
 }

@@ -7,12 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::container::{
-    Config, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
-};
-use bollard::models::{
-    HostConfig, Mount, MountTypeEnum, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::container::{Config, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions};
+use bollard::models::{HostConfig, Mount, MountTypeEnum, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 
 use super::docker::{is_conflict, is_not_found, DockerCluster};
 use super::docker_volume::labels;
@@ -33,15 +29,8 @@ pub struct DockerContainer {
 impl DockerContainer {
     /// A provisioner that waits up to `health_timeout_secs` for the resource-uri.
     pub fn new(health_timeout_secs: u64) -> DockerContainer {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .no_proxy()
-            .build()
-            .unwrap_or_default();
-        DockerContainer {
-            health_timeout: Duration::from_secs(health_timeout_secs),
-            http,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).no_proxy().build().unwrap_or_default();
+        DockerContainer { health_timeout: Duration::from_secs(health_timeout_secs), http }
     }
 }
 
@@ -60,22 +49,15 @@ pub struct Limits {
 
 impl Limits {
     /// Reads `memory` (bytes or `512m`/`1g`), `cpus` (e.g. `0.5`), `pids` and `port`.
-    pub fn from_offering(
-        o: &std::collections::BTreeMap<String, serde_json::Value>,
-    ) -> Result<Limits> {
+    pub fn from_offering(o: &std::collections::BTreeMap<String, serde_json::Value>) -> Result<Limits> {
         let memory = match o.get("memory") {
             None => None,
             Some(serde_json::Value::Number(n)) => n.as_i64(),
-            Some(serde_json::Value::String(s)) => Some(parse_bytes(s).ok_or_else(|| {
-                Error::Config(format!(
-                    "offering memory {s:?} is not a size like 256m or 1g"
-                ))
-            })?),
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "offering memory {other} is not a size"
-                )))
-            }
+            Some(serde_json::Value::String(s)) => Some(
+                parse_bytes(s)
+                    .ok_or_else(|| Error::Config(format!("offering memory {s:?} is not a size like 256m or 1g")))?,
+            ),
+            Some(other) => return Err(Error::Config(format!("offering memory {other} is not a size"))),
         };
         let nano_cpus = match o.get("cpus") {
             None => None,
@@ -84,26 +66,13 @@ impl Limits {
                     .as_f64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
                     .filter(|c| *c > 0.0)
-                    .ok_or_else(|| {
-                        Error::Config(format!("offering cpus {v} is not a positive number"))
-                    })?;
+                    .ok_or_else(|| Error::Config(format!("offering cpus {v} is not a positive number")))?;
                 Some((cpus * 1e9) as i64)
             }
         };
-        let pids = o
-            .get("pids")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(DEFAULT_PIDS);
-        let port = o
-            .get("port")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(DEFAULT_PORT);
-        Ok(Limits {
-            memory,
-            nano_cpus,
-            pids,
-            port,
-        })
+        let pids = o.get("pids").and_then(|v| v.as_i64()).unwrap_or(DEFAULT_PIDS);
+        let port = o.get("port").and_then(|v| v.as_u64()).unwrap_or(DEFAULT_PORT);
+        Ok(Limits { memory, nano_cpus, pids, port })
     }
 }
 
@@ -121,11 +90,7 @@ fn parse_bytes(s: &str) -> Option<i64> {
 
 async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
     let docker = cluster.client().await?;
-    let opts = RemoveContainerOptions {
-        force: true,
-        v: false,
-        ..Default::default()
-    };
+    let opts = RemoveContainerOptions { force: true, v: false, ..Default::default() };
     match docker.remove_container(name, Some(opts)).await {
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
@@ -133,10 +98,7 @@ async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
         Err(e) if is_conflict(&e) => {
             for _ in 0..50 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                match docker
-                    .inspect_container(name, None::<InspectContainerOptions>)
-                    .await
-                {
+                match docker.inspect_container(name, None::<InspectContainerOptions>).await {
                     Err(e) if is_not_found(&e) => return Ok(()),
                     _ => continue,
                 }
@@ -149,12 +111,7 @@ async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
 
 #[async_trait]
 impl InstanceProvisioner for DockerContainer {
-    async fn provision(
-        &self,
-        ctx: &InstanceContext,
-        storage: &StorageInfo,
-        db: &DatabaseInfo,
-    ) -> Result<InstanceInfo> {
+    async fn provision(&self, ctx: &InstanceContext, storage: &StorageInfo, db: &DatabaseInfo) -> Result<InstanceInfo> {
         let cluster = ctx.docker("docker-container")?;
         let docker = cluster.client().await?;
         let name = &ctx.names.container;
@@ -168,16 +125,10 @@ impl InstanceProvisioner for DockerContainer {
 
         // A container left by an earlier run of this job is replaced: the database step has
         // just issued a fresh password, which only a new container can carry.
-        match docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-        {
+        match docker.inspect_container(name, None::<InspectContainerOptions>).await {
             Ok(existing) => {
-                let owner = existing
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.labels.as_ref())
-                    .and_then(|l| l.get("dfe.instance-id"));
+                let owner =
+                    existing.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get("dfe.instance-id"));
                 if owner.map(String::as_str) != Some(ctx.instance_id.as_str()) {
                     return Err(Error::Conflict(format!(
                         "container {name} exists and does not belong to instance {}",
@@ -243,13 +194,7 @@ impl InstanceProvisioner for DockerContainer {
             ..Default::default()
         };
         let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.clone(),
-                    platform: None,
-                }),
-                config,
-            )
+            .create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), config)
             .await
             .map_err(Error::docker(format!("creating container {name}")))?;
         docker
@@ -258,10 +203,7 @@ impl InstanceProvisioner for DockerContainer {
             .map_err(Error::docker(format!("starting container {name}")))?;
 
         let host_port = published_port(cluster, name, &port_key).await?;
-        let url = format!(
-            "http://{}:{host_port}{}",
-            cluster.config.publish_address, ctx.resource_uri
-        );
+        let url = format!("http://{}:{host_port}{}", cluster.config.publish_address, ctx.resource_uri);
         self.wait_healthy(cluster, name, &url).await?;
         Ok(InstanceInfo {
             container: Some(name.clone()),
@@ -288,18 +230,13 @@ async fn published_port(cluster: &DockerCluster, name: &str, port_key: &str) -> 
             .network_settings
             .and_then(|n| n.ports)
             .and_then(|p| p.get(port_key).cloned().flatten())
-            .and_then(|b| {
-                b.into_iter()
-                    .find_map(|b| b.host_port.filter(|p| !p.is_empty()))
-            });
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port.filter(|p| !p.is_empty())));
         if let Some(port) = port {
             return Ok(port);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Unhealthy(format!(
-        "container {name} has no published port for {port_key}"
-    )))
+    Err(Error::Unhealthy(format!("container {name} has no published port for {port_key}")))
 }
 
 impl DockerContainer {
@@ -329,10 +266,7 @@ impl DockerContainer {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unhealthy(format!(
-                    "{last} (waited {:?})",
-                    self.health_timeout
-                )));
+                return Err(Error::Unhealthy(format!("{last} (waited {:?})", self.health_timeout)));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
@@ -348,35 +282,14 @@ mod tests {
 
     #[test]
     fn limits_are_read_from_the_offering() {
-        let o = [
-            ("memory", json!("256m")),
-            ("cpus", json!(0.5)),
-            ("pids", json!(100)),
-            ("port", json!(8080)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let o = [("memory", json!("256m")), ("cpus", json!(0.5)), ("pids", json!(100)), ("port", json!(8080))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let l = Limits::from_offering(&o).expect("valid");
-        assert_eq!(
-            l,
-            Limits {
-                memory: Some(256 << 20),
-                nano_cpus: Some(500_000_000),
-                pids: 100,
-                port: 8080
-            }
-        );
+        assert_eq!(l, Limits { memory: Some(256 << 20), nano_cpus: Some(500_000_000), pids: 100, port: 8080 });
         let none = Limits::from_offering(&Default::default()).expect("defaults");
-        assert_eq!(
-            none,
-            Limits {
-                memory: None,
-                nano_cpus: None,
-                pids: DEFAULT_PIDS,
-                port: DEFAULT_PORT
-            }
-        );
+        assert_eq!(none, Limits { memory: None, nano_cpus: None, pids: DEFAULT_PIDS, port: DEFAULT_PORT });
     }
 
     #[test]

@@ -46,25 +46,17 @@ impl StorageProvisioner for DockerVolume {
                     labels: labels(ctx),
                     ..Default::default()
                 };
-                docker
-                    .create_volume(opts)
-                    .await
-                    .map_err(Error::docker(format!("creating volume {name}")))?;
+                docker.create_volume(opts).await.map_err(Error::docker(format!("creating volume {name}")))?;
             }
             Err(e) => return Err(Error::docker(format!("inspecting volume {name}"))(e)),
         }
-        Ok(StorageInfo {
-            volume: Some(name.clone()),
-        })
+        Ok(StorageInfo { volume: Some(name.clone()) })
     }
 
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
         let docker = ctx.docker("docker-volume")?.client().await?;
         let name = &ctx.names.volume;
-        match docker
-            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
-            .await
-        {
+        match docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::docker(format!("removing volume {name}"))(e)),

@@ -78,19 +78,13 @@ impl InstanceContext {
     /// The Docker cluster, or a configuration error naming the implementation that needs it.
     pub fn docker(&self, who: &str) -> Result<&DockerCluster> {
         self.docker.as_deref().ok_or_else(|| {
-            Error::Config(format!(
-                "{who} needs a Docker cluster: set [clusters.<id>] and the provisioner's cluster"
-            ))
+            Error::Config(format!("{who} needs a Docker cluster: set [clusters.<id>] and the provisioner's cluster"))
         })
     }
 
     /// The storage mount path inside the container (offering `storage-path`, default `/storage`).
     pub fn storage_path(&self) -> String {
-        self.offering
-            .get("storage-path")
-            .and_then(|v| v.as_str())
-            .unwrap_or("/storage")
-            .to_owned()
+        self.offering.get("storage-path").and_then(|v| v.as_str()).unwrap_or("/storage").to_owned()
     }
 }
 
@@ -155,12 +149,7 @@ pub trait DatabaseProvisioner: Send + Sync {
 #[async_trait]
 pub trait InstanceProvisioner: Send + Sync {
     /// Ensures the instance runs with the given storage and database, and answers.
-    async fn provision(
-        &self,
-        ctx: &InstanceContext,
-        storage: &StorageInfo,
-        db: &DatabaseInfo,
-    ) -> Result<InstanceInfo>;
+    async fn provision(&self, ctx: &InstanceContext, storage: &StorageInfo, db: &DatabaseInfo) -> Result<InstanceInfo>;
     /// Removes the instance; an absent one is success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
 }
@@ -186,9 +175,9 @@ pub fn build_storage(name: &str, _b: &BuildContext<'_>) -> Result<Arc<dyn Storag
 pub fn build_database(name: &str, b: &BuildContext<'_>) -> Result<Arc<dyn DatabaseProvisioner>> {
     Ok(match name {
         "postgres" => {
-            let (id, server) = b.database.ok_or_else(|| {
-                Error::Config("the postgres provisioner needs `database = \"<server id>\"`".into())
-            })?;
+            let (id, server) = b
+                .database
+                .ok_or_else(|| Error::Config("the postgres provisioner needs `database = \"<server id>\"`".into()))?;
             Arc::new(postgres::Postgres::new(id, server)?)
         }
         "noop" => Arc::new(noop::Noop),
@@ -199,19 +188,14 @@ pub fn build_database(name: &str, b: &BuildContext<'_>) -> Result<Arc<dyn Databa
 /// The instance implementation called `name`.
 pub fn build_instance(name: &str, b: &BuildContext<'_>) -> Result<Arc<dyn InstanceProvisioner>> {
     Ok(match name {
-        "docker-container" => Arc::new(docker_container::DockerContainer::new(
-            b.health_timeout_secs,
-        )),
+        "docker-container" => Arc::new(docker_container::DockerContainer::new(b.health_timeout_secs)),
         "noop" => Arc::new(noop::Noop),
         other => return Err(unknown("instance", other, &["docker-container", "noop"])),
     })
 }
 
 fn unknown(part: &str, name: &str, known: &[&str]) -> Error {
-    Error::Config(format!(
-        "provides.{part} = {name:?} is not a known implementation (known: {})",
-        known.join(", ")
-    ))
+    Error::Config(format!("provides.{part} = {name:?} is not a known implementation (known: {})", known.join(", ")))
 }
 
 #[cfg(test)]
@@ -227,10 +211,7 @@ mod tests {
         assert_eq!(n.database, "dfe_acme_prod");
         let a = InstanceId::parse(&format!("a{}", "b".repeat(62))).expect("valid");
         let b = InstanceId::parse(&format!("a{}c", "b".repeat(61))).expect("valid");
-        let (na, nb) = (
-            Names::new("dfe", &a).database,
-            Names::new("dfe", &b).database,
-        );
+        let (na, nb) = (Names::new("dfe", &a).database, Names::new("dfe", &b).database);
         assert!(na.len() <= 63 && nb.len() <= 63);
         assert_ne!(na, nb, "long ids must not collide after truncation");
     }

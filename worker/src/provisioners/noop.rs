@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use dfe_shared::secret::Secret;
 
 use super::{
-    DatabaseInfo, DatabaseProvisioner, InstanceContext, InstanceInfo, InstanceProvisioner,
-    StorageInfo, StorageProvisioner,
+    DatabaseInfo, DatabaseProvisioner, InstanceContext, InstanceInfo, InstanceProvisioner, StorageInfo,
+    StorageProvisioner,
 };
 use crate::error::Result;
 
@@ -43,12 +43,7 @@ impl DatabaseProvisioner for Noop {
 
 #[async_trait]
 impl InstanceProvisioner for Noop {
-    async fn provision(
-        &self,
-        _ctx: &InstanceContext,
-        _s: &StorageInfo,
-        _d: &DatabaseInfo,
-    ) -> Result<InstanceInfo> {
+    async fn provision(&self, _ctx: &InstanceContext, _s: &StorageInfo, _d: &DatabaseInfo) -> Result<InstanceInfo> {
         Ok(InstanceInfo::default())
     }
     async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {

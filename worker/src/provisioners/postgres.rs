@@ -35,28 +35,16 @@ impl Postgres {
             .dbname(&server.admin_database)
             .application_name("dfe-worker")
             .connect_timeout(Duration::from_secs(10));
-        Ok(Postgres {
-            id: id.to_owned(),
-            server: server.clone(),
-            admin,
-        })
+        Ok(Postgres { id: id.to_owned(), server: server.clone(), admin })
     }
 
     fn err(&self, context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let (server, context) = (self.id.clone(), context.into());
-        move |source| Error::Database {
-            server,
-            context,
-            source,
-        }
+        move |source| Error::Database { server, context, source }
     }
 
     async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .admin
-            .connect(NoTls)
-            .await
-            .map_err(self.err("connecting as the admin role"))?;
+        let (client, connection) = self.admin.connect(NoTls).await.map_err(self.err("connecting as the admin role"))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "admin connection ended");
@@ -71,17 +59,10 @@ impl Postgres {
 fn ident(name: &str) -> Result<String> {
     let plain = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !plain {
-        return Err(Error::Invalid(format!(
-            "{name:?} is not a safe PostgreSQL identifier"
-        )));
+        return Err(Error::Invalid(format!("{name:?} is not a safe PostgreSQL identifier")));
     }
     Ok(format!("\"{name}\""))
 }
@@ -107,21 +88,14 @@ impl DatabaseProvisioner for Postgres {
             .await
             .map_err(self.err("looking up the role"))?
             .is_some();
-        let role_sql = if role_exists {
-            "ALTER ROLE"
-        } else {
-            "CREATE ROLE"
-        };
+        let role_sql = if role_exists { "ALTER ROLE" } else { "CREATE ROLE" };
         client
             .batch_execute(&format!(
                 "{role_sql} {q} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}",
                 literal(&verifier)
             ))
             .await
-            .map_err(self.err(format!(
-                "{} role {name}",
-                if role_exists { "updating" } else { "creating" }
-            )))?;
+            .map_err(self.err(format!("{} role {name}", if role_exists { "updating" } else { "creating" })))?;
         // Lets an admin without SUPERUSER create a database owned by the role (PostgreSQL 15
         // requires membership); harmless for a superuser.
         client
@@ -141,19 +115,13 @@ impl DatabaseProvisioner for Postgres {
                 .map_err(self.err(format!("creating database {name}")))?;
         }
         client
-            .batch_execute(&format!(
-                "REVOKE ALL ON DATABASE {q} FROM PUBLIC; GRANT ALL ON DATABASE {q} TO {q}"
-            ))
+            .batch_execute(&format!("REVOKE ALL ON DATABASE {q} FROM PUBLIC; GRANT ALL ON DATABASE {q} TO {q}"))
             .await
             .map_err(self.err(format!("revoking CONNECT on {name} from PUBLIC")))?;
 
         Ok(DatabaseInfo {
             connection: "pgsql".into(),
-            host: self
-                .server
-                .instance_host
-                .clone()
-                .unwrap_or_else(|| self.server.host.clone()),
+            host: self.server.instance_host.clone().unwrap_or_else(|| self.server.host.clone()),
             port: self.server.port,
             database: name.clone(),
             username: name.clone(),

@@ -1,0 +1,459 @@
+//! The REST client of dfe-api, and the one place its answers become messages.
+//!
+//! Failures are worded for the person at the terminal: what is wrong and what to set to fix
+//! it. The token never appears in any of them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use dfe_shared::job::{Job, JobKind};
+use dfe_shared::secret::Secret;
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::CliError;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one dfe-api.
+pub struct ApiClient {
+    http: reqwest::Client,
+    /// Base URL without a trailing slash.
+    base: String,
+    /// The bearer token; sent, never shown.
+    token: Secret,
+}
+
+/// The API's answer to a submitted job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Accepted {
+    /// The job's id (assigned by the API unless the job named one).
+    pub job_id: String,
+    /// `queued`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Links; `self` is the job's URL.
+    #[serde(default)]
+    pub links: Option<Value>,
+}
+
+/// What is being asked for, to word a 404.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// A job submission.
+    Submit(JobKind),
+    /// A job by id.
+    Job(&'a str),
+    /// The job list.
+    Jobs,
+    /// An instance by id.
+    Instance(&'a str),
+    /// The instance list.
+    Instances,
+}
+
+impl ApiClient {
+    /// A client of the API at `base` using `token`.
+    pub fn new(base: &str, token: Secret) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("dfe-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(ApiClient { http, base: base.trim_end_matches('/').to_owned(), token })
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /api/v1/ops/{kind}` with the job as its body.
+    pub async fn submit(&self, job: &Job, idempotency_key: Option<&str>) -> anyhow::Result<Accepted> {
+        let kind = job.kind();
+        let mut req = self.request(Method::POST, &format!("/api/v1/ops/{kind}")).json(&job.to_value());
+        if let Some(key) = idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| CliError::Usage("--idempotency-key must be printable ASCII (a header value)".into()))?;
+            req = req.header("Idempotency-Key", value);
+        }
+        let answer = self.send(req, Subject::Submit(kind)).await?;
+        serde_json::from_value(answer).context("reading the API's answer to the submitted job")
+    }
+
+    /// `GET /api/v1/ops/jobs/{id}`.
+    pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
+        self.get(&format!("/api/v1/ops/jobs/{}", path_segment(id)), Subject::Job(id)).await
+    }
+
+    /// `GET /api/v1/ops/jobs`: the `jobs` array.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<Value>> {
+        let answer = self.get("/api/v1/ops/jobs", Subject::Jobs).await?;
+        list_of(answer, "jobs")
+    }
+
+    /// `GET /api/v1/instances/{id}`.
+    pub async fn instance(&self, id: &str) -> anyhow::Result<Value> {
+        self.get(&format!("/api/v1/instances/{}", path_segment(id)), Subject::Instance(id)).await
+    }
+
+    /// `GET /api/v1/instances`: the `instances` array.
+    pub async fn instances(&self) -> anyhow::Result<Vec<Value>> {
+        let answer = self.get("/api/v1/instances", Subject::Instances).await?;
+        list_of(answer, "instances")
+    }
+
+    /// A GET whose JSON answer is returned as is.
+    pub async fn get(&self, path: &str, subject: Subject<'_>) -> anyhow::Result<Value> {
+        self.send(self.request(Method::GET, path), subject).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            // The one place the token leaves the process.
+            .bearer_auth(self.token.expose())
+            .header(reqwest::header::ACCEPT, "application/json, application/problem+json")
+    }
+
+    /// Sends `req`; a 2xx answer's JSON body is returned, anything else becomes an error
+    /// that says what to do.
+    async fn send(&self, req: RequestBuilder, subject: Subject<'_>) -> anyhow::Result<Value> {
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let is_json =
+            resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if status.is_success() {
+            if body.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_slice(&body)
+                .with_context(|| format!("the API at {} answered {status} with a body that is not JSON", self.base));
+        }
+        let problem = if is_json { serde_json::from_slice(&body).ok() } else { None };
+        let message = match (status, problem) {
+            (StatusCode::UNAUTHORIZED, _) => format!(
+                "the API at {} refused the token (401 Unauthorized) — set DFE_TOKEN or --token-file \
+                 to a token whose SHA-256 is listed in [[api.clients]] of its configuration \
+                 (`dfe token` mints one)",
+                self.base
+            ),
+            (StatusCode::NOT_FOUND, problem) => not_found(subject, status, problem.as_ref()),
+            (_, Some(problem)) => render_problem(status, &problem),
+            (_, None) => render_plain(status, &body),
+        };
+        Err(CliError::Api { status: status.as_u16(), message }.into())
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        let cause = root_cause(e);
+        if e.is_timeout() {
+            anyhow::anyhow!(
+                "the API at {} did not answer in time ({cause}) — is dfe-api overloaded or stuck?",
+                self.base
+            )
+        } else if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the API at {}: {cause} — is dfe-api running? set --api-url or DFE_API_URL",
+                self.base
+            )
+        } else if e.is_builder() {
+            anyhow::anyhow!("the API URL {} is not usable: {cause} — fix --api-url or DFE_API_URL", self.base)
+        } else {
+            anyhow::anyhow!("talking to the API at {} failed: {cause}", self.base)
+        }
+    }
+}
+
+/// An RFC 9457 problem, read leniently: every member may be missing.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Problem {
+    /// Short summary, usually the status's reason phrase.
+    pub title: Option<String>,
+    /// The HTTP status.
+    pub status: Option<u16>,
+    /// What went wrong with this request.
+    pub detail: Option<String>,
+    /// The invalid fields.
+    pub errors: Vec<ProblemField>,
+}
+
+/// One invalid field of a problem.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProblemField {
+    /// The kebab-case field name.
+    pub field: Option<String>,
+    /// What is wrong with it.
+    #[serde(alias = "message")]
+    pub detail: Option<String>,
+}
+
+/// `422 Unprocessable Entity: instance-id: must start with a lowercase letter`: the status
+/// and its reason, then the invalid fields (or the detail when no field is named).
+pub fn render_problem(status: StatusCode, problem: &Problem) -> String {
+    // The status's reason phrase reads the same whatever the API titles its problem types;
+    // the title stands in only for a status without one.
+    let title =
+        status.canonical_reason().or(problem.title.as_deref().filter(|t| !t.trim().is_empty())).unwrap_or("error");
+    let head = format!("{} {title}", status.as_u16());
+    let fields: Vec<String> = problem
+        .errors
+        .iter()
+        .map(|f| match (&f.field, &f.detail) {
+            (Some(field), Some(detail)) => format!("{field}: {detail}"),
+            (Some(field), None) => format!("{field}: is invalid"),
+            (None, Some(detail)) => detail.clone(),
+            (None, None) => "invalid".to_owned(),
+        })
+        .collect();
+    let detail = problem.detail.as_deref().filter(|d| !d.trim().is_empty());
+    match (fields.as_slice(), detail) {
+        ([], Some(detail)) => format!("{head}: {detail}"),
+        ([], None) => head,
+        ([one], _) => format!("{head}: {one}"),
+        (many, detail) => {
+            let mut out =
+                format!("{head}: {}", detail.map_or_else(|| format!("{} invalid fields", many.len()), str::to_owned));
+            for f in many {
+                out.push_str("\n  ");
+                out.push_str(f);
+            }
+            out
+        }
+    }
+}
+
+/// An error answer that is not a problem document (a proxy's page, an empty body).
+fn render_plain(status: StatusCode, body: &[u8]) -> String {
+    let head = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("error"));
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        head
+    } else {
+        let short: String = text.chars().take(200).collect();
+        let ellipsis = if short.len() < text.len() { "…" } else { "" };
+        format!("{head}: {short}{ellipsis}")
+    }
+}
+
+fn not_found(subject: Subject<'_>, status: StatusCode, problem: Option<&Problem>) -> String {
+    let rendered =
+        problem.map_or_else(|| format!("{} {}", status.as_u16(), "Not Found"), |p| render_problem(status, p));
+    match subject {
+        Subject::Job(id) => {
+            format!("no job {id:?} is known to the API ({rendered}) — `dfe jobs` lists them")
+        }
+        Subject::Instance(id) => {
+            format!("no instance {id:?} is known to the API ({rendered}) — `dfe instances` lists them")
+        }
+        Subject::Submit(_) => rendered,
+        Subject::Jobs | Subject::Instances => {
+            format!("{rendered} — is --api-url pointing at dfe-api (and not at something else)?")
+        }
+    }
+}
+
+/// The array `key` of a list answer (a bare array is accepted too).
+pub fn list_of(answer: Value, key: &str) -> anyhow::Result<Vec<Value>> {
+    match answer {
+        Value::Array(items) => Ok(items),
+        Value::Object(mut map) => match map.remove(key) {
+            Some(Value::Array(items)) => Ok(items),
+            _ => anyhow::bail!("the API's answer has no {key:?} array"),
+        },
+        _ => anyhow::bail!("the API's answer is not a {key:?} list"),
+    }
+}
+
+/// Percent-encodes what is not an unreserved URL character, so an id cannot change the path.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The innermost cause of an error, worded as a clause: "connection refused".
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let text = cur.to_string();
+    // io::Error's Display appends " (os error N)"; the code helps nobody here.
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => text.as_str(),
+    };
+    // Lowercase the first letter so the cause reads as a clause, but not an acronym's.
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if !second.is_uppercase() => {
+            first.to_lowercase().chain(std::iter::once(second)).chain(chars).collect()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(json: &str) -> Problem {
+        serde_json::from_str(json).expect("a problem document")
+    }
+
+    use crate::error::{exit_status, EXIT_FAILURE, EXIT_REJECTED};
+    use crate::testing::{serve, Answer};
+    use dfe_shared::ids::InstanceId;
+    use dfe_shared::job::DeprovisionJob;
+
+    fn deprovision_job() -> Job {
+        Job::Deprovision(DeprovisionJob {
+            job_id: None,
+            instance_id: InstanceId::parse("acme-1").expect("valid"),
+            cluster_id: None,
+            keep_database: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_accepted_job_yields_its_id() {
+        let answer = serde_json::json!({"job-id": "j-9", "status": "queued",
+                                        "links": {"self": "/api/v1/ops/jobs/j-9"}});
+        let base = serve(vec![Answer::json(202, &answer)]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let accepted = api.submit(&deprovision_job(), Some("key-1")).await.expect("accepted");
+        assert_eq!(accepted.job_id, "j-9");
+        assert_eq!(accepted.status.as_deref(), Some("queued"));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_job_is_rendered_and_exits_2() {
+        let problem = serde_json::json!({"title": "Invalid field", "status": 422,
+            "detail": "instance-id: must start with a lowercase letter (a-z)",
+            "errors": [{"field": "instance-id", "detail": "must start with a lowercase letter (a-z)"}]});
+        let base = serve(vec![Answer::problem(422, &problem)]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let err = api.submit(&deprovision_job(), None).await.expect_err("rejected");
+        assert_eq!(err.to_string(), "422 Unprocessable Entity: instance-id: must start with a lowercase letter (a-z)");
+        assert_eq!(exit_status(&err), EXIT_REJECTED);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_says_how_to_fix_it_without_showing_it() {
+        let problem = serde_json::json!({"title": "Unauthorized", "status": 401});
+        let base = serve(vec![Answer::problem(401, &problem)]).await;
+        let api = ApiClient::new(&base, Secret::new("s3cret-token")).expect("client");
+        let err = api.jobs().await.expect_err("refused");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("refused the token") && msg.contains("DFE_TOKEN"), "{msg}");
+        assert!(!msg.contains("s3cret-token"));
+        assert_eq!(exit_status(&err), EXIT_FAILURE);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_is_named_with_the_fix() {
+        // Bind a port, then free it: nothing listens there any more.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        drop(listener);
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let err = api.instances().await.expect_err("unreachable");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot reach the API at {base}: connection refused — is dfe-api running? set --api-url or DFE_API_URL"
+            )
+        );
+    }
+
+    #[test]
+    fn a_single_invalid_field_reads_as_one_line() {
+        let p = problem(
+            r#"{"type":"urn:dfe:problem:invalid-field","title":"Invalid field","status":422,
+                "detail":"instance-id: must start with a lowercase letter (a-z)",
+                "errors":[{"field":"instance-id","detail":"must start with a lowercase letter (a-z)"}]}"#,
+        );
+        assert_eq!(
+            render_problem(StatusCode::UNPROCESSABLE_ENTITY, &p),
+            "422 Unprocessable Entity: instance-id: must start with a lowercase letter (a-z)"
+        );
+    }
+
+    #[test]
+    fn several_invalid_fields_are_listed() {
+        let p = problem(
+            r#"{"title":"Unprocessable Entity","status":422,"detail":"2 fields are invalid",
+                "errors":[{"field":"instance-id","detail":"is required"},
+                          {"field":"colour","detail":"is not a known field"}]}"#,
+        );
+        assert_eq!(
+            render_problem(StatusCode::UNPROCESSABLE_ENTITY, &p),
+            "422 Unprocessable Entity: 2 fields are invalid\n  instance-id: is required\n  colour: is not a known field"
+        );
+    }
+
+    #[test]
+    fn a_problem_without_fields_shows_its_detail_and_missing_titles_fall_back() {
+        let p = problem(r#"{"title":"Conflict","status":409,"detail":"instance acme-1 already exists"}"#);
+        assert_eq!(render_problem(StatusCode::CONFLICT, &p), "409 Conflict: instance acme-1 already exists");
+        assert_eq!(render_problem(StatusCode::SERVICE_UNAVAILABLE, &Problem::default()), "503 Service Unavailable");
+        let odd = StatusCode::from_u16(599).expect("a valid status");
+        let titled = problem(r#"{"title":"Upstream gone","detail":"try later"}"#);
+        assert_eq!(render_problem(odd, &titled), "599 Upstream gone: try later");
+    }
+
+    #[test]
+    fn non_problem_bodies_are_shown_shortened() {
+        assert_eq!(render_plain(StatusCode::BAD_GATEWAY, b""), "502 Bad Gateway");
+        let long = "x".repeat(300);
+        let shown = render_plain(StatusCode::BAD_GATEWAY, long.as_bytes());
+        assert!(shown.ends_with('…') && shown.len() < 250, "{shown}");
+    }
+
+    #[test]
+    fn not_found_names_the_missing_thing_and_how_to_list() {
+        let p = problem(r#"{"title":"Not Found","status":404,"detail":"no such job"}"#);
+        let msg = not_found(Subject::Job("j-1"), StatusCode::NOT_FOUND, Some(&p));
+        assert_eq!(msg, "no job \"j-1\" is known to the API (404 Not Found: no such job) — `dfe jobs` lists them");
+    }
+
+    #[test]
+    fn list_answers_are_unwrapped() {
+        let items = list_of(serde_json::json!({"jobs": [{"job-id": "a"}]}), "jobs").expect("list");
+        assert_eq!(items.len(), 1);
+        assert!(list_of(serde_json::json!({"other": []}), "jobs").is_err());
+    }
+
+    #[test]
+    fn ids_cannot_escape_their_path_segment() {
+        assert_eq!(path_segment("acme-1"), "acme-1");
+        assert_eq!(path_segment("../x y"), "..%2Fx%20y");
+    }
+
+    #[test]
+    fn root_causes_drop_the_os_error_code() {
+        let io = std::io::Error::from_raw_os_error(111);
+        let wrapped = anyhow::Error::new(io).context("connecting");
+        assert_eq!(root_cause(wrapped.as_ref()), "connection refused");
+        let acronym = anyhow::anyhow!("AMQP hard error: NOT_ALLOWED");
+        assert_eq!(root_cause(acronym.as_ref()), "AMQP hard error: NOT_ALLOWED");
+    }
+}

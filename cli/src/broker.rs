@@ -1,0 +1,118 @@
+//! RabbitMQ for the CLI: publishing a job straight onto `dfe.jobs`, and subscribing to
+//! `dfe.events` through a private queue that disappears with the connection.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use dfe_shared::broker::{connect, redact_url, Publisher};
+use dfe_shared::job::Job;
+use dfe_shared::topology::{self, EVENTS_EXCHANGE};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer, ExchangeKind};
+
+/// Name of the CLI's connections and the `app-id` of the messages it publishes.
+pub const APP_ID: &str = "dfe-cli";
+
+/// How long connecting may take before the broker counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to RabbitMQ.
+pub struct Broker {
+    conn: Connection,
+}
+
+impl Broker {
+    /// Connects to `url`, with an error that says how to point the CLI elsewhere.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let shown = redact_url(url);
+        let unreachable = "is RabbitMQ running? set --amqp-url, amqp.url in the configuration, or DFE__AMQP__URL";
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(url, APP_ID)).await {
+            Ok(Ok(conn)) => Ok(Broker { conn }),
+            Ok(Err(e)) => {
+                let cause = crate::api::root_cause(&e);
+                // A transport failure means nothing answers there; anything else is the broker
+                // answering and refusing (user, password, vhost).
+                let hint = if has_io_cause(&e) {
+                    unreachable
+                } else {
+                    "check the user, password and vhost of --amqp-url, amqp.url or DFE__AMQP__URL"
+                };
+                Err(anyhow::anyhow!("cannot connect to RabbitMQ at {shown}: {cause} — {hint}"))
+            }
+            Err(_) => Err(anyhow::anyhow!(
+                "cannot reach RabbitMQ at {shown}: no answer within {CONNECT_TIMEOUT:?} — {unreachable}"
+            )),
+        }
+    }
+
+    /// Publishes `job` (whose id must be set) onto `dfe.jobs` and waits for the broker's
+    /// confirm. The topology is declared first, so a broker no service has touched yet still
+    /// routes the job to its queue rather than dropping it.
+    pub async fn publish_job(&self, job: &Job) -> anyhow::Result<()> {
+        let job_id = job.job_id().context("a job published onto the queue needs a job id")?;
+        let body = serde_json::to_vec(&job.to_value()).context("serializing the job")?;
+        let publisher = Publisher::open(&self.conn).await.context("opening a publishing channel")?;
+        topology::declare(publisher.channel())
+            .await
+            .context("declaring the broker topology (exchanges and job queues)")?;
+        publisher
+            .publish_job(job.kind(), job_id.as_str(), &body, APP_ID)
+            .await
+            .with_context(|| format!("publishing the {} job onto {}", job.kind(), topology::JOBS_EXCHANGE))?;
+        Ok(())
+    }
+
+    /// A consumer of the events whose routing key matches the topic `pattern`, through an
+    /// exclusive, server-named queue: it receives what is published from now on.
+    pub async fn subscribe(&self, pattern: &str) -> anyhow::Result<Consumer> {
+        let channel = self.conn.create_channel().await.context("opening a channel for events")?;
+        // Same properties as the services declare it with, so this is a no-op where it exists
+        // and makes binding possible where no service has run yet.
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(EVENTS_EXCHANGE, ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .with_context(|| format!("declaring the exchange {EVENTS_EXCHANGE}"))?;
+        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel
+            .queue_declare("", private, FieldTable::default())
+            .await
+            .context("declaring a private event queue")?;
+        let queue = queue.name().as_str().to_owned();
+        channel
+            .queue_bind(&queue, EVENTS_EXCHANGE, pattern, QueueBindOptions::default(), FieldTable::default())
+            .await
+            .with_context(|| format!("binding the event queue to {EVENTS_EXCHANGE} with {pattern:?}"))?;
+        // Auto-ack: the queue is ours alone and dies with us; nothing is gained by acking.
+        let consume = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+        channel.basic_consume(&queue, APP_ID, consume, FieldTable::default()).await.context("consuming the event queue")
+    }
+
+    /// Closes the connection politely (the private queues go with it).
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "dfe-cli done").await;
+    }
+}
+
+/// Whether an I/O error lies in the chain of `e`.
+fn has_io_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The next event body from `consumer`: `None` once the stream ends, an error when the
+/// broker connection fails.
+pub async fn next_body(consumer: &mut Consumer) -> Option<anyhow::Result<Vec<u8>>> {
+    consumer.next().await.map(|d| {
+        d.map(|delivery| delivery.data)
+            .map_err(|e| anyhow::anyhow!("the event stream from RabbitMQ broke: {}", crate::api::root_cause(&e)))
+    })
+}
