@@ -2,7 +2,7 @@
 //! the workers do the work.
 //!
 //! Module map:
-//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, provisioners), `health`.
+//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, snapshots, provisioners), `health`.
 //! - [`auth`]: bearer tokens checked against the configured SHA-256 digests.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
 //! - [`metrics`]: counters for `/metrics`.
@@ -52,6 +52,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ops/provisioners", get(routes::read::provisioners))
         .route("/api/v1/instances", get(routes::read::instances))
         .route("/api/v1/instances/{instance_id}", get(routes::read::instance))
+        .route("/api/v1/snapshots", get(routes::read::snapshots))
+        .route("/api/v1/snapshots/{snapshot_id}", get(routes::read::snapshot))
+        .route("/api/v1/snapshots/{snapshot_id}/download", get(routes::read::download))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))

@@ -48,11 +48,6 @@ impl Problem {
         p
     }
 
-    /// 501.
-    pub fn not_implemented(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::NOT_IMPLEMENTED, "not-implemented", "Not implemented", detail)
-    }
-
     /// 503: the job could not be recorded (nothing was accepted). The cause is logged.
     pub fn unavailable(detail: impl Into<String>, cause: &dyn std::error::Error) -> Problem {
         tracing::error!(error = %chain(cause), "request failed on a dependency");

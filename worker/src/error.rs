@@ -45,6 +45,29 @@ pub enum Error {
     /// The instance did not become healthy.
     #[error("instance did not answer on its resource-uri: {0}")]
     Unhealthy(String),
+    /// A snapshot archive is refused (checksum, format, unsafe member).
+    #[error("snapshot refused: {0}")]
+    SnapshotInvalid(String),
+    /// No snapshot with that id is in the store.
+    #[error("snapshot {0} is not in the snapshot store")]
+    SnapshotNotFound(String),
+    /// A file operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external tool (pg_dump, psql) failed.
+    #[error("{tool} failed: {message}")]
+    Tool {
+        /// Which tool.
+        tool: &'static str,
+        /// Its exit status and error output.
+        message: String,
+    },
     /// The job ran past its deadline.
     #[error("the job did not finish within {0} seconds")]
     Timeout(u64),
@@ -74,6 +97,10 @@ impl Error {
             Error::Database { .. } => "database-error",
             Error::Unhealthy(_) => "instance-unhealthy",
             Error::Timeout(_) => "timeout",
+            Error::SnapshotInvalid(_) => "snapshot-invalid",
+            Error::SnapshotNotFound(_) => "snapshot-not-found",
+            Error::Io { .. } => "io-error",
+            Error::Tool { .. } => "tool-failed",
             Error::NotImplemented(_) => "not-implemented",
             Error::Shared(_) => "internal-error",
             Error::Config(_) => "configuration-error",
@@ -92,6 +119,12 @@ impl Error {
             source = s.source();
         }
         out
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
     }
 
     /// Wraps a Docker error with what was being done.

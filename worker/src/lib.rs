@@ -6,6 +6,7 @@
 //! - [`jobs`]: one body per job kind (provision, deprovision, …), free of AMQP.
 //! - [`manager`]: provisioners by guest location, built from the configuration.
 //! - [`provisioners`]: the storage, database and instance sub-provisioners.
+//! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
 //! - [`events`]: sub-events and final events on `dfe.events`.
 //! - [`fault`]: the test-only hook that holds a job after a step.
 //! - [`error`]: the crate's error type.
@@ -18,6 +19,7 @@ pub mod fault;
 pub mod jobs;
 pub mod manager;
 pub mod provisioners;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -45,13 +45,23 @@ pub async fn deprovision(
 }
 
 /// POST /api/v1/ops/import
-pub async fn import(_client: Client) -> Problem {
-    Problem::not_implemented("import is not available yet")
+pub async fn import(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Import).await
 }
 
 /// POST /api/v1/ops/export
-pub async fn export(_client: Client) -> Problem {
-    Problem::not_implemented("export is not available yet")
+pub async fn export(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Export).await
 }
 
 async fn submit(
@@ -71,6 +81,13 @@ async fn submit(
         (e, _) => Problem::from(e),
     })?;
     check_against_config(&state, &job)?;
+    if let Job::Import(i) = &job {
+        let id = i.snapshot.as_str();
+        let known = state.registry.snapshot(id).await?.is_some() || state.config.snapshots.locate(id).is_some();
+        if !known {
+            return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
+        }
+    }
     if job.job_id().is_none() {
         let id = uuid::Uuid::new_v4().to_string();
         job.set_job_id(Tag::parse(&id).map_err(|e| Problem::invalid_field(FieldError::new("job-id", e)))?);
@@ -174,6 +191,16 @@ fn check_against_config(state: &AppState, job: &Job) -> Result<(), Problem> {
     }
     if let Some(chosen) = offerings {
         host.resolve_offerings(chosen).map_err(Problem::invalid_field)?;
+    }
+    if let Job::Export(e) = job {
+        if let Some(d) = &e.destination {
+            if cfg.snapshots.dir(Some(d.as_str())).is_none() {
+                return Err(Problem::invalid_field(FieldError::new(
+                    "destination",
+                    "names no configured snapshot destination ([snapshots.destinations.<name>])",
+                )));
+            }
+        }
     }
     Ok(())
 }

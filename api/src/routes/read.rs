@@ -15,6 +15,8 @@ use crate::AppState;
 pub struct ListQuery {
     /// Only this instance's jobs.
     instance_id: Option<String>,
+    /// Only this owner's snapshots.
+    owner_id: Option<String>,
     /// Include deprovisioned instances.
     #[serde(default)]
     include_removed: bool,
@@ -82,4 +84,55 @@ pub async fn provisioners(State(state): State<AppState>, _c: Client) -> Json<Val
         })
         .collect();
     Json(json!({ "default": cfg.default, "provisioners": list }))
+}
+
+/// GET /api/v1/snapshots
+pub async fn snapshots(
+    State(state): State<AppState>,
+    _c: Client,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, Problem> {
+    let records = state.registry.snapshots(q.instance_id.as_deref(), q.owner_id.as_deref(), q.limit()).await?;
+    Ok(Json(json!({ "snapshots": records })))
+}
+
+/// GET /api/v1/snapshots/{id}
+pub async fn snapshot(
+    State(state): State<AppState>,
+    _c: Client,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let record = state.registry.snapshot(&id).await?.ok_or_else(|| Problem::not_found(format!("no snapshot {id}")))?;
+    let mut body = json!(record);
+    body["links"] = json!({ "download": format!("/api/v1/snapshots/{id}/download") });
+    Ok(Json(body))
+}
+
+/// GET /api/v1/snapshots/{id}/download: streams the archive.
+pub async fn download(
+    State(state): State<AppState>,
+    _c: Client,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, Problem> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    // The registry's path when it is recorded here, else the store (snapshots copied in).
+    let (_, path) = state
+        .config
+        .snapshots
+        .locate(&id)
+        .ok_or_else(|| Problem::not_found(format!("snapshot {id} is not in the snapshot store")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| Problem::internal(&e))?;
+    let len = file.metadata().await.map_err(|e| Problem::internal(&e))?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let name = dfe_shared::config::snapshot_file_name(&id);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+        .into_response())
 }

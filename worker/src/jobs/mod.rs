@@ -3,6 +3,8 @@
 //! sub-events, and returns an [`Outcome`] that the consumer records and announces.
 
 mod deprovision;
+mod export;
+mod import;
 mod provision;
 
 use std::sync::Arc;
@@ -79,7 +81,7 @@ pub async fn run(env: &Env, job: &Job, meta: &JobMeta) -> Outcome {
     match job {
         Job::Provision(p) => provision::run(env, p, meta).await,
         Job::Deprovision(d) => deprovision::run(env, d, meta).await,
-        Job::Import(_) => Outcome::failed(&Error::NotImplemented("import"), InstanceChange::None),
-        Job::Export(_) => Outcome::failed(&Error::NotImplemented("export"), InstanceChange::None),
+        Job::Import(i) => import::run(env, i, meta).await,
+        Job::Export(e) => export::run(env, e, meta).await,
     }
 }

@@ -5,7 +5,7 @@
 use dfe_shared::event::{names, Component};
 use dfe_shared::job::{JobKind, ProvisionJob};
 use dfe_shared::registry::instances::InstanceChange;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
@@ -22,19 +22,33 @@ pub(super) async fn run(env: &Env, job: &ProvisionJob, meta: &JobMeta) -> Outcom
         }
         Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
     }
+    match create(env, job, meta, true).await {
+        Ok(created) => Outcome::succeeded(created.result, created.change),
+        Err(failed) => failed,
+    }
+}
+
+/// A made instance: the job result and the registry change that records it.
+pub(super) struct Created {
+    pub result: Value,
+    pub change: InstanceChange,
+}
+
+/// Makes the three parts of a claimed instance (`announce`: publish the provision
+/// sub-events). On failure everything is removed again and the failure is returned.
+pub(super) async fn create(env: &Env, job: &ProvisionJob, meta: &JobMeta, announce: bool) -> Result<Created, Outcome> {
     let plan = match env.manager.plan_provision(job, &meta.job_id) {
         Ok(plan) => plan,
-        Err(e) => return Outcome::failed(&e, InstanceChange::Released),
+        Err(e) => return Err(Outcome::failed(&e, InstanceChange::Released)),
     };
     let deadline = env.deadline();
-    let made = tokio::time::timeout(deadline, steps(env, &plan, meta)).await;
-    let error = match made {
-        Ok(Ok(outcome)) => return outcome,
+    let error = match tokio::time::timeout(deadline, steps(env, job, &plan, meta, announce)).await {
+        Ok(Ok(created)) => return Ok(created),
         Ok(Err(e)) => e,
         Err(_) => Error::Timeout(deadline.as_secs()),
     };
     tracing::warn!(job_id = %meta.job_id, instance = %job.instance_id, error = %error.chain(), "provision failed; rolling back");
-    match rollback(&plan).await {
+    Err(match rollback(&plan).await {
         Ok(()) => Outcome::failed(&error, InstanceChange::Released),
         Err(r) => {
             // What could not be removed stays visible: the instance is marked failed, and a
@@ -42,22 +56,18 @@ pub(super) async fn run(env: &Env, job: &ProvisionJob, meta: &JobMeta) -> Outcom
             let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
             Outcome::failed_with(error.code(), message, InstanceChange::Failed)
         }
-    }
+    })
 }
 
-async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
+async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, announce: bool) -> Result<Created> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
 
     let storage = p.storage.provision(ctx).await?;
-    env.events
-        .emit(
-            meta,
-            &names::component(Component::Storage, JobKind::Provision),
-            json!({ "volume": storage.volume }),
-            None,
-        )
-        .await?;
+    if announce {
+        let name = names::component(Component::Storage, JobKind::Provision);
+        env.events.emit(meta, &name, json!({ "volume": storage.volume }), None).await?;
+    }
     hold_after("storage").await;
 
     let db = p.db.provision(ctx).await?;
@@ -65,7 +75,10 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
         "database": db.database, "database-role": db.username, "database-host": db.host,
         "database-port": db.port, "database-server": db.server,
     });
-    env.events.emit(meta, &names::component(Component::Database, JobKind::Provision), db_result.clone(), None).await?;
+    if announce {
+        let name = names::component(Component::Database, JobKind::Provision);
+        env.events.emit(meta, &name, db_result.clone(), None).await?;
+    }
     hold_after("database").await;
 
     let instance = p.instance.provision(ctx, &storage, &db).await?;
@@ -80,6 +93,7 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
         "container-id": instance.container_id,
         "volume": storage.volume,
         "resource-uri": instance.resource_uri,
+        "offerings": job.offerings,
     });
     if let (Some(r), Some(d)) = (result.as_object_mut(), db_result.as_object()) {
         r.extend(d.clone());
@@ -91,13 +105,13 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta) -> Result<Outcome> {
         resource_uri: instance.resource_uri.clone(),
         resources: result.clone(),
     };
-    Ok(Outcome::succeeded(result, change))
+    Ok(Created { result, change })
 }
 
 /// Removes all three parts by their deterministic names, in reverse order. The claim makes
 /// them this job's, and a redelivered job cannot know which an earlier run made, so all are
 /// removed; removing an absent part is a success.
-async fn rollback(plan: &Plan<'_>) -> Result<()> {
+pub(super) async fn rollback(plan: &Plan<'_>) -> Result<()> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
     let mut first_error = None;

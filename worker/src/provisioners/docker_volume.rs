@@ -2,9 +2,14 @@
 //! labelled like the container so the reconciler can find it by owner.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use async_trait::async_trait;
+use bollard::container::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 use super::docker::is_not_found;
 use super::{InstanceContext, StorageInfo, StorageProvisioner};
@@ -60,6 +65,105 @@ impl StorageProvisioner for DockerVolume {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::docker(format!("removing volume {name}"))(e)),
+        }
+    }
+
+    async fn export(&self, ctx: &InstanceContext, dest: &Path) -> Result<u64> {
+        let docker = ctx.docker("docker-volume")?.client().await?;
+        // The volume is read through the instance's container, which mounts it: Docker's
+        // archive endpoint streams a directory of a container (running or not) as a tar.
+        let container = &ctx.names.container;
+        let path = ctx.storage_path();
+        let raw = dest.with_extension("download");
+        let mut file = tokio::fs::File::create(&raw).await.map_err(Error::io(format!("creating {}", raw.display())))?;
+        let mut stream =
+            docker.download_from_container(container, Some(DownloadFromContainerOptions { path: path.clone() }));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Error::docker(format!("reading {path} of container {container}")))?;
+            file.write_all(&chunk).await.map_err(Error::io(format!("writing {}", raw.display())))?;
+        }
+        file.flush().await.map_err(Error::io(format!("writing {}", raw.display())))?;
+        drop(file);
+        let (raw_c, dest_c) = (raw.clone(), dest.to_path_buf());
+        let skipped =
+            tokio::task::spawn_blocking(move || crate::snapshot::repack_relative(&raw_c, &dest_c)).await.map_err(
+                |e| Error::Io { context: "repacking the storage".into(), source: std::io::Error::other(e) },
+            )??;
+        let _ = tokio::fs::remove_file(&raw).await;
+        if skipped > 0 {
+            tracing::warn!(container, skipped, "links and special files were left out of the storage export");
+        }
+        Ok(skipped)
+    }
+
+    async fn import(&self, ctx: &InstanceContext, tar: &Path, clean: bool, backup: &Path) -> Result<()> {
+        self.export(ctx, backup).await?;
+        match load(ctx, tar, clean).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(r) = load(ctx, backup, true).await {
+                    tracing::error!(error = %r.chain(), "restoring the storage after a failed import failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn restore(&self, ctx: &InstanceContext, backup: &Path) -> Result<()> {
+        load(ctx, backup, true).await
+    }
+}
+
+/// Loads a tar of relative paths into the storage path of the instance's container.
+async fn load(ctx: &InstanceContext, tar: &Path, clean: bool) -> Result<()> {
+    let docker = ctx.docker("docker-volume")?.client().await?;
+    let container = &ctx.names.container;
+    let path = ctx.storage_path();
+    if clean {
+        empty(docker, container, &path).await?;
+    }
+    let file = tokio::fs::File::open(tar).await.map_err(Error::io(format!("opening {}", tar.display())))?;
+    // A read error ends the stream early; Docker then refuses the truncated tar.
+    let body = tokio_util::io::ReaderStream::new(file).filter_map(|chunk| async move { chunk.ok() });
+    let opts = UploadToContainerOptions { path: path.clone(), ..Default::default() };
+    docker
+        .upload_to_container_streaming(container, Some(opts), body)
+        .await
+        .map_err(Error::docker(format!("writing into {path} of container {container}")))
+}
+
+/// Empties a directory of a container (not the directory itself) with the image's `find`.
+async fn empty(docker: &bollard::Docker, container: &str, path: &str) -> Result<()> {
+    let cmd = vec!["find".to_owned(), path.to_owned(), "-mindepth".into(), "1".into(), "-delete".into()];
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(cmd),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(Error::docker(format!("preparing to empty {path} of container {container}")))?;
+    let mut said = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(Error::docker(format!("emptying {path} of container {container}")))?
+    {
+        while let Some(Ok(out)) = output.next().await {
+            if said.len() < 1024 {
+                said.push_str(&out.to_string());
+            }
+        }
+    }
+    let done = docker.inspect_exec(&exec.id).await.map_err(Error::docker("reading an exec's status"))?;
+    match done.exit_code {
+        Some(0) => Ok(()),
+        code => {
+            Err(Error::Tool { tool: "find", message: format!("exit code {code:?} emptying {path}: {}", said.trim()) })
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod noop;
 pub mod postgres;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -127,22 +128,42 @@ pub struct InstanceInfo {
     pub resource_uri: Option<String>,
 }
 
-/// Makes and removes an instance's storage.
+/// Makes, removes, exports and imports an instance's storage.
 #[async_trait]
 pub trait StorageProvisioner: Send + Sync {
     /// Ensures the storage exists.
     async fn provision(&self, ctx: &InstanceContext) -> Result<StorageInfo>;
     /// Removes the storage; absent storage is success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Writes the storage's contents to `dest` as a tar of relative paths; returns how many
+    /// entries (links, devices) were left out.
+    async fn export(&self, ctx: &InstanceContext, dest: &Path) -> Result<u64>;
+    /// Loads `tar` into the storage (`clean`: empties it first). The current contents are
+    /// saved to `backup` first and put back when loading fails, so a failed import leaves
+    /// the storage as it was.
+    async fn import(&self, ctx: &InstanceContext, tar: &Path, clean: bool, backup: &Path) -> Result<()>;
+    /// Puts `backup` (written by [`StorageProvisioner::import`]) back, replacing the contents.
+    async fn restore(&self, ctx: &InstanceContext, backup: &Path) -> Result<()>;
 }
 
-/// Makes and removes an instance's database and role.
+/// Makes, removes, exports and imports an instance's database and role.
 #[async_trait]
 pub trait DatabaseProvisioner: Send + Sync {
     /// Ensures the role and database exist, with a fresh password.
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo>;
     /// Ends open sessions, drops the database and the role; absent ones are success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Dumps the database, consistently (one transaction), to `dest` as plain SQL that
+    /// restores under another role and database name.
+    async fn export(&self, ctx: &InstanceContext, dest: &Path) -> Result<()>;
+    /// Restores `sql` into a fresh database owned by the instance's role and swaps it in;
+    /// the previous database is kept until [`DatabaseProvisioner::commit_import`] or put
+    /// back by [`DatabaseProvisioner::rollback_import`]. On error nothing has changed.
+    async fn import(&self, ctx: &InstanceContext, sql: &Path) -> Result<()>;
+    /// Drops the database kept by the last import.
+    async fn commit_import(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Puts the database kept by the last import back.
+    async fn rollback_import(&self, ctx: &InstanceContext) -> Result<()>;
 }
 
 /// Makes and removes the instance itself.

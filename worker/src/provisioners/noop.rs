@@ -1,6 +1,8 @@
 //! `noop`: makes nothing and succeeds at once, for any part. A provisioner whose three parts
 //! are `noop` measures the pipeline alone (benchmarks, tests).
 
+use std::path::Path;
+
 use async_trait::async_trait;
 use dfe_shared::secret::Secret;
 
@@ -21,6 +23,16 @@ impl StorageProvisioner for Noop {
     async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
         Ok(())
     }
+    async fn export(&self, _ctx: &InstanceContext, dest: &Path) -> Result<u64> {
+        crate::snapshot::write_empty_tar(dest)?;
+        Ok(0)
+    }
+    async fn import(&self, _ctx: &InstanceContext, _tar: &Path, _clean: bool, _backup: &Path) -> Result<()> {
+        Ok(())
+    }
+    async fn restore(&self, _ctx: &InstanceContext, _backup: &Path) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -37,6 +49,18 @@ impl DatabaseProvisioner for Noop {
         })
     }
     async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+    async fn export(&self, _ctx: &InstanceContext, dest: &Path) -> Result<()> {
+        std::fs::write(dest, b"-- noop database\n").map_err(crate::error::Error::io("writing an empty dump"))
+    }
+    async fn import(&self, _ctx: &InstanceContext, _sql: &Path) -> Result<()> {
+        Ok(())
+    }
+    async fn commit_import(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+    async fn rollback_import(&self, _ctx: &InstanceContext) -> Result<()> {
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! from `PUBLIC`, so tenants cannot reach each other's data. Deprovision ends open sessions
 //! and drops both.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -150,6 +151,209 @@ impl DatabaseProvisioner for Postgres {
             .batch_execute(&format!("DROP ROLE IF EXISTS {q}"))
             .await
             .map_err(self.err(format!("dropping role {name}")))?;
+        Ok(())
+    }
+
+    async fn export(&self, ctx: &InstanceContext, dest: &Path) -> Result<()> {
+        let name = &ctx.names.database;
+        ident(name)?;
+        // pg_dump takes the whole dump in one repeatable-read transaction (consistent), and
+        // without owners and grants it restores under any role and database name.
+        let mut cmd = tokio::process::Command::new("pg_dump");
+        cmd.args(["--format=plain", "--no-owner", "--no-privileges", "--no-password", "--file"])
+            .arg(dest)
+            .args(["--dbname", &self.conninfo(&self.server.user, name)]);
+        self.run_tool("pg_dump", cmd, &self.server.password).await
+    }
+
+    async fn import(&self, ctx: &InstanceContext, sql: &Path) -> Result<()> {
+        let names = ImportNames::new(&ctx.names.database)?;
+        let client = self.connect().await?;
+        let result = self.restore_into_staging(&client, &names, sql).await;
+        // The temporary role goes whatever happened.
+        let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS {}", names.q_tmp)).await;
+        if let Err(e) = result {
+            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", names.q_staging)).await;
+            return Err(e);
+        }
+        self.swap_in(&client, &names).await
+    }
+
+    async fn commit_import(&self, ctx: &InstanceContext) -> Result<()> {
+        let names = ImportNames::new(&ctx.names.database)?;
+        let client = self.connect().await?;
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", names.q_previous))
+            .await
+            .map_err(self.err(format!("dropping {}", names.previous)))
+    }
+
+    async fn rollback_import(&self, ctx: &InstanceContext) -> Result<()> {
+        let names = ImportNames::new(&ctx.names.database)?;
+        let client = self.connect().await?;
+        let kept = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&names.previous])
+            .await
+            .map_err(self.err("looking up the previous database"))?
+            .is_some();
+        if !kept {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", names.q_main))
+            .await
+            .map_err(self.err(format!("dropping the imported {}", names.main)))?;
+        client
+            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", names.q_previous, names.q_main))
+            .await
+            .map_err(self.err(format!("putting {} back", names.main)))
+    }
+}
+
+/// The databases and the temporary role of an import, derived from the instance's database.
+struct ImportNames {
+    main: String,
+    previous: String,
+    q_main: String,
+    q_staging: String,
+    q_previous: String,
+    tmp: String,
+    q_tmp: String,
+}
+
+impl ImportNames {
+    fn new(main: &str) -> Result<ImportNames> {
+        let staging = suffixed(main, "_imp");
+        let previous = suffixed(main, "_pre");
+        let tmp = suffixed(main, "_tmp");
+        Ok(ImportNames {
+            q_main: ident(main)?,
+            q_staging: ident(&staging)?,
+            q_previous: ident(&previous)?,
+            q_tmp: ident(&tmp)?,
+            main: main.to_owned(),
+            previous,
+            tmp,
+        })
+    }
+}
+
+/// `name` + `suffix`, shortening `name` so the result fits PostgreSQL's 63 bytes.
+fn suffixed(name: &str, suffix: &str) -> String {
+    let keep = name.len().min(63 - suffix.len());
+    format!("{}{suffix}", &name[..keep])
+}
+
+impl Postgres {
+    /// A libpq connection string for the tools (the password goes through PGPASSWORD).
+    fn conninfo(&self, user: &str, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={user} dbname={dbname} application_name=dfe-worker",
+            self.server.host, self.server.port
+        )
+    }
+
+    async fn run_tool(&self, tool: &'static str, mut cmd: tokio::process::Command, password: &Secret) -> Result<()> {
+        cmd.env("PGPASSWORD", password.expose()).env("PGCONNECT_TIMEOUT", "10").stdin(std::process::Stdio::null());
+        let out = cmd.output().await.map_err(|e| Error::Tool {
+            tool,
+            message: format!("cannot run it ({e}); install the PostgreSQL client tools (postgresql-client)"),
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message: String = stderr.lines().take(5).collect::<Vec<_>>().join("; ");
+        Err(Error::Tool { tool, message: format!("{} — {message}", out.status) })
+    }
+
+    /// Restores the dump into a fresh staging database as a temporary login role that is a
+    /// member of the instance's role, so the dump runs without the admin's privileges and
+    /// everything it creates ends up owned by the instance's role.
+    async fn restore_into_staging(&self, client: &Client, n: &ImportNames, sql: &Path) -> Result<()> {
+        let main = &n.q_main;
+        // CREATE and DROP DATABASE cannot share a multi-statement query (an implicit transaction).
+        for stmt in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", n.q_staging),
+            format!("DROP ROLE IF EXISTS {}", n.q_tmp),
+            format!("CREATE DATABASE {} OWNER {main}", n.q_staging),
+            format!(
+                "REVOKE ALL ON DATABASE {staging} FROM PUBLIC; GRANT ALL ON DATABASE {staging} TO {main}",
+                staging = n.q_staging
+            ),
+        ] {
+            client.batch_execute(&stmt).await.map_err(self.err("creating the staging database"))?;
+        }
+        let password = Secret::generate(PASSWORD_LEN);
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {tmp} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}; GRANT {main} TO {tmp}",
+                literal(&verifier),
+                tmp = n.q_tmp
+            ))
+            .await
+            .map_err(self.err("creating the temporary restore role"))?;
+
+        let prelude = sql.with_extension("prelude.sql");
+        tokio::fs::write(
+            &prelude,
+            format!(
+                "SET ROLE {main};
+"
+            ),
+        )
+        .await
+        .map_err(Error::io("writing the restore prelude"))?;
+        let staging = suffixed(&n.main, "_imp");
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.args(["--no-psqlrc", "--quiet", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1"])
+            .args(["--dbname", &self.conninfo(&n.tmp, &staging)])
+            .arg("--file")
+            .arg(&prelude)
+            .arg("--file")
+            .arg(sql)
+            .stdout(std::process::Stdio::null());
+        let restored = self.run_tool("psql", cmd, &password).await;
+        let _ = tokio::fs::remove_file(&prelude).await;
+        restored?;
+
+        // Anything the dump made after leaving the role (RESET ROLE) goes to the instance's role.
+        let mut cfg = self.admin.clone();
+        cfg.dbname(&staging);
+        let (staging_client, conn) =
+            cfg.connect(NoTls).await.map_err(self.err("connecting to the staging database"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        staging_client
+            .batch_execute(&format!("REASSIGN OWNED BY {tmp} TO {main}; DROP OWNED BY {tmp}", tmp = n.q_tmp))
+            .await
+            .map_err(self.err("handing the restored objects to the instance's role"))?;
+        Ok(())
+    }
+
+    /// Moves the instance's database aside and the staging one into its place.
+    async fn swap_in(&self, client: &Client, n: &ImportNames) -> Result<()> {
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", n.q_previous))
+            .await
+            .map_err(self.err("dropping an old previous database"))?;
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&n.main],
+            )
+            .await
+            .map_err(self.err("ending sessions before the swap"))?;
+        client
+            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", n.q_main, n.q_previous))
+            .await
+            .map_err(self.err("moving the current database aside"))?;
+        if let Err(e) = client.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", n.q_staging, n.q_main)).await {
+            let _ = client.batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", n.q_previous, n.q_main)).await;
+            return Err(self.err("moving the restored database into place")(e));
+        }
         Ok(())
     }
 }

@@ -1,0 +1,140 @@
+//! Export: a portable snapshot of a running instance — `database.sql` (pg_dump, one
+//! transaction), `storage.tar` (the volume's contents) and `snapshot.json` — written to the
+//! snapshot store as `<snapshot-id>.snapshot.tar.gz` and recorded in the registry. The
+//! instance keeps running. The snapshot id derives from the job id, so a redelivered export
+//! rewrites the same snapshot instead of making a second one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dfe_shared::event::{names, Component};
+use dfe_shared::job::{ExportJob, JobKind};
+use dfe_shared::registry::instances::InstanceChange;
+use dfe_shared::registry::{InstanceState, SnapshotRecord};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{Env, Outcome};
+use crate::error::{Error, Result};
+use crate::events::JobMeta;
+use crate::fault::hold_after;
+use crate::snapshot::{self, Manifest, FORMAT_VERSION};
+
+/// Namespace of snapshot ids (UUID v5 of the export's job id).
+const SNAPSHOT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6466_652e_736e_6170_7368_6f74_2d76_0001);
+
+pub(super) async fn run(env: &Env, job: &ExportJob, meta: &JobMeta) -> Outcome {
+    let deadline = env.deadline();
+    let work = work_dir(env, job, meta);
+    let result = tokio::time::timeout(deadline, export(env, job, meta, &work)).await;
+    if let Ok(work) = &work {
+        let _ = tokio::fs::remove_dir_all(work).await;
+    }
+    match result {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Outcome::failed(&e, InstanceChange::None),
+        Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), InstanceChange::None),
+    }
+}
+
+fn store_dir(env: &Env, job: &ExportJob) -> Result<(String, PathBuf)> {
+    let destination = job.destination.as_ref().map(|d| d.as_str());
+    let dir = env.config.snapshots.dir(destination).ok_or_else(|| {
+        Error::Invalid(format!(
+            "destination {:?} names no [snapshots.destinations.<name>]",
+            destination.unwrap_or_default()
+        ))
+    })?;
+    Ok((destination.unwrap_or("default").to_owned(), dir.to_path_buf()))
+}
+
+/// A work directory inside the store (same file system, so the archive is renamed into place).
+fn work_dir(env: &Env, job: &ExportJob, meta: &JobMeta) -> Result<PathBuf> {
+    let (_, dir) = store_dir(env, job)?;
+    Ok(dir.join(format!(".work-{}", meta.job_id)))
+}
+
+async fn export(env: &Env, job: &ExportJob, meta: &JobMeta, work: &Result<PathBuf>) -> Result<Outcome> {
+    let id = job.instance_id.as_str();
+    let record =
+        env.registry.instance(id).await?.ok_or_else(|| Error::NotFound(format!("instance {id} does not exist")))?;
+    if record.state != InstanceState::Provisioned {
+        return Err(Error::Conflict(format!("instance {id} is not provisioned ({:?})", record.state)));
+    }
+    let (destination, dir) = store_dir(env, job)?;
+    let work = work.as_ref().map_err(|e| Error::Invalid(e.to_string()))?;
+    tokio::fs::create_dir_all(work).await.map_err(Error::io(format!("creating {}", work.display())))?;
+    let plan = env.manager.plan_existing(&record, &meta.job_id, None)?;
+    let (p, ctx) = (plan.provisioner, &plan.ctx);
+    let snapshot_id = uuid::Uuid::new_v5(&SNAPSHOT_NAMESPACE, meta.job_id.as_bytes()).to_string();
+
+    let database = work.join(snapshot::DATABASE);
+    p.db.export(ctx, &database).await?;
+    let db_member = hashed(&database).await?;
+    let result = json!({ "database": ctx.names.database, "size": db_member.size, "sha256": db_member.sha256 });
+    env.events.emit(meta, &names::component(Component::Database, JobKind::Export), result, None).await?;
+    hold_after("database").await;
+
+    let storage = work.join(snapshot::STORAGE);
+    let skipped = p.storage.export(ctx, &storage).await?;
+    let st_member = hashed(&storage).await?;
+    let result = json!({
+        "volume": ctx.names.volume, "size": st_member.size, "sha256": st_member.sha256, "skipped-entries": skipped,
+    });
+    env.events.emit(meta, &names::component(Component::Storage, JobKind::Export), result, None).await?;
+    hold_after("storage").await;
+
+    let offerings: BTreeMap<String, String> =
+        serde_json::from_value(record.resources.get("offerings").cloned().unwrap_or_default()).unwrap_or_default();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        snapshot_id: snapshot_id.clone(),
+        instance_id: id.to_owned(),
+        owner_id: record.owner_id.clone(),
+        owner_type: record.owner_type.clone(),
+        guest_location: record.guest_location.clone(),
+        cluster_id: record.cluster_id.clone(),
+        offerings,
+        created_at: OffsetDateTime::now_utc(),
+        members: BTreeMap::from([
+            (snapshot::DATABASE.to_owned(), db_member),
+            (snapshot::STORAGE.to_owned(), st_member),
+        ]),
+    };
+    let (archive, member) = {
+        let (dir, manifest) = (dir.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || snapshot::write_archive(&dir, &manifest, &database, &storage))
+            .await
+            .map_err(|e| Error::Io { context: "writing the archive".into(), source: std::io::Error::other(e) })??
+    };
+    env.registry
+        .record_snapshot(&SnapshotRecord {
+            snapshot_id: snapshot_id.clone(),
+            instance_id: id.to_owned(),
+            owner_id: Some(record.owner_id.clone()),
+            job_id: meta.job_id.clone(),
+            destination: destination.clone(),
+            size: i64::try_from(member.size).unwrap_or(i64::MAX),
+            sha256: member.sha256.clone(),
+            manifest: serde_json::to_value(&manifest).unwrap_or_default(),
+            created_at: manifest.created_at,
+            path: archive.display().to_string(),
+        })
+        .await?;
+    let result = json!({
+        "instance-id": id,
+        "snapshot-id": snapshot_id,
+        "snapshot": snapshot_id,
+        "destination": destination,
+        "size": member.size,
+        "sha256": member.sha256,
+    });
+    Ok(Outcome::succeeded(result, InstanceChange::None))
+}
+
+async fn hashed(path: &Path) -> Result<snapshot::Member> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || snapshot::hash_file(&path))
+        .await
+        .map_err(|e| Error::Io { context: "hashing a member".into(), source: std::io::Error::other(e) })?
+}

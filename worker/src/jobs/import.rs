@@ -1,0 +1,191 @@
+//! Import: restore a snapshot into an instance, provisioning it first when it does not
+//! exist. The archive is verified completely before anything is touched; the database is
+//! restored beside the current one and swapped in; the storage is saved before it is
+//! loaded. A failure puts both back (or, when the import created the instance, removes it),
+//! so the target is left as it was before the import began.
+
+use std::path::Path;
+
+use dfe_shared::event::{names, Component};
+use dfe_shared::ids::Tag;
+use dfe_shared::job::{ImportJob, JobKind, ProvisionJob};
+use dfe_shared::registry::instances::InstanceChange;
+use dfe_shared::registry::InstanceState;
+use serde_json::json;
+
+use super::provision::{self, Created};
+use super::{Env, Outcome};
+use crate::error::{Error, Result};
+use crate::events::JobMeta;
+use crate::fault::hold_after;
+use crate::manager::Plan;
+use crate::snapshot::{self, Verified};
+
+pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
+    let Some((_, archive)) = env.config.snapshots.locate(job.snapshot.as_str()) else {
+        return Outcome::failed(&Error::SnapshotNotFound(job.snapshot.to_string()), InstanceChange::None);
+    };
+    let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
+    if let Err(e) = tokio::fs::create_dir_all(&work).await {
+        return Outcome::failed(&Error::io(format!("creating {}", work.display()))(e), InstanceChange::None);
+    }
+    let deadline = env.deadline();
+    let outcome = match tokio::time::timeout(deadline, import(env, job, meta, &archive, &work)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), InstanceChange::None),
+    };
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    outcome
+}
+
+async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work: &Path) -> Outcome {
+    let verified = {
+        let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
+        match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Outcome::failed(&e, InstanceChange::None),
+            Err(e) => {
+                return Outcome::failed_with(
+                    "internal-error",
+                    format!("verifying the snapshot: {e}"),
+                    InstanceChange::None,
+                )
+            }
+        }
+    };
+    let id = job.instance_id.as_str();
+    let record = match env.registry.instance(id).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
+    };
+    let must_create = match record.as_ref().map(|r| (r.state, r.job_id.as_str())) {
+        None | Some((InstanceState::Deprovisioned, _)) => {
+            match env.registry.claim_instance(&job.into(), &meta.job_id).await {
+                Ok(true) => true,
+                Ok(false) => {
+                    return Outcome::failed_with(
+                        "conflict",
+                        format!("instance {id} was claimed by another job"),
+                        InstanceChange::None,
+                    )
+                }
+                Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
+            }
+        }
+        // Claimed by this job at submission (or by an earlier run of it).
+        Some((InstanceState::Provisioning, owner)) if owner == meta.job_id => true,
+        Some((InstanceState::Provisioned, _)) => false,
+        Some((state, _)) => {
+            let e = Error::Conflict(format!(
+                "instance {id} is {state:?}; only a provisioned instance can be imported into"
+            ));
+            return Outcome::failed_with("instance-busy", e.to_string(), InstanceChange::None);
+        }
+    };
+
+    // Target of a new instance: what the job says, else what the snapshot recorded.
+    let new_instance = ProvisionJob {
+        job_id: Tag::parse(&meta.job_id).ok(),
+        owner_id: job.owner_id.clone(),
+        instance_id: job.instance_id.clone(),
+        guest_location: job.guest_location.clone().or_else(|| {
+            let g = &verified.manifest.guest_location;
+            env.config.provisioners.hosts.contains_key(g).then(|| Tag::parse(g).ok()).flatten()
+        }),
+        cluster_id: job.cluster_id.clone(),
+        owner_type: job.owner_type.clone(),
+        offerings: Some(verified.manifest.offerings.clone()).filter(|o| !o.is_empty()),
+        packages: None,
+    };
+    let created = if must_create {
+        match provision::create(env, &new_instance, meta, false).await {
+            Ok(created) => Some(created),
+            Err(failed) => return failed,
+        }
+    } else {
+        None
+    };
+    let plan = match (&created, &record) {
+        (Some(_), _) => env.manager.plan_provision(&new_instance, &meta.job_id),
+        (None, Some(r)) => env.manager.plan_existing(r, &meta.job_id, None),
+        (None, None) => Err(Error::NotFound(format!("instance {id} does not exist"))),
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::failed(&e, if created.is_some() { InstanceChange::Released } else { InstanceChange::None })
+        }
+    };
+
+    let backup = work.join("storage-before-import.tar");
+    match restore(env, job, meta, &plan, &verified, &backup).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(job_id = %meta.job_id, error = %e.chain(), "import failed; the target is put back");
+            if created.is_some() {
+                return match provision::rollback(&plan).await {
+                    Ok(()) => Outcome::failed(&e, InstanceChange::Released),
+                    Err(r) => Outcome::failed_with(
+                        e.code(),
+                        format!("{}; removing the new instance failed: {}", e.chain(), r.chain()),
+                        InstanceChange::Failed,
+                    ),
+                };
+            }
+            return Outcome::failed(&e, InstanceChange::None);
+        }
+    }
+
+    let (mut result, change) = match created {
+        Some(Created { result, change }) => (result, change),
+        None => (record.as_ref().map(|r| r.resources.clone()).unwrap_or_default(), InstanceChange::None),
+    };
+    if let Some(r) = result.as_object_mut() {
+        r.insert("snapshot".into(), json!(job.snapshot));
+        r.insert("created".into(), json!(must_create));
+        r.insert("clean".into(), json!(job.clean.unwrap_or(false)));
+        r.insert("source-instance-id".into(), json!(verified.manifest.instance_id));
+    }
+    Outcome::succeeded(result, change)
+}
+
+/// Database, then storage; each undone when a later step fails.
+async fn restore(
+    env: &Env,
+    job: &ImportJob,
+    meta: &JobMeta,
+    plan: &Plan<'_>,
+    v: &Verified,
+    backup: &Path,
+) -> Result<()> {
+    let (p, ctx) = (plan.provisioner, &plan.ctx);
+    p.db.import(ctx, &v.database).await?;
+    let storage = async {
+        let result = json!({ "database": ctx.names.database, "snapshot": job.snapshot });
+        env.events.emit(meta, &names::component(Component::Database, JobKind::Import), result, None).await?;
+        hold_after("database").await;
+        p.storage.import(ctx, &v.storage, job.clean.unwrap_or(false), backup).await
+    };
+    if let Err(e) = storage.await {
+        if let Err(r) = p.db.rollback_import(ctx).await {
+            tracing::error!(error = %r.chain(), "putting the database back failed");
+        }
+        return Err(e);
+    }
+    let result = json!({ "volume": ctx.names.volume, "snapshot": job.snapshot, "clean": job.clean.unwrap_or(false) });
+    if let Err(e) = env.events.emit(meta, &names::component(Component::Storage, JobKind::Import), result, None).await {
+        if let Err(r) = p.storage.restore(ctx, backup).await {
+            tracing::error!(error = %r.chain(), "putting the storage back failed");
+        }
+        if let Err(r) = p.db.rollback_import(ctx).await {
+            tracing::error!(error = %r.chain(), "putting the database back failed");
+        }
+        return Err(e);
+    }
+    hold_after("storage").await;
+    // The previous database is dropped only now that nothing can fail any more.
+    if let Err(e) = p.db.commit_import(ctx).await {
+        tracing::warn!(error = %e.chain(), "dropping the pre-import database failed; it stays as <name>_pre");
+    }
+    Ok(())
+}
