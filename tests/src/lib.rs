@@ -143,7 +143,7 @@ impl TestEnv {
         probes::pg_exec(PG_ADMIN_URL, &format!("CREATE DATABASE \"{database}\"")).await?;
 
         let dir = std::env::temp_dir().join("dfe-tests").join(&id);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join("snapshots"))?;
         let token = format!("test-token-{}", random_hex(32));
         let digest = hex::encode(Sha256::digest(token.as_bytes()));
         let shipped = std::fs::read_to_string(repo_root().join("deploy/config/dfe.toml"))?;
@@ -182,6 +182,7 @@ impl TestEnv {
             ("DFE__AMQP__URL".into(), self.amqp_url.clone()),
             ("DFE__REGISTRY__URL".into(), self.registry_url.clone()),
             ("DFE__API__LISTEN".into(), "127.0.0.1:0".into()),
+            ("DFE__SNAPSHOTS__PATH".into(), self.snapshots_dir().display().to_string()),
             ("RUST_LOG".into(), "info,dfe_worker=debug,dfe_api=debug,dfe_shared=debug".into()),
         ]
     }
@@ -318,6 +319,29 @@ impl TestEnv {
             out.push_str(&p.log());
         }
         out
+    }
+
+    /// This environment's snapshot store.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Runs the real `dfe` binary against this environment; returns exit code, stdout, stderr.
+    pub async fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = tokio::process::Command::new(bin("dfe")?)
+            .args(args)
+            .env_remove("DFE_CONFIG")
+            .env("DFE_API_URL", &self.api_url)
+            .env("DFE_TOKEN", &self.token)
+            .env("DFE__AMQP__URL", &self.amqp_url)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// The admin URL of the registry database.

@@ -160,3 +160,20 @@ pub fn remove_instance_blocking(instance_id: &str) {
         let _ = Command::new("psql").args([PG_ADMIN_URL, "-qAtc", stmt]).output();
     }
 }
+
+/// Runs a shell script inside a container (`docker exec`); returns its stdout.
+pub fn exec(container: &str, script: &str) -> Result<String> {
+    let out = std::process::Command::new("docker").args(["exec", container, "sh", "-c", script]).output()?;
+    if !out.status.success() {
+        anyhow::bail!("docker exec {container} {script:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A client connected as the instance's own role, with the password from its container.
+pub async fn instance_db(instance_id: &str) -> Result<tokio_postgres::Client> {
+    let c = container(instance_id).await?;
+    let password = container_env(&c, "DB_PASSWORD").context("no DB_PASSWORD")?;
+    let name = db_name(instance_id);
+    pg(&format!("postgres://{name}:{password}@127.0.0.1:5432/{name}")).await
+}

@@ -8,6 +8,7 @@ mod crash;
 mod failures;
 mod lifecycle;
 mod secrets;
+mod snapshots;
 
 use std::time::Duration;
 

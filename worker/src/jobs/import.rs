@@ -23,7 +23,13 @@ use crate::snapshot::{self, Verified};
 
 pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
     let Some((_, archive)) = env.config.snapshots.locate(job.snapshot.as_str()) else {
-        return Outcome::failed(&Error::SnapshotNotFound(job.snapshot.to_string()), InstanceChange::None);
+        let e = Error::SnapshotNotFound(job.snapshot.to_string());
+        // Hand back an instance id the API claimed for this import.
+        let claimed = matches!(
+            env.registry.instance(job.instance_id.as_str()).await,
+            Ok(Some(r)) if r.state == InstanceState::Provisioning && r.job_id == meta.job_id
+        );
+        return Outcome::failed(&e, if claimed { InstanceChange::Released } else { InstanceChange::None });
     };
     let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
     if let Err(e) = tokio::fs::create_dir_all(&work).await {
@@ -39,43 +45,42 @@ pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
 }
 
 async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work: &Path) -> Outcome {
-    let verified = {
-        let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
-        match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Outcome::failed(&e, InstanceChange::None),
-            Err(e) => {
-                return Outcome::failed_with(
-                    "internal-error",
-                    format!("verifying the snapshot: {e}"),
-                    InstanceChange::None,
-                )
-            }
-        }
-    };
     let id = job.instance_id.as_str();
     let record = match env.registry.instance(id).await {
         Ok(r) => r,
         Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
     };
-    let must_create = match record.as_ref().map(|r| (r.state, r.job_id.as_str())) {
-        None | Some((InstanceState::Deprovisioned, _)) => {
-            match env.registry.claim_instance(&job.into(), &meta.job_id).await {
-                Ok(true) => true,
-                Ok(false) => {
-                    return Outcome::failed_with(
-                        "conflict",
-                        format!("instance {id} was claimed by another job"),
-                        InstanceChange::None,
-                    )
-                }
-                Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
-            }
+    // The API claims a new instance's id at submission; a refusal before the instance is
+    // made must hand that claim back.
+    let claimed_by_us =
+        record.as_ref().is_some_and(|r| r.state == InstanceState::Provisioning && r.job_id == meta.job_id);
+    let refused =
+        |e: &Error| Outcome::failed(e, if claimed_by_us { InstanceChange::Released } else { InstanceChange::None });
+
+    let verified = {
+        let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
+        match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return refused(&e),
+            Err(e) => return refused(&Error::Invalid(format!("verifying the snapshot: {e}"))),
         }
-        // Claimed by this job at submission (or by an earlier run of it).
-        Some((InstanceState::Provisioning, owner)) if owner == meta.job_id => true,
-        Some((InstanceState::Provisioned, _)) => false,
-        Some((state, _)) => {
+    };
+    let must_create = match record.as_ref().map(|r| r.state) {
+        None | Some(InstanceState::Deprovisioned) => match env.registry.claim_instance(&job.into(), &meta.job_id).await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                return Outcome::failed_with(
+                    "conflict",
+                    format!("instance {id} was claimed by another job"),
+                    InstanceChange::None,
+                )
+            }
+            Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
+        },
+        Some(InstanceState::Provisioning) if claimed_by_us => true,
+        Some(InstanceState::Provisioned) => false,
+        Some(state) => {
             let e = Error::Conflict(format!(
                 "instance {id} is {state:?}; only a provisioned instance can be imported into"
             ));

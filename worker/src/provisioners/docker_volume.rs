@@ -132,9 +132,13 @@ async fn load(ctx: &InstanceContext, tar: &Path, clean: bool) -> Result<()> {
         .map_err(Error::docker(format!("writing into {path} of container {container}")))
 }
 
-/// Empties a directory of a container (not the directory itself) with the image's `find`.
+/// Empties a directory of a container (not the directory itself) with the image's shell.
 async fn empty(docker: &bollard::Docker, container: &str, path: &str) -> Result<()> {
-    let cmd = vec!["find".to_owned(), path.to_owned(), "-mindepth".into(), "1".into(), "-delete".into()];
+    // The three globs match every entry, dot-files included, but not `.` and `..`; a glob
+    // that matches nothing stays literal and `rm -f` ignores it. The path is an argument,
+    // not part of the script, so it is never parsed by the shell.
+    let script = r#"cd -- "$1" && rm -rf -- ./..?* ./.[!.]* ./*"#;
+    let cmd = vec!["sh".to_owned(), "-c".into(), script.into(), "sh".into(), path.to_owned()];
     let exec = docker
         .create_exec(
             container,
@@ -154,7 +158,7 @@ async fn empty(docker: &bollard::Docker, container: &str, path: &str) -> Result<
         .map_err(Error::docker(format!("emptying {path} of container {container}")))?
     {
         while let Some(Ok(out)) = output.next().await {
-            if said.len() < 1024 {
+            if said.len() < 300 {
                 said.push_str(&out.to_string());
             }
         }
