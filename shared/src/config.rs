@@ -119,6 +119,27 @@ pub struct WorkerConfig {
     /// Seconds to wait for a container's `resource-uri` to answer.
     #[serde(default = "default_health_timeout")]
     pub health_timeout_secs: u64,
+    /// Runs a job gets before a transient failure becomes its final failure.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubled per attempt, with ±20% jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Longest delay between two attempts, in milliseconds.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_retry_base_ms() -> u64 {
+    2_000
+}
+
+fn default_retry_max_ms() -> u64 {
+    60_000
 }
 
 fn default_concurrency() -> u16 {
@@ -139,6 +160,9 @@ impl Default for WorkerConfig {
             concurrency: default_concurrency(),
             job_timeout_secs: default_job_timeout(),
             health_timeout_secs: default_health_timeout(),
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
         }
     }
 }
@@ -352,6 +376,16 @@ impl Default for NamingConfig {
     }
 }
 
+impl WorkerConfig {
+    /// The delay before attempt `attempt + 1` after `attempt` failed transiently:
+    /// exponential from `retry-base-ms`, capped at `retry-max-ms`, times `jitter` (0.8-1.2).
+    pub fn retry_delay(&self, attempt: u32, jitter: f64) -> std::time::Duration {
+        let exp = self.retry_base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let ms = exp.min(self.retry_max_ms) as f64 * jitter.clamp(0.5, 1.5);
+        std::time::Duration::from_millis(ms as u64)
+    }
+}
+
 impl Config {
     /// Loads `path` (or `DFE_CONFIG` when `path` is `None`), then the `DFE__…` variables,
     /// and checks that the references between sections resolve.
@@ -362,13 +396,24 @@ impl Config {
                 .map(PathBuf::from)
                 .ok_or_else(|| Error::Config("no configuration: pass --config FILE or set DFE_CONFIG".into()))?,
         };
+        Config::load_from(&path, None)
+    }
+
+    /// Loads `path` overridden by `env` (the process environment when `None`).
+    pub fn load_from(path: &Path, env: Option<std::collections::HashMap<String, String>>) -> Result<Config> {
         if !path.exists() {
             return Err(Error::Config(format!("configuration file {} does not exist", path.display())));
         }
         let cfg: Config = config::Config::builder()
-            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
-                config::Environment::with_prefix("DFE").prefix_separator("__").separator("__").try_parsing(true),
+                // DFE__WORKER__MAX_ATTEMPTS sets worker.max-attempts: env names cannot hold '-'.
+                config::Environment::with_prefix("DFE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .convert_case(config::Case::Kebab)
+                    .try_parsing(true)
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;
@@ -453,5 +498,55 @@ impl ProvisionerHost {
             attributes.extend(item.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Ok(attributes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/dfe.toml")
+    }
+
+    #[test]
+    fn the_shipped_configuration_loads_and_environment_variables_override_it() {
+        let cfg = Config::load_from(&shipped(), Some(Default::default())).expect("shipped config loads");
+        assert_eq!(cfg.provisioners.default, "docker");
+        assert_eq!(cfg.provisioners.hosts["docker"].provides.instance, "docker-container");
+        assert_eq!(cfg.provisioners.hosts["noop"].provides.db, "noop");
+        assert!(!cfg.api.clients.is_empty());
+        let env = [
+            ("DFE__AMQP__URL", "amqp://u:p@10.0.0.1:5672/x"),
+            ("DFE__WORKER__MAX_ATTEMPTS", "9"),
+            ("DFE__API__LISTEN", "127.0.0.1:0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cfg = Config::load_from(&shipped(), Some(env)).expect("overridden");
+        assert_eq!(cfg.amqp.url, "amqp://u:p@10.0.0.1:5672/x");
+        assert_eq!(cfg.worker.max_attempts, 9);
+        assert_eq!(cfg.api.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn offerings_resolve_to_the_chosen_or_suggested_items() {
+        let cfg = Config::load_from(&shipped(), Some(Default::default())).expect("loads");
+        let host = &cfg.provisioners.hosts["docker"];
+        let attrs = host.resolve_offerings(None).expect("suggested");
+        assert_eq!(attrs["image"], "dfe/test-instance:latest");
+        let chosen = BTreeMap::from([("image".to_owned(), "nope".to_owned())]);
+        assert_eq!(host.resolve_offerings(Some(&chosen)).expect_err("unknown item").field, "offerings.image");
+        let chosen = BTreeMap::from([("colour".to_owned(), "red".to_owned())]);
+        assert_eq!(host.resolve_offerings(Some(&chosen)).expect_err("unknown offering").field, "offerings.colour");
+    }
+
+    #[test]
+    fn retry_delays_grow_exponentially_up_to_the_cap() {
+        let w = WorkerConfig { retry_base_ms: 1000, retry_max_ms: 10_000, ..WorkerConfig::default() };
+        let secs: Vec<u64> = (1..=6).map(|a| w.retry_delay(a, 1.0).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(w.retry_delay(1, 1.2).as_millis(), 1200);
     }
 }

@@ -22,6 +22,13 @@ pub fn queue_name(kind: JobKind) -> String {
     format!("{JOBS_EXCHANGE}.{}", kind.as_str())
 }
 
+/// The delayed-retry queue of a job kind: `dfe.jobs.provision.retry`. Nothing consumes
+/// it: a message waits there for its per-message expiration (the backoff delay), then
+/// dead-letters back to `dfe.jobs` under its kind, so a waiting retry costs no worker.
+pub fn retry_queue_name(kind: JobKind) -> String {
+    format!("{JOBS_EXCHANGE}.{}.retry", kind.as_str())
+}
+
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
 }
@@ -59,6 +66,17 @@ pub async fn declare(channel: &Channel) -> Result<()> {
             .queue_bind(&queue, JOBS_EXCHANGE, kind.as_str(), QueueBindOptions::default(), FieldTable::default())
             .await
             .map_err(Error::broker("binding a job queue"))?;
+
+        let mut args = quorum_args();
+        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(JOBS_EXCHANGE.into()));
+        args.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(kind.as_str().into()));
+        // At-least-once dead-lettering: a retry is never lost between the two queues.
+        args.insert(ShortString::from("x-dead-letter-strategy"), AMQPValue::LongString("at-least-once".into()));
+        args.insert(ShortString::from("x-overflow"), AMQPValue::LongString("reject-publish".into()));
+        channel
+            .queue_declare(&retry_queue_name(kind), durable(), args)
+            .await
+            .map_err(Error::broker("declaring a retry queue"))?;
     }
     Ok(())
 }

@@ -47,11 +47,13 @@ pub struct Options {
     pub workers: usize,
     /// Extra environment for the workers (e.g. the fault hook).
     pub worker_env: Vec<(String, String)>,
+    /// TOML appended to the configuration (extra provisioners, database servers).
+    pub extra_config: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, worker_env: Vec::new() }
+        Options { workers: 2, worker_env: Vec::new(), extra_config: String::new() }
     }
 }
 
@@ -147,7 +149,7 @@ impl TestEnv {
         let token = format!("test-token-{}", random_hex(32));
         let digest = hex::encode(Sha256::digest(token.as_bytes()));
         let shipped = std::fs::read_to_string(repo_root().join("deploy/config/dfe.toml"))?;
-        let config = format!("{shipped}\n{}", test_config(&digest));
+        let config = format!("{shipped}\n{}\n{}", test_config(&digest), options.extra_config);
         let config_path = dir.join("dfe.toml");
         std::fs::write(&config_path, config)?;
 
@@ -337,6 +339,38 @@ impl TestEnv {
             .stdin(std::process::Stdio::null())
             .output()
             .await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The real `dfe` binary as a command set up like [`TestEnv::cli`], for running it in the
+    /// background or reading its raw output; killed when dropped.
+    pub fn cli_command(&self, args: &[&str]) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(bin("dfe")?);
+        cmd.args(args)
+            .env_remove("DFE_CONFIG")
+            .env("DFE_API_URL", &self.api_url)
+            .env("DFE_TOKEN", &self.token)
+            .env("DFE__AMQP__URL", &self.amqp_url)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Runs `dfe` like [`TestEnv::cli`], with environment variables set (`Some`) or removed
+    /// (`None`) on top of the environment's own.
+    pub async fn cli_with_env(&self, args: &[&str], env: &[(&str, Option<&str>)]) -> Result<(i32, String, String)> {
+        let mut cmd = self.cli_command(args)?;
+        for (key, value) in env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        let out = cmd.output().await?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -200,7 +200,8 @@ impl Consumer {
     }
 
     async fn run_locked(&self, env: &Env, job: &Job, meta: &JobMeta) -> Result<()> {
-        let Some(started) = self.registry.start_job(&meta.job_id, &self.worker_id).await? else {
+        let deadline = env.deadline().as_secs_f64();
+        let Some(started) = self.registry.start_job(&meta.job_id, &self.worker_id, deadline).await? else {
             // Finished by another delivery while this one waited for the lock.
             let record = self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
             return env.events.emit_final(meta, &record).await;
@@ -210,7 +211,7 @@ impl Consumer {
             let (env, job, meta) = (env.clone(), job.clone(), meta.clone());
             tokio::spawn(async move { jobs::run(&env, &job, &meta).await })
         };
-        let outcome = match body.await {
+        let mut outcome = match body.await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(job_id = %meta.job_id, error = %e, "job body panicked");
@@ -221,6 +222,16 @@ impl Consumer {
                 )
             }
         };
+        let attempts = u32::try_from(started.attempts).unwrap_or(u32::MAX);
+        if outcome.state == JobState::Failed && outcome.transient {
+            if attempts < self.config.worker.max_attempts {
+                return self.retry_later(env, meta, &outcome, attempts).await;
+            }
+            if let Some(e) = outcome.error.as_mut() {
+                e.message = format!("gave up after {attempts} attempts: {}", e.message);
+            }
+            self.give_up(env, meta, &outcome).await?;
+        }
         let error_json = outcome.error.as_ref().map(|e| serde_json::to_value(e).unwrap_or_default());
         self.registry
             .complete_job(
@@ -238,6 +249,37 @@ impl Consumer {
             _ => tracing::warn!(job_id = %meta.job_id, error = ?outcome.error, "job failed"),
         }
         env.events.emit_final(meta, &record).await
+    }
+
+    /// A transient failure with attempts left: the job waits in its kind's retry queue for
+    /// the backoff delay (per-message expiration), then dead-letters back to `dfe.jobs`. The
+    /// registry shows it `retrying` with the time of the next attempt. What the attempt
+    /// made was removed by the body; the instance keeps its claim.
+    async fn retry_later(&self, env: &Env, meta: &JobMeta, outcome: &Outcome, attempts: u32) -> Result<()> {
+        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2);
+        let delay = self.config.worker.retry_delay(attempts, jitter);
+        let error = outcome.error.as_ref().map(|e| serde_json::to_value(e).unwrap_or_default()).unwrap_or_default();
+        self.registry.schedule_retry(&meta.job_id, delay.as_secs_f64(), &error).await?;
+        let body = serde_json::to_vec(&meta.request).map_err(|e| Error::Invalid(e.to_string()))?;
+        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id)
+            .with_expiration(delay.as_millis().to_string().into());
+        env.events.publisher().publish("", &topology::retry_queue_name(meta.kind), true, &body, props).await?;
+        tracing::warn!(
+            job_id = %meta.job_id, attempt = attempts, retry_in = ?delay, error = ?outcome.error,
+            "job failed transiently; it will run again"
+        );
+        Ok(())
+    }
+
+    /// Out of attempts: the job message also goes to `dfe.jobs.dead` with the reason.
+    async fn give_up(&self, env: &Env, meta: &JobMeta, outcome: &Outcome) -> Result<()> {
+        let body = serde_json::to_vec(&meta.request).map_err(|e| Error::Invalid(e.to_string()))?;
+        let reason = outcome.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        let mut headers = lapin::types::FieldTable::default();
+        broker::set_header(&mut headers, topology::ERROR_HEADER, &reason);
+        broker::set_header(&mut headers, "x-dfe-queue", &queue_name(meta.kind));
+        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id).with_headers(headers);
+        Ok(env.events.publisher().publish("", topology::DEAD_QUEUE, true, &body, props).await?)
     }
 
     async fn meta(&self, job: &Job) -> Result<JobMeta> {

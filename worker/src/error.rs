@@ -107,6 +107,41 @@ impl Error {
         }
     }
 
+    /// Whether the fault may pass by itself (an engine, server or the registry unreachable,
+    /// a timeout), so the job is retried after a backoff; everything else fails at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Docker { source, .. } => match source {
+                bollard::errors::Error::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+                bollard::errors::Error::JsonDataError { .. }
+                | bollard::errors::Error::JsonSerdeError { .. }
+                | bollard::errors::Error::DockerContainerWaitError { .. } => false,
+                _ => true,
+            },
+            Error::Database { source, .. } => match source.code() {
+                // No SQLSTATE: the connection itself failed or broke.
+                None => true,
+                Some(state) => {
+                    let code = state.code();
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+            },
+            Error::Tool { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("could not connect")
+                    || m.contains("connection refused")
+                    || m.contains("server closed the connection")
+                    || m.contains("terminating connection")
+            }
+            Error::Shared(_) | Error::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
     /// The error with its chain of causes, `a: b: c`, for events and logs.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();

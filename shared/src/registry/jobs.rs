@@ -91,10 +91,16 @@ pub struct JobRecord {
     /// When it ended.
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// When a job that is `retrying` runs again.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_retry_at: Option<OffsetDateTime>,
+    /// When the running attempt must be over.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub deadline_at: Option<OffsetDateTime>,
 }
 
 const JOB_COLUMNS: &str = "job_id, kind, state, attempts, instance_id, request, result, error, \
-     source, created_at, updated_at, published_at, started_at, finished_at";
+     source, created_at, updated_at, published_at, started_at, finished_at, next_retry_at, deadline_at";
 
 impl JobRecord {
     fn from_row(row: &Row) -> JobRecord {
@@ -115,6 +121,8 @@ impl JobRecord {
             published_at: row.get("published_at"),
             started_at: row.get("started_at"),
             finished_at: row.get("finished_at"),
+            next_retry_at: row.get("next_retry_at"),
+            deadline_at: row.get("deadline_at"),
         }
     }
 }
@@ -274,16 +282,36 @@ impl Registry {
 
     /// Starts a run of a job: `running`, one more attempt. `None` when the job has already
     /// ended (a duplicate delivery).
-    pub async fn start_job(&self, job_id: &str, worker: &str) -> Result<Option<JobRecord>> {
+    pub async fn start_job(&self, job_id: &str, worker: &str, deadline_secs: f64) -> Result<Option<JobRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
-                    updated_at = now(), worker = $2, published_at = coalesce(published_at, now())
+                    updated_at = now(), worker = $2, published_at = coalesce(published_at, now()),
+                    next_retry_at = NULL, deadline_at = now() + make_interval(secs => $3)
              WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
              RETURNING {JOB_COLUMNS}"
         );
-        let row = client.query_opt(&sql, &[&job_id, &worker]).await.map_err(Error::registry("starting a job"))?;
+        let row = client
+            .query_opt(&sql, &[&job_id, &worker, &deadline_secs])
+            .await
+            .map_err(Error::registry("starting a job"))?;
         Ok(row.as_ref().map(JobRecord::from_row))
+    }
+
+    /// Records that a job failed transiently and runs again after `delay_secs`: `retrying`,
+    /// with the error of the attempt and the time of the next one.
+    pub async fn schedule_retry(&self, job_id: &str, delay_secs: f64, error: &serde_json::Value) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE jobs SET state = 'retrying', error = $3, updated_at = now(), deadline_at = NULL,
+                        next_retry_at = now() + make_interval(secs => $2)
+                 WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
+                &[&job_id, &delay_secs, error],
+            )
+            .await
+            .map_err(Error::registry("scheduling a retry"))?;
+        Ok(())
     }
 
     /// Ends a job. Returns false when it had already ended (the first outcome stands).

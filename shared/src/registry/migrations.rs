@@ -73,6 +73,10 @@ CREATE TABLE snapshots (
 CREATE INDEX snapshots_instance ON snapshots (instance_id, created_at DESC);
 CREATE INDEX snapshots_owner ON snapshots (owner_id);
 "#,
+    r#"
+ALTER TABLE jobs ADD COLUMN next_retry_at timestamptz;
+ALTER TABLE jobs ADD COLUMN deadline_at timestamptz;
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

@@ -12,7 +12,8 @@ async fn a_provision_whose_worker_is_killed_midway_is_completed_by_another_worke
     // Only the doomed worker runs at first, so it is the one that takes the job. The test
     // hook makes it stop dead after the database step, holding the message unacknowledged.
     let hold = vec![("DFE_TEST_HOLD_AFTER".to_owned(), "database".to_owned())];
-    let mut env = TestEnv::start_with(Options { workers: 1, worker_env: hold }).await.expect("environment");
+    let mut env =
+        TestEnv::start_with(Options { workers: 1, worker_env: hold, ..Default::default() }).await.expect("environment");
     let events = env.events().await.expect("subscribe");
     let instance = env.instance_id("crash");
     let job_id = env.submit("provision", json!({"owner-id": 1, "instance-id": instance})).await.expect("202");

@@ -2,11 +2,13 @@
 //! `deploy/setup.sh`, with real `dfe-api` and `dfe-worker` processes.
 
 mod bad_input;
+mod cli;
 mod concurrency;
 mod conflicts;
 mod crash;
 mod failures;
 mod lifecycle;
+mod retries;
 mod secrets;
 mod snapshots;
 

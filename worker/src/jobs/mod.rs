@@ -52,17 +52,19 @@ pub struct Outcome {
     pub error: Option<EventError>,
     /// What happens to the instance's registry row.
     pub change: InstanceChange,
+    /// The failure may pass by itself: the job is worth another attempt.
+    pub transient: bool,
 }
 
 impl Outcome {
     /// Success.
     pub fn succeeded(result: Value, change: InstanceChange) -> Outcome {
-        Outcome { state: JobState::Succeeded, result, error: None, change }
+        Outcome { state: JobState::Succeeded, result, error: None, change, transient: false }
     }
 
     /// Failure with `error`'s code and message (with its causes).
     pub fn failed(error: &Error, change: InstanceChange) -> Outcome {
-        Outcome::failed_with(error.code(), error.chain(), change)
+        Outcome { transient: error.is_transient(), ..Outcome::failed_with(error.code(), error.chain(), change) }
     }
 
     /// Failure with an explicit code and message.
@@ -72,6 +74,7 @@ impl Outcome {
             result: json!({}),
             error: Some(EventError { code: code.to_owned(), message }),
             change,
+            transient: false,
         }
     }
 }

@@ -54,7 +54,10 @@ pub(super) async fn create(env: &Env, job: &ProvisionJob, meta: &JobMeta, announ
             // What could not be removed stays visible: the instance is marked failed, and a
             // deprovision (or the reconciler) finishes the removal.
             let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
-            Outcome::failed_with(error.code(), message, InstanceChange::Failed)
+            Outcome {
+                transient: error.is_transient(),
+                ..Outcome::failed_with(error.code(), message, InstanceChange::Failed)
+            }
         }
     })
 }
