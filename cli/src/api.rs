@@ -56,14 +56,19 @@ pub enum Subject<'a> {
     Instance(&'a str),
     /// The instance list.
     Instances,
+    /// A snapshot by id (its record or its archive).
+    Snapshot(&'a str),
+    /// The snapshot list.
+    Snapshots,
 }
 
 impl ApiClient {
     /// A client of the API at `base` using `token`.
     pub fn new(base: &str, token: Secret) -> anyhow::Result<Self> {
+        // No overall timeout on the client: a snapshot download may take long. Requests get
+        // REQUEST_TIMEOUT each in `request`; a download is watched for stalls instead.
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("dfe-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
@@ -110,34 +115,80 @@ impl ApiClient {
         list_of(answer, "instances")
     }
 
+    /// `GET /api/v1/snapshots/{id}`.
+    pub async fn snapshot(&self, id: &str) -> anyhow::Result<Value> {
+        self.get(&format!("/api/v1/snapshots/{}", path_segment(id)), Subject::Snapshot(id)).await
+    }
+
+    /// `GET /api/v1/snapshots?instance-id=&owner-id=&limit=`: the answer as is.
+    pub async fn snapshots(&self, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.get_with("/api/v1/snapshots", query, Subject::Snapshots).await
+    }
+
+    /// `GET /api/v1/snapshots/{id}/download`: the answer, its body not yet read. The caller
+    /// streams it, and watches for stalls itself (there is no overall timeout).
+    pub async fn download(&self, id: &str) -> anyhow::Result<reqwest::Response> {
+        let path = format!("/api/v1/snapshots/{}/download", path_segment(id));
+        let req = self.authorized(Method::GET, &path).header(reqwest::header::ACCEPT, "application/gzip, */*");
+        // Waiting for the answer's head is bounded like any request; only the body may take long.
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.answer(req, Subject::Snapshot(id))).await {
+            Ok(answer) => answer,
+            Err(_) => Err(anyhow::anyhow!(
+                "the API at {} did not start sending snapshot {id} within {REQUEST_TIMEOUT:?} \
+                 — is dfe-api overloaded or stuck?",
+                self.base
+            )),
+        }
+    }
+
     /// A GET whose JSON answer is returned as is.
     pub async fn get(&self, path: &str, subject: Subject<'_>) -> anyhow::Result<Value> {
         self.send(self.request(Method::GET, path), subject).await
     }
 
+    /// A GET with query parameters whose JSON answer is returned as is.
+    pub async fn get_with(&self, path: &str, query: &[(&str, String)], subject: Subject<'_>) -> anyhow::Result<Value> {
+        self.send(self.request(Method::GET, path).query(query), subject).await
+    }
+
+    /// A request for a JSON answer, bounded by REQUEST_TIMEOUT.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.authorized(method, path)
+            .timeout(REQUEST_TIMEOUT)
+            .header(reqwest::header::ACCEPT, "application/json, application/problem+json")
+    }
+
+    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             // The one place the token leaves the process.
             .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json, application/problem+json")
     }
 
     /// Sends `req`; a 2xx answer's JSON body is returned, anything else becomes an error
     /// that says what to do.
     async fn send(&self, req: RequestBuilder, subject: Subject<'_>) -> anyhow::Result<Value> {
+        let resp = self.answer(req, subject).await?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("the API at {} answered {status} with a body that is not JSON", self.base))
+    }
+
+    /// Sends `req`; a 2xx answer is returned with its body unread, anything else becomes an
+    /// error that says what to do.
+    async fn answer(&self, req: RequestBuilder, subject: Subject<'_>) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let is_json =
             resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
         let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
-        if status.is_success() {
-            if body.is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_slice(&body)
-                .with_context(|| format!("the API at {} answered {status} with a body that is not JSON", self.base));
-        }
         let problem = if is_json { serde_json::from_slice(&body).ok() } else { None };
         let message = match (status, problem) {
             (StatusCode::UNAUTHORIZED, _) => format!(
@@ -153,7 +204,8 @@ impl ApiClient {
         Err(CliError::Api { status: status.as_u16(), message }.into())
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+    /// An error of the transport (connecting, sending, reading), worded with the fix.
+    pub fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
         let cause = root_cause(e);
         if e.is_timeout() {
             anyhow::anyhow!(
@@ -257,8 +309,16 @@ fn not_found(subject: Subject<'_>, status: StatusCode, problem: Option<&Problem>
         Subject::Instance(id) => {
             format!("no instance {id:?} is known to the API ({rendered}) — `dfe instances` lists them")
         }
+        Subject::Snapshot(id) => {
+            format!("no snapshot {id:?} is known to the API ({rendered}) — `dfe snapshots` lists them")
+        }
+        // The API names what it did not find; say where to look it up.
+        Subject::Submit(JobKind::Import) => format!("{rendered} — `dfe snapshots` lists the snapshots"),
+        Subject::Submit(JobKind::Deprovision | JobKind::Export) => {
+            format!("{rendered} — `dfe instances` lists the instances")
+        }
         Subject::Submit(_) => rendered,
-        Subject::Jobs | Subject::Instances => {
+        Subject::Jobs | Subject::Instances | Subject::Snapshots => {
             format!("{rendered} — is --api-url pointing at dfe-api (and not at something else)?")
         }
     }
@@ -433,6 +493,15 @@ mod tests {
         let p = problem(r#"{"title":"Not Found","status":404,"detail":"no such job"}"#);
         let msg = not_found(Subject::Job("j-1"), StatusCode::NOT_FOUND, Some(&p));
         assert_eq!(msg, "no job \"j-1\" is known to the API (404 Not Found: no such job) — `dfe jobs` lists them");
+        let p = problem(r#"{"title":"Not found","status":404,"detail":"snapshot s-1 is not in the snapshot store"}"#);
+        let msg = not_found(Subject::Submit(JobKind::Import), StatusCode::NOT_FOUND, Some(&p));
+        assert_eq!(
+            msg,
+            "404 Not Found: snapshot s-1 is not in the snapshot store — `dfe snapshots` lists the snapshots"
+        );
+        let p = problem(r#"{"title":"Not found","status":404,"detail":"instance acme-1 does not exist"}"#);
+        let msg = not_found(Subject::Submit(JobKind::Export), StatusCode::NOT_FOUND, Some(&p));
+        assert!(msg.ends_with("does not exist — `dfe instances` lists the instances"), "{msg}");
     }
 
     #[test]

@@ -80,10 +80,18 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Show one instance, or list the instances.
     Instances(InstancesArgs),
+    /// Show one snapshot, list them, or download one.
+    Snapshots(SnapshotsArgs),
     /// Tail the events published on dfe.events.
     Events(EventsArgs),
     /// Mint an API bearer token and print its SHA-256 for the configuration.
     Token(TokenArgs),
+    /// Print a shell completion script for dfe.
+    #[command(after_help = "Install it with, for example:\n  \
+        bash: dfe completions bash > /etc/bash_completion.d/dfe\n  \
+        zsh:  dfe completions zsh > \"${fpath[1]}/_dfe\"\n  \
+        fish: dfe completions fish > ~/.config/fish/completions/dfe.fish")]
+    Completions(CompletionsArgs),
 }
 
 /// `dfe provision`.
@@ -201,8 +209,14 @@ pub struct SubmitArgs {
 /// `dfe jobs`.
 #[derive(Debug, Clone, Args)]
 pub struct JobsArgs {
-    /// A job id; all jobs when absent.
+    /// A job id; the newest jobs when absent.
     pub job_id: Option<String>,
+    /// List only the jobs of this instance.
+    #[arg(long, value_name = "ID", conflicts_with = "job_id")]
+    pub instance_id: Option<String>,
+    /// List at most this many jobs [default: the API's, 100].
+    #[arg(long, value_name = "N", conflicts_with = "job_id", value_parser = limit_parser())]
+    pub limit: Option<u16>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -211,11 +225,69 @@ pub struct JobsArgs {
 /// `dfe instances`.
 #[derive(Debug, Clone, Args)]
 pub struct InstancesArgs {
-    /// An instance id; all instances when absent.
+    /// An instance id; the newest instances when absent.
     pub instance_id: Option<String>,
+    /// List deprovisioned instances too.
+    #[arg(long, conflicts_with = "instance_id")]
+    pub all: bool,
+    /// List at most this many instances [default: the API's, 100].
+    #[arg(long, value_name = "N", conflicts_with = "instance_id", value_parser = limit_parser())]
+    pub limit: Option<u16>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `dfe snapshots`.
+#[derive(Debug, Clone, Args)]
+// `dfe snapshots download ID` is the subcommand; any other first word is a snapshot id.
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SnapshotsArgs {
+    /// What to do with a snapshot other than showing it.
+    #[command(subcommand)]
+    pub action: Option<SnapshotsCommand>,
+    /// A snapshot id; the newest snapshots when absent.
+    pub snapshot_id: Option<String>,
+    /// List only the snapshots of this instance.
+    #[arg(long, value_name = "ID", conflicts_with = "snapshot_id")]
+    pub instance_id: Option<String>,
+    /// List only the snapshots of this owner.
+    #[arg(long, value_name = "ID", conflicts_with = "snapshot_id")]
+    pub owner_id: Option<String>,
+    /// List at most this many snapshots [default: the API's, 100].
+    #[arg(long, value_name = "N", conflicts_with = "snapshot_id", value_parser = limit_parser())]
+    pub limit: Option<u16>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Subcommands of `dfe snapshots`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotsCommand {
+    /// Download a snapshot's archive (.snapshot.tar.gz), checked against its recorded SHA-256.
+    Download(DownloadArgs),
+}
+
+/// `dfe snapshots download`.
+#[derive(Debug, Clone, Args)]
+pub struct DownloadArgs {
+    /// The snapshot to download.
+    pub snapshot_id: String,
+    /// Where to write it; `-` for standard output [default: <ID>.snapshot.tar.gz here].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Overwrite FILE when it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `dfe completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `dfe events`.
@@ -242,6 +314,11 @@ pub struct TokenArgs {
     /// standard input) instead.
     #[arg(long)]
     pub digest: bool,
+}
+
+/// `--limit`: 1 to 1000, the range the API serves.
+fn limit_parser() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..=1000)
 }
 
 /// Parses `K=V` of `--offering`.
@@ -276,6 +353,20 @@ mod tests {
     fn global_options_may_follow_the_subcommand() {
         let cli = Cli::try_parse_from(["dfe", "deprovision", "acme-1", "--via", "queue"]).expect("parses");
         assert_eq!(cli.global.via, Via::Queue);
+    }
+
+    #[test]
+    fn snapshots_take_an_id_or_the_download_subcommand() {
+        let cli = Cli::try_parse_from(["dfe", "snapshots", "snap-1", "--json"]).expect("parses");
+        let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
+        assert_eq!((a.snapshot_id.as_deref(), a.action.is_none(), a.json), (Some("snap-1"), true, true));
+        let cli = Cli::try_parse_from(["dfe", "snapshots", "download", "snap-1", "-o", "-"]).expect("parses");
+        let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
+        let Some(SnapshotsCommand::Download(d)) = a.action else { panic!("not download") };
+        assert_eq!((d.snapshot_id.as_str(), d.output), ("snap-1", Some(PathBuf::from("-"))));
+        // Filters are for the list, not for one snapshot.
+        assert!(Cli::try_parse_from(["dfe", "snapshots", "snap-1", "--instance-id", "acme-1"]).is_err());
+        assert!(Cli::try_parse_from(["dfe", "snapshots", "--owner-id", "7", "--limit", "1001"]).is_err());
     }
 
     #[test]

@@ -131,7 +131,10 @@ pub fn scalar_text(v: &Value) -> String {
 
 /// The displayable `(key, value)` pairs of a result: known keys first, secrets never.
 pub fn result_pairs(result: &Map<String, Value>) -> Vec<(String, String)> {
-    let mut keys: Vec<&String> = result.keys().filter(|k| !looks_secret(k)).collect();
+    // An export names its snapshot twice (`snapshot` as an import takes it, `snapshot-id`);
+    // once is enough.
+    let duplicate = |k: &str| k == "snapshot" && result.get("snapshot-id").is_some_and(|id| Some(id) == result.get(k));
+    let mut keys: Vec<&String> = result.keys().filter(|k| !looks_secret(k) && !duplicate(k)).collect();
     keys.sort_by_key(|k| (RESULT_ORDER.iter().position(|o| o == k).unwrap_or(RESULT_ORDER.len()), k.as_str()));
     keys.into_iter()
         .filter(|k| !is_empty(&result[k.as_str()]))
@@ -275,6 +278,10 @@ mod tests {
         let pairs = result_pairs(result.as_object().expect("object"));
         let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["instance-id", "resource-uri", "container", "zeta"]);
+        let export = serde_json::json!({"snapshot-id": "s-1", "snapshot": "s-1", "size": 10});
+        let pairs = result_pairs(export.as_object().expect("object"));
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["snapshot-id", "size"]);
     }
 
     #[test]

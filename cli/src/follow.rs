@@ -171,13 +171,23 @@ struct Watch<'a, 'j> {
     last_state: String,
     /// Why the last poll failed, for the timeout message.
     last_poll_error: Option<String>,
+    /// The API answered the last poll with 404: a job published onto the queue is recorded
+    /// only once a worker takes it, so it has not been taken yet.
+    unrecorded: bool,
     /// A terminal job record, and until when its final event may still come.
     terminal: Option<(Value, Instant)>,
 }
 
 impl<'a, 'j> Watch<'a, 'j> {
     fn new(job: &'a Followed<'j>) -> Self {
-        Watch { job, seen: HashSet::new(), last_state: "queued".to_owned(), last_poll_error: None, terminal: None }
+        Watch {
+            job,
+            seen: HashSet::new(),
+            last_state: "queued".to_owned(),
+            last_poll_error: None,
+            unrecorded: false,
+            terminal: None,
+        }
     }
 
     /// Shows an event of the job; the exit code once it is the final one.
@@ -213,11 +223,16 @@ impl<'a, 'j> Watch<'a, 'j> {
         let record = match tokio::time::timeout(POLL_TIMEOUT, api.job(self.job.job_id)).await {
             Ok(Ok(record)) => record,
             Ok(Err(e)) => {
-                // A 401 now means the token was revoked meanwhile: no point going on.
-                if let Some(CliError::Api { status: 401, .. }) = e.downcast_ref::<CliError>() {
-                    return Err(e);
+                match e.downcast_ref::<CliError>() {
+                    // A 401 now means the token was revoked meanwhile: no point going on.
+                    Some(CliError::Api { status: 401, .. }) => return Err(e),
+                    // Not an error: the job waits in the queue for a worker.
+                    Some(CliError::Api { status: 404, .. }) => {
+                        self.unrecorded = true;
+                        self.last_poll_error = None;
+                    }
+                    _ => self.last_poll_error = Some(format!("{e:#}")),
                 }
-                self.last_poll_error = Some(format!("{e:#}"));
                 return Ok(());
             }
             Err(_) => {
@@ -226,8 +241,12 @@ impl<'a, 'j> Watch<'a, 'j> {
             }
         };
         self.last_poll_error = None;
+        self.unrecorded = false;
         let state = record.get("state").map(scalar_text).unwrap_or_default();
-        if state != self.last_state && !is_terminal(&state) {
+        // Once the job's events are flowing they say more than its state; a late "running"
+        // would only repeat them (a "retrying" still shows).
+        let told_by_events = state == "running" && !self.seen.is_empty();
+        if state != self.last_state && !is_terminal(&state) && !told_by_events {
             let attempt = record.get("attempts").map(|a| format!(" (attempt {})", scalar_text(a))).unwrap_or_default();
             emit_line(&format!("  · {state}{attempt}"))?;
         }
@@ -243,13 +262,19 @@ impl<'a, 'j> Watch<'a, 'j> {
 
     fn timed_out(&self) -> anyhow::Error {
         let job = self.job;
+        let state = if self.unrecorded {
+            "published, not yet taken by a worker — is a dfe-worker running?"
+        } else if self.last_state == "queued" {
+            "queued, not yet taken by a worker — is a dfe-worker running?"
+        } else {
+            self.last_state.as_str()
+        };
         let mut msg = format!(
-            "gave up waiting for the {} job {} after {} s (last known state: {}); the job goes on \
+            "gave up waiting for the {} job {} after {} s (last known state: {state}); the job goes on \
              — `dfe jobs {}` shows how it ends",
             job.kind,
             job.job_id,
             job.timeout.as_secs(),
-            self.last_state,
             job.job_id
         );
         if let Some(e) = &self.last_poll_error {
@@ -339,6 +364,17 @@ mod tests {
         let api = ApiClient::new(&base, Secret::new("t")).expect("client");
         let err = follow(&followed(Duration::from_secs(1)), None, Some(&api)).await.expect_err("a timeout");
         assert!(err.to_string().contains("last known state: running"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_no_worker_took_is_named_so_when_the_wait_ends() {
+        let problem = json!({"title": "Not found", "status": 404, "detail": "no job j-1"});
+        let base = serve(vec![Answer::problem(404, &problem)]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let err = follow(&followed(Duration::from_secs(1)), None, Some(&api)).await.expect_err("a timeout");
+        let msg = err.to_string();
+        assert!(msg.contains("not yet taken by a worker"), "{msg}");
+        assert!(!msg.contains("404"), "a job waiting in the queue is not an API failure: {msg}");
     }
 
     fn event(name: &str, job_id: &str, extra: Value) -> EventView {

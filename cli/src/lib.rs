@@ -9,7 +9,9 @@
 //! - [`api`]: the REST client, and problem+json answers rendered for people.
 //! - [`broker`]: RabbitMQ: publishing jobs, subscribing to `dfe.events`.
 //! - [`events`]: reading and showing events; `dfe events`.
-//! - [`inspect`]: `dfe jobs` and `dfe instances`.
+//! - [`inspect`]: `dfe jobs`, `dfe instances` and `dfe snapshots`.
+//! - [`download`]: `dfe snapshots download`: an archive streamed to disk and verified.
+//! - [`completions`]: `dfe completions`: shell completion scripts.
 //! - [`token`]: `dfe token`: minting bearer tokens and their `[[api.clients]]` entries.
 //! - [`output`]: tables, detail views, and printing that survives a closed pipe.
 //! - [`error`]: the CLI's own errors and exit statuses (0 ok, 1 failure, 2 rejected input).
@@ -18,6 +20,8 @@
 pub mod api;
 pub mod args;
 pub mod broker;
+pub mod completions;
+pub mod download;
 pub mod error;
 pub mod events;
 pub mod follow;
@@ -34,7 +38,7 @@ mod testing;
 use std::process::ExitCode;
 
 pub use args::Cli;
-use args::Command;
+use args::{Command, SnapshotsCommand};
 pub use error::report;
 use error::CliError;
 use settings::Settings;
@@ -52,13 +56,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token::run(a, global.token_file.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
+        // Needs no configuration: it must work before any is written.
+        Command::Completions(a) => {
+            completions::run(a)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         other => {
             let settings = Settings::resolve(global)?;
             match other {
                 Command::Jobs(a) => inspect::jobs(&settings, a).await?,
                 Command::Instances(a) => inspect::instances(&settings, a).await?,
+                Command::Snapshots(a) => match &a.action {
+                    Some(SnapshotsCommand::Download(d)) => download::run(&settings, d).await?,
+                    None => inspect::snapshots(&settings, a).await?,
+                },
                 Command::Events(a) => events::run(&settings, a).await?,
-                // The operations and `token` are handled above.
+                // The operations, `token` and `completions` are handled above.
                 _ => {}
             }
             return Ok(ExitCode::SUCCESS);

@@ -52,7 +52,16 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// The cell of `key` in `item`, looked up at the top level, then in `request` (jobs keep the
 /// instance id there); `-` when absent.
 pub fn cell(item: &Value, key: &str) -> String {
-    item.get(key).or_else(|| item.get("request").and_then(|r| r.get(key))).map_or_else(|| "-".to_owned(), scalar_text)
+    let text = item
+        .get(key)
+        .or_else(|| item.get("request").and_then(|r| r.get(key)))
+        .map_or_else(|| "-".to_owned(), scalar_text);
+    // Times to the millisecond, in UTC, as `dfe events` shows them.
+    if key.ends_with("-at") {
+        crate::events::short_time(&text)
+    } else {
+        text
+    }
 }
 
 /// A detail view of one object: its members in `first` order, then the others sorted;
@@ -80,6 +89,8 @@ fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, String)>) {
         }
         // A nested null, empty string or empty object says nothing; leave the row out.
         v if prefix.contains('.') && (crate::events::is_empty(v) || v == &Value::Object(Default::default())) => {}
+        // A top-level empty object (a failed job's `result`) reads as nothing, like null.
+        Value::Object(_) if !prefix.is_empty() => out.push((prefix.to_owned(), "-".to_owned())),
         other => out.push((if prefix.is_empty() { "value".to_owned() } else { prefix.to_owned() }, scalar_text(other))),
     }
 }
@@ -110,6 +121,8 @@ mod tests {
         assert_eq!(cell(&job, "instance-id"), "acme-1");
         assert_eq!(cell(&job, "attempts"), "2");
         assert_eq!(cell(&job, "created-at"), "-");
+        let job = json!({"created-at": "2026-11-26T18:38:31.973595Z"});
+        assert_eq!(cell(&job, "created-at"), "2026-11-26T18:38:31.973Z");
     }
 
     #[test]
@@ -120,5 +133,7 @@ mod tests {
             detail(&job, &["job-id", "state"]),
             "job-id         j\nstate          failed\nerror.code     c\nerror.message  m\nresult         -\n"
         );
+        let failed = json!({"job-id": "j", "result": {}});
+        assert_eq!(detail(&failed, &["job-id"]), "job-id  j\nresult  -\n");
     }
 }

@@ -449,3 +449,44 @@ impl Drop for TestEnv {
             .output();
     }
 }
+
+impl TestEnv {
+    /// The invariants every fault test ends with: each job reached a terminal state; each
+    /// has exactly one success-or-failure event once duplicates (same `event-id`) are
+    /// dropped; and for each instance id made through this environment (`real`: with the
+    /// real provisioners) a registry row that says provisioned has exactly its container,
+    /// volume, database and role, and no other row leaves anything behind.
+    pub async fn check_invariants(&self, events: &EventLog, job_ids: &[String], real: bool) -> Result<()> {
+        for job in job_ids {
+            let (status, record) = self.get(&format!("/api/v1/ops/jobs/{job}")).await?;
+            if status != 200 || !matches!(record["state"].as_str(), Some("succeeded" | "failed")) {
+                bail!("job {job} did not end: {status} {record}");
+            }
+            let finals: std::collections::HashSet<String> = events
+                .of_job(job)
+                .iter()
+                .filter(|e| events::is_final(e["event"].as_str().unwrap_or_default()))
+                .map(|e| e["event-id"].to_string())
+                .collect();
+            if finals.len() != 1 {
+                bail!("job {job} has {} distinct final events", finals.len());
+            }
+        }
+        if !real {
+            return Ok(());
+        }
+        let instances = self.instances.lock().map(|v| v.clone()).unwrap_or_default();
+        for id in instances {
+            let (status, row) = self.get(&format!("/api/v1/instances/{id}")).await?;
+            let fp = probes::footprint(&id).await?;
+            let provisioned = status == 200 && row["state"] == "provisioned";
+            if provisioned && !fp.is_complete() {
+                bail!("instance {id} is provisioned in the registry but has {fp:?}");
+            }
+            if !provisioned && !fp.is_empty() {
+                bail!("instance {id} has {fp:?} but its registry row is {status} {row}");
+            }
+        }
+        Ok(())
+    }
+}

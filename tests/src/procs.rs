@@ -72,6 +72,29 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for it to exit; its exit code (None: killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -104,6 +104,11 @@ async fn submit(
         })?;
     let record = match outcome {
         SubmitOutcome::Created(record) => {
+            if std::env::var_os("DFE_TEST_API_DIE_BEFORE_PUBLISH").is_some() {
+                // Test hook: the crash the outbox exists for, between recording and publishing.
+                tracing::warn!(job_id = %record.job_id, "DFE_TEST_API_DIE_BEFORE_PUBLISH: aborting (test hook)");
+                std::process::abort();
+            }
             state.metrics.submitted(kind);
             publish(&state, &job, &record.job_id).await;
             record

@@ -19,16 +19,23 @@ use crate::JOB_TIMEOUT;
 /// Runs `dfe args…` against `env`, asserting its exit status; returns stdout and stderr.
 async fn dfe(env: &TestEnv, args: &[&str], status: i32) -> (String, String) {
     let (code, out, err) = env.cli(args).await.expect("dfe runs");
-    eprintln!("SHOW $ dfe {} -> {code}\n{out}--- stderr:\n{err}", args.join(" "));
-    assert_eq!(code, status, "`dfe {}` exited {code}\nstdout:\n{out}\nstderr:\n{err}", args.join(" "));
+    transcript(args, code, &out, &err);
+    assert_eq!(code, status, "`dfe {}` exited {code} (its transcript is above)", args.join(" "));
     (out, err)
 }
 
 /// [`dfe`] with environment variables set or removed on top of the environment's.
 async fn dfe_with(env: &TestEnv, args: &[&str], vars: &[(&str, Option<&str>)], status: i32) -> (String, String) {
     let (code, out, err) = env.cli_with_env(args, vars).await.expect("dfe runs");
-    assert_eq!(code, status, "`dfe {}` exited {code}\nstdout:\n{out}\nstderr:\n{err}", args.join(" "));
+    transcript(args, code, &out, &err);
+    assert_eq!(code, status, "`dfe {}` exited {code} (its transcript is above)", args.join(" "));
     (out, err)
+}
+
+/// Writes what a run printed to the test's captured output, which nextest shows when the
+/// test fails: the whole session reads like a terminal's.
+fn transcript(args: &[&str], code: i32, out: &str, err: &str) {
+    eprintln!("$ dfe {}    # exit {code}\n{out}{err}", args.join(" "));
 }
 
 /// The job id of the line an operation prints first: `provision job <id> queued (instance …)`
@@ -52,8 +59,15 @@ fn steps(out: &str) -> Vec<(char, String, String)> {
         .collect()
 }
 
-/// The event names of [`steps`], each with its mark.
+/// The event names of [`steps`], each with its mark. A polled state (`  · running …`) may
+/// only come before the first event: once events flow, a late state line would repeat them.
 fn step_names(out: &str) -> Vec<String> {
+    let lines: Vec<&str> = out.lines().collect();
+    let first_event = lines.iter().position(|l| l.starts_with("  ✓ ") || l.starts_with("  ✗ "));
+    let last_state = lines.iter().rposition(|l| l.starts_with("  · "));
+    if let (Some(event), Some(state)) = (first_event, last_state) {
+        assert!(state < event, "a state line after the events:\n{out}");
+    }
     steps(out).into_iter().map(|(mark, name, _)| format!("{mark} {name}")).collect()
 }
 
@@ -146,7 +160,7 @@ impl Tail {
     }
 }
 
-/// A loopback URL with nothing listening: a port bound, then freed.
+/// A loopback port with nothing listening on it: bound, then freed.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
@@ -296,7 +310,7 @@ async fn provision_and_deprovision_with_wait_straight_over_the_queue() {
     assert_eq!(events.wait_final(&job2, JOB_TIMEOUT).await.expect("final")["event"], "dfe.deprovisioned");
     assert!(footprint(&instance).await.expect("footprint").is_empty());
 
-    // The queue has no idempotency keys, and says so before publishing anything.
+    // The queue has no idempotency keys, and the CLI says so instead of ignoring the key.
     let (_, err) = dfe(&env, &["--via", "queue", "deprovision", "--idempotency-key", "k", &instance], 2).await;
     assert!(err.contains("--idempotency-key needs --via api"), "{err}");
 }
@@ -367,7 +381,10 @@ async fn a_wait_that_times_out_exits_1_naming_the_jobs_state_and_the_job_goes_on
     assert!(started.elapsed() < Duration::from_secs(20), "--timeout 2 ends the wait early");
     let job = submitted_job(&out, "provision");
     assert!(
-        err.contains(&format!("gave up waiting for the provision job {job} after 2 s (last known state: queued)")),
+        err.contains(&format!(
+            "gave up waiting for the provision job {job} after 2 s (last known state: queued, not yet taken by a \
+             worker — is a dfe-worker running?)"
+        )),
         "{err}"
     );
     assert!(err.contains(&format!("`dfe jobs {job}` shows how it ends")), "{err}");
@@ -480,7 +497,12 @@ async fn export_and_import_with_wait_over_both_transports_and_snapshots_list_sho
     std::fs::write(&store, &bytes).expect("tamper");
     let (_, err) = dfe(&env, &["snapshots", "download", &second, "-o", &dir_arg], 1).await;
     assert!(err.contains(&format!("the download of snapshot {second} is incomplete or corrupt: its SHA-256 is")));
-    assert!(err.contains("nothing was saved"), "{err}");
+    assert!(
+        err.contains(
+            "nothing was saved — try again, and if it fails the same way, the archive in the snapshot store is damaged"
+        ),
+        "{err}"
+    );
     let left: Vec<String> = std::fs::read_dir(&dir)
         .expect("dir")
         .filter_map(Result::ok)

@@ -8,6 +8,7 @@ mod conflicts;
 mod crash;
 mod failures;
 mod lifecycle;
+mod resilience;
 mod retries;
 mod secrets;
 mod snapshots;
