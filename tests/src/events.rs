@@ -51,6 +51,26 @@ impl EventLog {
         Ok(EventLog { events, _conn: conn })
     }
 
+    /// Subscribes through a durable queue `queue` and reconnects whenever the broker goes
+    /// away, so a broker restart loses no event for this subscriber (the queue keeps them).
+    pub async fn subscribe_durable(url: &str, queue: &str) -> Result<EventLog> {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (url, queue) = (url.to_owned(), queue.to_owned());
+        let ready = Arc::new(tokio::sync::Notify::new());
+        let (sink, ready2) = (events.clone(), ready.clone());
+        let conn = dfe_shared::broker::connect(&url, "dfe-tests events (durable)").await?;
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = consume_durable(&url, &queue, &sink, &ready2).await {
+                    eprintln!("event subscriber: {e}; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        ready.notified().await;
+        Ok(EventLog { events, _conn: conn })
+    }
+
     /// All events so far.
     pub fn all(&self) -> Vec<Value> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
@@ -99,4 +119,27 @@ impl EventLog {
 pub fn is_final(name: &str) -> bool {
     matches!(name, "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported")
         || (name.ends_with(".failed") && name.matches('.').count() == 2)
+}
+
+async fn consume_durable(url: &str, queue: &str, sink: &Mutex<Vec<Value>>, ready: &tokio::sync::Notify) -> Result<()> {
+    let conn = dfe_shared::broker::connect(url, "dfe-tests events (durable)").await?;
+    let channel = conn.create_channel().await?;
+    dfe_shared::topology::declare(&channel).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    channel.queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    channel.queue_bind(queue, "dfe.events", "dfe.#", QueueBindOptions::default(), FieldTable::default()).await?;
+    let mut consumer =
+        channel.basic_consume(queue, "tests", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    ready.notify_one();
+    while let Some(delivery) = consumer.next().await {
+        let d = delivery?;
+        let body =
+            serde_json::from_slice(&d.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into()));
+        if let Ok(mut e) = sink.lock() {
+            e.push(body);
+        }
+        d.acker.ack(BasicAckOptions::default()).await?;
+    }
+    bail!("the event stream ended")
 }

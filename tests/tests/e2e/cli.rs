@@ -597,6 +597,7 @@ async fn a_minted_token_prints_its_digest_line_and_is_accepted_once_configured()
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bash_completion_completes_subcommands_and_options() {
     let dfe = dfe_tests::bin("dfe").expect("dfe is built");
+    // What bash offers for `line` (the cursor at its end), as when Tab is pressed.
     let complete = |line: &str| {
         let words: Vec<&str> = line.split(' ').collect();
         let script = format!(
@@ -606,7 +607,7 @@ async fn the_bash_completion_completes_subcommands_and_options() {
             words.len() - 1,
             line.len(),
             words[words.len() - 1],
-            words.get(words.len().wrapping_sub(2)).unwrap_or(&""),
+            words[words.len() - 2],
         );
         let out =
             std::process::Command::new("bash").args(["-c", &script]).env("DFE", &dfe).output().expect("bash runs");

@@ -1,0 +1,5 @@
+//! Fault tests that restart the shared services (RabbitMQ, PostgreSQL, the Docker engine).
+//! They disturb every other test, so `deploy/test.sh` runs this binary on its own, one test
+//! at a time, after the others.
+
+mod services;
