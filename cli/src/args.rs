@@ -86,12 +86,27 @@ pub enum Command {
     Events(EventsArgs),
     /// Mint an API bearer token and print its SHA-256 for the configuration.
     Token(TokenArgs),
+    /// Compare the registry with the Docker hosts and database servers: report orphans,
+    /// missing parts and stuck jobs (exit 3 when anything differs); --fix repairs them.
+    /// Reads the full configuration (--config or DFE_CONFIG), like the workers.
+    Reconcile(ReconcileArgs),
     /// Print a shell completion script for dfe.
     #[command(after_help = "Install it with, for example:\n  \
         bash: dfe completions bash > /etc/bash_completion.d/dfe\n  \
         zsh:  dfe completions zsh > \"${fpath[1]}/_dfe\"\n  \
         fish: dfe completions fish > ~/.config/fish/completions/dfe.fish")]
     Completions(CompletionsArgs),
+}
+
+/// `dfe reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Remove orphans and fail stuck jobs (with their failure events).
+    #[arg(long)]
+    pub fix: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dfe provision`.

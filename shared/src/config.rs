@@ -128,6 +128,17 @@ pub struct WorkerConfig {
     /// Longest delay between two attempts, in milliseconds.
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// Seconds between two reconciliations by each worker (0: never).
+    #[serde(default = "default_reconcile_interval")]
+    pub reconcile_interval_secs: u64,
+    /// Whether the periodic reconciliation removes orphans and fails stuck jobs (otherwise
+    /// it only reports them in the log).
+    #[serde(default)]
+    pub reconcile_fix: bool,
+}
+
+fn default_reconcile_interval() -> u64 {
+    300
 }
 
 fn default_max_attempts() -> u32 {
@@ -163,6 +174,8 @@ impl Default for WorkerConfig {
             max_attempts: default_max_attempts(),
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
+            reconcile_interval_secs: default_reconcile_interval(),
+            reconcile_fix: false,
         }
     }
 }
@@ -364,6 +377,11 @@ pub struct NamingConfig {
     /// Prefix of containers, volumes (`dfe-…`), databases and roles (`dfe_…`).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Name of this deployment, labelled on everything it makes (`dfe.deployment`): the
+    /// reconciler only ever considers resources of its own deployment, so several
+    /// deployments can share Docker hosts and database servers.
+    #[serde(default = "default_prefix")]
+    pub deployment: String,
 }
 
 fn default_prefix() -> String {
@@ -372,7 +390,7 @@ fn default_prefix() -> String {
 
 impl Default for NamingConfig {
     fn default() -> Self {
-        NamingConfig { prefix: default_prefix() }
+        NamingConfig { prefix: default_prefix(), deployment: default_prefix() }
     }
 }
 

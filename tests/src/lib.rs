@@ -185,6 +185,8 @@ impl TestEnv {
             ("DFE__REGISTRY__URL".into(), self.registry_url.clone()),
             ("DFE__API__LISTEN".into(), "127.0.0.1:0".into()),
             ("DFE__SNAPSHOTS__PATH".into(), self.snapshots_dir().display().to_string()),
+            // Its own deployment: a reconciler here never touches another test's instances.
+            ("DFE__NAMING__DEPLOYMENT".into(), format!("test-{}", self.id)),
             ("RUST_LOG".into(), "info,dfe_worker=debug,dfe_api=debug,dfe_shared=debug".into()),
         ]
     }
@@ -321,6 +323,20 @@ impl TestEnv {
             out.push_str(&p.log());
         }
         out
+    }
+
+    /// Runs `dfe-worker` once with this environment's configuration and extra arguments
+    /// (e.g. `--reconcile`); returns exit code and stdout.
+    pub async fn worker_once(&self, args: &[&str]) -> Result<(i32, String)> {
+        let out = tokio::process::Command::new(bin("dfe-worker")?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .envs(self.service_env())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await?;
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// This environment's snapshot store.

@@ -7,6 +7,7 @@
 //! - [`manager`]: provisioners by guest location, built from the configuration.
 //! - [`provisioners`]: the storage, database and instance sub-provisioners.
 //! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
+//! - [`reconcile`]: registry against Docker hosts and database servers: orphans, stuck jobs.
 //! - [`events`]: sub-events and final events on `dfe.events`.
 //! - [`fault`]: the test-only hook that holds a job after a step.
 //! - [`error`]: the crate's error type.
@@ -19,6 +20,7 @@ pub mod fault;
 pub mod jobs;
 pub mod manager;
 pub mod provisioners;
+pub mod reconcile;
 pub mod snapshot;
 
 use std::future::Future;
@@ -89,6 +91,12 @@ pub async fn run(
         config: config.clone(),
     });
 
+    if config.worker.reconcile_interval_secs > 0 {
+        let (manager, registry, stop) = (consumer.manager.clone(), consumer.registry.clone(), stop_rx.clone());
+        let broker = BrokerHandle::new(&config.amqp.url, &format!("{} reconciler", options.worker_id));
+        tokio::spawn(periodic_reconcile(manager, registry, broker, config.worker.clone(), stop));
+    }
+
     loop {
         match consumer.session(&mut stop_rx).await {
             Ok(Ended::Shutdown) => break,
@@ -105,6 +113,51 @@ pub async fn run(
     }
     tracing::info!(worker = %options.worker_id, "worker stopped");
     Ok(())
+}
+
+/// Reconciles every `reconcile-interval-secs`, logging what it finds (and fixing it with
+/// `reconcile-fix`), until shutdown.
+async fn periodic_reconcile(
+    manager: Arc<manager::Manager>,
+    registry: Registry,
+    broker: BrokerHandle,
+    cfg: dfe_shared::config::WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_secs(cfg.reconcile_interval_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let events = match broker.publisher().await {
+            Ok(p) => Some(events::Events::new(p)),
+            Err(_) => None,
+        };
+        match reconcile::reconcile(&manager, &registry, events.as_ref(), cfg.reconcile_fix).await {
+            Ok(report) if report.is_clean() => tracing::debug!("reconciliation: registry and resources agree"),
+            Ok(report) => tracing::warn!(
+                orphans = report.orphans.len(),
+                missing = report.missing.len(),
+                stuck = report.stuck.len(),
+                unreachable = ?report.unreachable,
+                fixed = cfg.reconcile_fix,
+                "reconciliation found differences: {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            ),
+            Err(e) => tracing::warn!(error = %e.chain(), "reconciliation failed"),
+        }
+    }
+}
+
+/// Runs one reconciliation (`dfe-worker --reconcile`): the report as JSON.
+pub async fn reconcile_once(config: Config, fix: bool) -> anyhow::Result<reconcile::Report> {
+    let config = Arc::new(config);
+    let manager = manager::Manager::new(config.clone())?;
+    let registry = Registry::connect(&config.registry.url, 2).await?;
+    let broker = BrokerHandle::new(&config.amqp.url, "dfe reconcile");
+    let events = if fix { broker.publisher().await.ok().map(events::Events::new) } else { None };
+    Ok(reconcile::reconcile(&manager, &registry, events.as_ref(), fix).await?)
 }
 
 /// Completes on SIGTERM or SIGINT.

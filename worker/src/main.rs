@@ -18,6 +18,13 @@ struct Args {
     /// Seconds running jobs get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
+    /// Reconcile once instead of consuming: print what differs between the registry and the
+    /// Docker hosts and database servers (JSON) and exit (0: all agree, 3: differences).
+    #[arg(long)]
+    reconcile: bool,
+    /// With --reconcile: remove orphans and fail stuck jobs.
+    #[arg(long, requires = "reconcile")]
+    fix: bool,
 }
 
 #[tokio::main]
@@ -25,6 +32,11 @@ async fn main() -> anyhow::Result<()> {
     dfe_shared::telemetry::init();
     let args = Args::parse();
     let config = dfe_shared::config::Config::load(Some(&args.config))?;
+    if args.reconcile {
+        let report = dfe_worker::reconcile_once(config, args.fix).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        std::process::exit(if report.is_clean() { 0 } else { 3 });
+    }
     let worker_id = args.worker_id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("dfe-worker-{}-{}", host.trim(), std::process::id())

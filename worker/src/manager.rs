@@ -102,6 +102,16 @@ impl Manager {
         Ok(Some((id, cluster.clone())))
     }
 
+    /// The configured Docker clusters.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<DockerCluster>> {
+        self.clusters.values()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Plans a provision.
     pub fn plan_provision(&self, job: &ProvisionJob, job_id: &str) -> Result<Plan<'_>> {
         let provisioner = self.provisioner(job.guest_location.as_ref().map(|g| g.as_str()))?;
@@ -146,6 +156,7 @@ impl Manager {
                 owner_id,
                 job_id: job_id.to_owned(),
                 names: Names::new(&self.config.naming.prefix, instance_id),
+                deployment: self.config.naming.deployment.clone(),
                 offering,
                 resource_uri: provisioner.host.resource_uri.clone(),
                 docker,

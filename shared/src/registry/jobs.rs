@@ -270,6 +270,23 @@ impl Registry {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Jobs running more than `running_grace_secs` past their deadline, or retrying more
+    /// than `retry_grace_secs` past their retry time.
+    pub async fn stuck_jobs(&self, running_grace_secs: f64, retry_grace_secs: f64) -> Result<Vec<JobRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (state = 'running' AND deadline_at < now() - make_interval(secs => $1))
+                OR (state = 'retrying' AND next_retry_at < now() - make_interval(secs => $2))
+             ORDER BY created_at"
+        );
+        let rows = client
+            .query(&sql, &[&running_grace_secs, &retry_grace_secs])
+            .await
+            .map_err(Error::registry("listing stuck jobs"))?;
+        Ok(rows.iter().map(JobRecord::from_row).collect())
+    }
+
     /// Marks a job published onto `dfe.jobs`.
     pub async fn mark_published(&self, job_id: &str) -> Result<()> {
         let client = self.client().await?;

@@ -25,6 +25,7 @@ pub fn labels(ctx: &InstanceContext) -> HashMap<String, String> {
         ("dfe.instance-id".to_owned(), ctx.instance_id.to_string()),
         ("dfe.owner-id".to_owned(), ctx.owner_id.clone()),
         ("dfe.job-id".to_owned(), ctx.job_id.clone()),
+        ("dfe.deployment".to_owned(), ctx.deployment.clone()),
     ])
 }
 

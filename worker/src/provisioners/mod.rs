@@ -65,6 +65,8 @@ pub struct InstanceContext {
     pub owner_id: String,
     /// The job doing the work (a label).
     pub job_id: String,
+    /// The deployment (a label), see `naming.deployment`.
+    pub deployment: String,
     /// Names of its parts.
     pub names: Names,
     /// Attributes of the chosen offering items (`image`, `memory`, `cpus`, …).

@@ -68,6 +68,17 @@ fn ident(name: &str) -> Result<String> {
     Ok(format!("\"{name}\""))
 }
 
+/// The comment that marks a database or role as an instance's: `dfe:<deployment>:<instance-id>`.
+pub fn comment_mark(deployment: &str, instance_id: &str) -> String {
+    format!("dfe:{deployment}:{instance_id}")
+}
+
+/// Reads a [`comment_mark`] back: (deployment, instance id).
+pub fn parse_mark(comment: &str) -> Option<(&str, &str)> {
+    let rest = comment.strip_prefix("dfe:")?;
+    rest.rsplit_once(':')
+}
+
 /// Quotes a string literal (doubling single quotes), for DDL that cannot take parameters.
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -115,6 +126,13 @@ impl DatabaseProvisioner for Postgres {
                 .await
                 .map_err(self.err(format!("creating database {name}")))?;
         }
+        // Databases and roles cannot carry labels; a comment marks them as this deployment's,
+        // so the reconciler finds them and never mistakes anything else for an orphan.
+        let mark = literal(&comment_mark(&ctx.deployment, ctx.instance_id.as_str()));
+        client
+            .batch_execute(&format!("COMMENT ON ROLE {q} IS {mark}; COMMENT ON DATABASE {q} IS {mark}"))
+            .await
+            .map_err(self.err(format!("marking {name} as managed")))?;
         client
             .batch_execute(&format!("REVOKE ALL ON DATABASE {q} FROM PUBLIC; GRANT ALL ON DATABASE {q} TO {q}"))
             .await
@@ -176,7 +194,12 @@ impl DatabaseProvisioner for Postgres {
             let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", names.q_staging)).await;
             return Err(e);
         }
-        self.swap_in(&client, &names).await
+        self.swap_in(&client, &names).await?;
+        let mark = literal(&comment_mark(&ctx.deployment, ctx.instance_id.as_str()));
+        client
+            .batch_execute(&format!("COMMENT ON DATABASE {} IS {mark}", names.q_main))
+            .await
+            .map_err(self.err(format!("marking {} as managed", names.main)))
     }
 
     async fn commit_import(&self, ctx: &InstanceContext) -> Result<()> {
@@ -369,5 +392,63 @@ mod tests {
             assert!(ident(bad).is_err(), "{bad:?}");
         }
         assert_eq!(literal("it's"), "'it''s'");
+    }
+}
+
+/// What a database server holds of one deployment, found by [`comment_mark`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedObject {
+    /// `database` or `role`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// The instance it belongs to.
+    pub instance_id: String,
+}
+
+impl Postgres {
+    /// The server's id in the configuration.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The databases and roles marked as `deployment`'s.
+    pub async fn managed_objects(&self, deployment: &str) -> Result<Vec<ManagedObject>> {
+        let client = self.connect().await?;
+        let rows = client
+            .query(
+                "SELECT 'database', datname::text, shobj_description(oid, 'pg_database') FROM pg_database
+                 UNION ALL
+                 SELECT 'role', rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles",
+                &[],
+            )
+            .await
+            .map_err(self.err("listing databases and roles"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let kind: &str = r.get(0);
+                let comment: Option<String> = r.get(2);
+                let comment = comment?;
+                let (dep, instance) = parse_mark(&comment)?;
+                (dep == deployment).then(|| ManagedObject {
+                    kind: if kind == "database" { "database" } else { "role" },
+                    name: r.get(1),
+                    instance_id: instance.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Drops a managed database (ending its sessions) or role.
+    pub async fn drop_object(&self, object: &ManagedObject) -> Result<()> {
+        let q = ident(&object.name)?;
+        let client = self.connect().await?;
+        let sql = if object.kind == "database" {
+            format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)")
+        } else {
+            format!("DROP ROLE IF EXISTS {q}")
+        };
+        client.batch_execute(&sql).await.map_err(self.err(format!("dropping {} {}", object.kind, object.name)))
     }
 }
