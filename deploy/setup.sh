@@ -94,6 +94,12 @@ else
         docker_how="started (dockerd $DFE_DOCKERD_FLAGS)"
     elif start_dockerd; then
         docker_how="started (dockerd)"
+    elif tail -n 60 "$DOCKERD_LOG" | grep -q 'libnetwork.*reservePools' \
+        && mv /var/lib/docker/network/files/local-kv.db "/var/lib/docker/network/files/local-kv.db.broken-$(date +%s)" \
+        && start_dockerd; then
+        # Docker 20.10 can panic restoring user-defined networks after an unclean stop
+        # (libnetwork reservePools); its network store is moved aside and rebuilt.
+        docker_how="started (dockerd, after setting aside a network store it could not restore)"
     elif start_dockerd --iptables=false --ip6tables=false; then
         docker_how="started (dockerd --iptables=false: no NAT for containers)"
     elif start_dockerd --iptables=false --ip6tables=false --storage-driver=vfs; then
