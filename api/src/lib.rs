@@ -38,6 +38,8 @@ pub struct AppState {
     pub clients: Arc<Vec<auth::ClientKey>>,
     /// Counters.
     pub metrics: Arc<metrics::Metrics>,
+    /// Ids of jobs just published, marked in the registry in batches.
+    pub published: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// The router.
@@ -55,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/snapshots", get(routes::read::snapshots))
         .route("/api/v1/snapshots/{snapshot_id}", get(routes::read::snapshot))
         .route("/api/v1/snapshots/{snapshot_id}/download", get(routes::read::download))
+        .route("/api/v1/openapi.json", get(routes::openapi::openapi))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -79,24 +82,35 @@ pub async fn run(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(dfe_shared::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), stop_rx));
-    let state =
-        AppState { registry, broker, config: Arc::new(config), clients: Arc::new(clients), metrics: Arc::default() };
+    let (published, marks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(mark_published(registry.clone(), marks));
+    let state = AppState {
+        registry,
+        broker,
+        config: Arc::new(config),
+        clients: Arc::new(clients),
+        metrics: Arc::default(),
+        published,
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     let _ = stop_tx.send(true);
     tracing::info!("dfe-api stopped");
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+pub use dfe_shared::telemetry::shutdown_signal;
+
+/// Records `published_at` of published jobs in batches (one statement for all that arrived
+/// meanwhile) instead of one commit per request. Losing a batch (the api dies, the registry
+/// is briefly away) only means the outbox relay publishes those jobs once more after a few
+/// seconds, which is harmless: workers run each job id once, and a worker starting a job
+/// sets `published_at` too.
+async fn mark_published(registry: Registry, mut ids: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let mut batch = Vec::new();
+    while ids.recv_many(&mut batch, 1000).await > 0 {
+        if let Err(e) = registry.mark_published_many(&batch).await {
+            tracing::warn!(error = %e, jobs = batch.len(), "could not mark jobs published; the outbox may publish them again");
+        }
+        batch.clear();
     }
-    tracing::info!("shutdown requested");
 }

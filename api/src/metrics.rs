@@ -4,12 +4,16 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dfe_shared::job::JobKind;
+use dfe_shared::metrics::{header, Histogram};
 
 /// Counters of the API.
 #[derive(Default)]
 pub struct Metrics {
     submitted: [AtomicU64; 4],
     publish_failures: AtomicU64,
+    /// Accepted submissions: validate, record and publish (with its confirm), by step.
+    record: Histogram,
+    publish: Histogram,
 }
 
 impl Metrics {
@@ -22,6 +26,12 @@ impl Metrics {
     /// Counts a publication left to the outbox.
     pub fn publish_failed(&self) {
         self.publish_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long an accepted submission took to be recorded and to be published.
+    pub fn submit_timings(&self, record: std::time::Duration, publish: std::time::Duration) {
+        self.record.observe(record);
+        self.publish.observe(publish);
     }
 
     /// Prometheus text exposition.
@@ -39,6 +49,14 @@ impl Metrics {
         out.push_str("# HELP dfe_api_publish_deferred_total Accepted jobs whose publication was left to the outbox.\n");
         out.push_str("# TYPE dfe_api_publish_deferred_total counter\n");
         let _ = writeln!(out, "dfe_api_publish_deferred_total {}", self.publish_failures.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "dfe_api_submit_step_duration_seconds",
+            "histogram",
+            "Steps of an accepted submission: record (registry transaction), publish (until confirmed).",
+        );
+        self.record.render(&mut out, "dfe_api_submit_step_duration_seconds", "step=\"record\"");
+        self.publish.render(&mut out, "dfe_api_submit_step_duration_seconds", "step=\"publish\"");
         out
     }
 }

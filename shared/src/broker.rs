@@ -86,26 +86,26 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<()> {
-        let not_confirmed = |reason: String| Error::NotConfirmed {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            reason,
-        };
+        self.start_publish(exchange, routing_key, mandatory, body, props).await?.confirmed().await
+    }
+
+    /// Publishes without waiting for the confirm yet: several publications can then wait
+    /// for theirs together. Messages on one channel reach the broker in publication order.
+    pub async fn start_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<Pending> {
         let opts = BasicPublishOptions { mandatory, ..Default::default() };
         let confirm = self
             .channel
             .basic_publish(exchange, routing_key, opts, body, props)
             .await
             .map_err(Error::broker("publishing"))?;
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| not_confirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}")))?
-            .map_err(Error::broker("waiting for a publisher confirm"))?;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(not_confirmed("no queue is bound for it".into())),
-            Confirmation::Nack(_) => Err(not_confirmed("the broker refused it (nack)".into())),
-        }
+        Ok(Pending { confirm, exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
     }
 
     /// Publishes a job message onto `dfe.jobs`.
@@ -116,6 +116,11 @@ impl Publisher {
 
     /// Publishes an event onto `dfe.events` (not mandatory: an event nobody listens to is fine).
     pub async fn publish_event(&self, event: &Event, app_id: &str) -> Result<()> {
+        self.start_event(event, app_id).await?.confirmed().await
+    }
+
+    /// Publishes an event without waiting for its confirm yet (see [`Publisher::start_publish`]).
+    pub async fn start_event(&self, event: &Event, app_id: &str) -> Result<Pending> {
         let body = serde_json::to_vec(event).map_err(Error::Json)?;
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -123,7 +128,40 @@ impl Publisher {
             .with_message_id(event.event_id.to_string().into())
             .with_type(event.event.as_str().into())
             .with_app_id(app_id.into());
-        self.publish(EVENTS_EXCHANGE, &event.event, false, &body, props).await
+        self.start_publish(EVENTS_EXCHANGE, &event.event, false, &body, props).await
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("exchange", &self.exchange).field("routing_key", &self.routing_key).finish()
+    }
+}
+
+/// A publication whose confirm is still to be awaited.
+pub struct Pending {
+    confirm: lapin::publisher_confirm::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Pending {
+    /// Waits for the broker's confirm: an error unless the broker took the message.
+    pub async fn confirmed(self) -> Result<()> {
+        let not_confirmed = |reason: String| Error::NotConfirmed {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            reason,
+        };
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm)
+            .await
+            .map_err(|_| not_confirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}")))?
+            .map_err(Error::broker("waiting for a publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(not_confirmed("no queue is bound for it".into())),
+            Confirmation::Nack(_) => Err(not_confirmed("the broker refused it (nack)".into())),
+        }
     }
 }
 

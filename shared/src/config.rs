@@ -135,6 +135,14 @@ pub struct WorkerConfig {
     /// it only reports them in the log).
     #[serde(default)]
     pub reconcile_fix: bool,
+    /// Address of the worker's Prometheus `/metrics` listener; port 0 picks a free one
+    /// (the bound address is logged and printed), `""` or `"off"` turns it off.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:0".into()
 }
 
 fn default_reconcile_interval() -> u64 {
@@ -176,6 +184,7 @@ impl Default for WorkerConfig {
             retry_max_ms: default_retry_max_ms(),
             reconcile_interval_secs: default_reconcile_interval(),
             reconcile_fix: false,
+            metrics_listen: default_metrics_listen(),
         }
     }
 }

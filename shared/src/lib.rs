@@ -8,6 +8,7 @@
 //! - [`topology`]: exchange and queue names, declared idempotently.
 //! - [`broker`]: AMQP connection and a publisher that waits for confirms.
 //! - [`registry`]: the PostgreSQL registry of jobs and instances, its migrations and locks.
+//! - [`metrics`]: Prometheus text exposition (counters, histograms) for `/metrics`.
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`secret`]: a string that never prints.
 //! - [`telemetry`]: logging set-up.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod secret;

@@ -1,4 +1,5 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Process plumbing shared by the binaries: logging (`tracing` to stderr, filtered by
+//! `RUST_LOG`, default `info`) and the shutdown signal.
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init() {
@@ -10,4 +11,18 @@ pub fn init() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// Completes on SIGTERM or SIGINT: the shutdown future the services run until.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
 }

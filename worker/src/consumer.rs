@@ -14,7 +14,7 @@ use dfe_shared::ids::Tag;
 use dfe_shared::job::{Job, JobKind};
 use dfe_shared::registry::instances::InstanceChange;
 use dfe_shared::registry::jobs::Submitter;
-use dfe_shared::registry::{JobState, LockPool, Registry};
+use dfe_shared::registry::{JobRecord, JobState, LockPool, Registry};
 use dfe_shared::topology::{self, queue_name};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::events::{Events, JobMeta};
 use crate::jobs::{self, Env, Outcome};
 use crate::manager::Manager;
+use crate::metrics::Metrics;
 use dfe_shared::config::Config;
 
 /// Pause before a message whose handling failed on infrastructure is requeued, so an
@@ -61,6 +62,8 @@ pub struct Consumer {
     pub manager: Arc<Manager>,
     /// The configuration.
     pub config: Arc<Config>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Consumer {
@@ -137,6 +140,7 @@ impl Consumer {
 
     async fn handle(&self, env: &Env, kind: JobKind, delivery: Delivery) {
         let Delivery { data, properties, acker, redelivered, .. } = delivery;
+        let _busy = self.metrics.in_flight();
         let settled = match self.process(env, kind, &data, &properties, redelivered).await {
             Ok(()) => acker.ack(BasicAckOptions::default()).await,
             Err(e) => {
@@ -162,7 +166,7 @@ impl Consumer {
     ) -> Result<()> {
         let mut job = match parse(kind, data, props) {
             Ok(job) => job,
-            Err(reason) => return deadletter::reject(&env.events, kind, data, props, &reason).await,
+            Err(reason) => return self.reject(env, kind, data, props, &reason).await,
         };
         let explicit_id =
             job.job_id().cloned().or_else(|| props.message_id().as_ref().and_then(|m| Tag::parse(m.as_str()).ok()));
@@ -181,7 +185,7 @@ impl Consumer {
         let record = self.registry.record(&job, &by).await?;
         if record.kind != kind {
             let reason = format!("job-id {job_id} already names a {} job", record.kind);
-            return deadletter::reject(&env.events, kind, data, props, &reason).await;
+            return self.reject(env, kind, data, props, &reason).await;
         }
         let meta = self.meta(&job).await?;
         if record.state.is_terminal() {
@@ -192,11 +196,23 @@ impl Consumer {
         let Some(lock) = self.locks.acquire(job.instance_id(), env.deadline()).await? else {
             return Err(Error::Conflict(format!("instance {} stayed locked by another job", job.instance_id())));
         };
-        let outcome = self.run_locked(env, &job, &meta).await;
+        let mut outcome = self.run_locked(env, &job, &meta).await;
+        if outcome.is_ok() {
+            // Every event of the job is confirmed before the message is acknowledged (the
+            // final event's publication has waited for them already; this covers the rest).
+            outcome = meta.settle().await;
+        }
         if let Err(e) = lock.release().await {
-            tracing::warn!(error = %e, "instance lock release failed; the pool recycles the connection");
+            tracing::warn!(error = %e, "instance lock release failed; its connection is closed, which frees the lock");
         }
         outcome
+    }
+
+    /// Dead-letters an invalid message (and counts it).
+    async fn reject(&self, env: &Env, kind: JobKind, data: &[u8], props: &BasicProperties, reason: &str) -> Result<()> {
+        deadletter::reject(&env.events, kind, data, props, reason).await?;
+        self.metrics.dead_lettered();
+        Ok(())
     }
 
     async fn run_locked(&self, env: &Env, job: &Job, meta: &JobMeta) -> Result<()> {
@@ -206,6 +222,7 @@ impl Consumer {
             let record = self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
             return env.events.emit_final(meta, &record).await;
         };
+        let run_started = std::time::Instant::now();
         tracing::info!(job_id = %meta.job_id, kind = %meta.kind, instance = %meta.instance_id, attempt = started.attempts, "job started");
         let body = {
             let (env, job, meta) = (env.clone(), job.clone(), meta.clone());
@@ -222,6 +239,10 @@ impl Consumer {
                 )
             }
         };
+        let timings = self.timings(&started, meta, run_started.elapsed());
+        if let Some(r) = outcome.result.as_object_mut() {
+            r.insert("timings".into(), timings);
+        }
         let attempts = u32::try_from(started.attempts).unwrap_or(u32::MAX);
         if outcome.state == JobState::Failed && outcome.transient {
             if attempts < self.config.worker.max_attempts {
@@ -233,17 +254,25 @@ impl Consumer {
             self.give_up(env, meta, &outcome).await?;
         }
         let error_json = outcome.error.as_ref().map(|e| serde_json::to_value(e).unwrap_or_default());
-        self.registry
+        let completed = self
+            .registry
             .complete_job(
                 &meta.job_id,
                 &meta.instance_id,
                 outcome.state,
                 Some(&outcome.result),
                 error_json.as_ref(),
-                outcome.change,
+                outcome.change.clone(),
             )
             .await?;
-        let record = self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?;
+        let record = if completed {
+            // This run's outcome is what was recorded: no need to read it back.
+            JobRecord { state: outcome.state, result: Some(outcome.result.clone()), error: error_json, ..started }
+        } else {
+            // Another delivery ended the job first: its outcome stands and is announced.
+            self.registry.job(&meta.job_id).await?.ok_or_else(|| Error::NotFound(meta.job_id.clone()))?
+        };
+        self.metrics.finished(meta.kind, outcome.state);
         match outcome.state {
             JobState::Succeeded => tracing::info!(job_id = %meta.job_id, "job succeeded"),
             _ => tracing::warn!(job_id = %meta.job_id, error = ?outcome.error, "job failed"),
@@ -264,6 +293,7 @@ impl Consumer {
         let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id)
             .with_expiration(delay.as_millis().to_string().into());
         env.events.publisher().publish("", &topology::retry_queue_name(meta.kind), true, &body, props).await?;
+        self.metrics.retried();
         tracing::warn!(
             job_id = %meta.job_id, attempt = attempts, retry_in = ?delay, error = ?outcome.error,
             "job failed transiently; it will run again"
@@ -279,7 +309,28 @@ impl Consumer {
         broker::set_header(&mut headers, topology::ERROR_HEADER, &reason);
         broker::set_header(&mut headers, "x-dfe-queue", &queue_name(meta.kind));
         let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id).with_headers(headers);
-        Ok(env.events.publisher().publish("", topology::DEAD_QUEUE, true, &body, props).await?)
+        env.events.publisher().publish("", topology::DEAD_QUEUE, true, &body, props).await?;
+        self.metrics.dead_lettered();
+        Ok(())
+    }
+
+    /// The step durations of a run in milliseconds (`result.timings` of its final event),
+    /// also recorded in the histograms: queue wait (recorded → started, by the registry's
+    /// clock), each sub-provisioner step the body measured, and the whole run.
+    fn timings(&self, started: &JobRecord, meta: &JobMeta, total: Duration) -> serde_json::Value {
+        let mut steps = meta.timings.snapshot();
+        if let Some(at) = started.started_at {
+            let wait = (at - started.created_at).max(time::Duration::ZERO);
+            steps.insert("queue", Duration::try_from(wait).unwrap_or_default());
+        }
+        steps.insert("total", total);
+        let mut out = serde_json::Map::new();
+        for (step, d) in steps {
+            self.metrics.observe(step, d);
+            let ms = (d.as_secs_f64() * 1e6).round() / 1e3;
+            out.insert(format!("{step}-ms"), serde_json::json!(ms));
+        }
+        serde_json::Value::Object(out)
     }
 
     async fn meta(&self, job: &Job) -> Result<JobMeta> {
@@ -293,6 +344,8 @@ impl Consumer {
             instance_id: job.instance_id().to_string(),
             owner_id,
             request: job.to_value(),
+            timings: Default::default(),
+            pending: Default::default(),
         })
     }
 }

@@ -71,9 +71,6 @@ pub enum Error {
     /// The job ran past its deadline.
     #[error("the job did not finish within {0} seconds")]
     Timeout(u64),
-    /// The operation is not available yet.
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
     /// The registry or the broker failed.
     #[error(transparent)]
     Shared(#[from] dfe_shared::Error),
@@ -101,7 +98,6 @@ impl Error {
             Error::SnapshotNotFound(_) => "snapshot-not-found",
             Error::Io { .. } => "io-error",
             Error::Tool { .. } => "tool-failed",
-            Error::NotImplemented(_) => "not-implemented",
             Error::Shared(_) => "internal-error",
             Error::Config(_) => "configuration-error",
         }

@@ -26,6 +26,21 @@ pub struct JobMeta {
     pub owner_id: Option<serde_json::Value>,
     /// The original job.
     pub request: serde_json::Value,
+    /// Step durations of this run, filled in by the job body.
+    pub timings: std::sync::Arc<crate::metrics::StepTimings>,
+    /// Sub-events published whose confirms are still to be awaited (before the final event).
+    pub pending: std::sync::Arc<tokio::sync::Mutex<Vec<dfe_shared::broker::Pending>>>,
+}
+
+impl JobMeta {
+    /// Waits for the confirms of the sub-events published so far.
+    pub async fn settle(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock().await);
+        for p in futures::future::join_all(pending.into_iter().map(|p| p.confirmed())).await {
+            p?;
+        }
+        Ok(())
+    }
 }
 
 /// Publishes events with confirms.
@@ -45,7 +60,8 @@ impl Events {
         &self.publisher
     }
 
-    /// Publishes event `name` of the job and waits for the broker's confirm.
+    /// Publishes event `name` of the job and waits for the broker's confirm (and for those
+    /// of the job's sub-events still pending).
     pub async fn emit(
         &self,
         meta: &JobMeta,
@@ -53,7 +69,26 @@ impl Events {
         result: serde_json::Value,
         error: Option<EventError>,
     ) -> Result<()> {
-        let event = Event {
+        let event = Self::event(meta, name, result, error);
+        let pending = self.publisher.start_event(&event, SERVICE).await?;
+        meta.settle().await?;
+        pending.confirmed().await?;
+        tracing::debug!(job_id = %meta.job_id, event = name, "event published");
+        Ok(())
+    }
+
+    /// Publishes a sub-event of a step without waiting for its confirm: the job goes on
+    /// with its next step, and the confirm is awaited with the final event's (before the
+    /// message is acknowledged). Order is kept: one channel delivers in publication order.
+    pub async fn emit_step(&self, meta: &JobMeta, name: &str, result: serde_json::Value) -> Result<()> {
+        let event = Self::event(meta, name, result, None);
+        let pending = self.publisher.start_event(&event, SERVICE).await?;
+        meta.pending.lock().await.push(pending);
+        Ok(())
+    }
+
+    fn event(meta: &JobMeta, name: &str, result: serde_json::Value, error: Option<EventError>) -> Event {
+        Event {
             event_id: Event::id_for(&meta.job_id, name),
             event: name.to_owned(),
             occurred_at: OffsetDateTime::now_utc(),
@@ -64,10 +99,7 @@ impl Events {
             request: meta.request.clone(),
             result,
             error,
-        };
-        self.publisher.publish_event(&event, SERVICE).await?;
-        tracing::debug!(job_id = %meta.job_id, event = name, "event published");
-        Ok(())
+        }
     }
 
     /// Publishes the final event of a job that has ended, from its registry record (for a

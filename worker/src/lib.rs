@@ -9,6 +9,7 @@
 //! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
 //! - [`reconcile`]: registry against Docker hosts and database servers: orphans, stuck jobs.
 //! - [`events`]: sub-events and final events on `dfe.events`.
+//! - [`metrics`]: Prometheus counters and step histograms, served on `worker.metrics-listen`.
 //! - [`fault`]: the test-only hook that holds a job after a step.
 //! - [`error`]: the crate's error type.
 
@@ -19,6 +20,7 @@ pub mod events;
 pub mod fault;
 pub mod jobs;
 pub mod manager;
+pub mod metrics;
 pub mod provisioners;
 pub mod reconcile;
 pub mod snapshot;
@@ -80,6 +82,11 @@ pub async fn run(
     let relay_broker = BrokerHandle::new(&config.amqp.url, &format!("{} outbox", options.worker_id));
     tokio::spawn(dfe_shared::outbox::relay(registry.clone(), relay_broker, options.worker_id.clone(), stop_rx.clone()));
 
+    let metrics = Arc::new(metrics::Metrics::default());
+    if let Some(listener) = metrics_listener(&config.worker.metrics_listen).await? {
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+
     let consumer = Arc::new(Consumer {
         worker_id: options.worker_id.clone(),
         amqp_url: config.amqp.url.clone(),
@@ -89,6 +96,7 @@ pub async fn run(
         locks,
         manager,
         config: config.clone(),
+        metrics,
     });
 
     if config.worker.reconcile_interval_secs > 0 {
@@ -113,6 +121,22 @@ pub async fn run(
     }
     tracing::info!(worker = %options.worker_id, "worker stopped");
     Ok(())
+}
+
+/// Binds the metrics listener (None: turned off) and announces its address: in the log,
+/// and as a plain stdout line for scripts, like dfe-api's.
+async fn metrics_listener(listen: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let listen = listen.trim();
+    if listen.is_empty() || listen.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding worker.metrics-listen = {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "dfe-worker metrics listening");
+    println!("dfe-worker metrics on http://{addr}");
+    Ok(Some(listener))
 }
 
 /// Reconciles every `reconcile-interval-secs`, logging what it finds (and fixing it with
@@ -160,16 +184,4 @@ pub async fn reconcile_once(config: Config, fix: bool) -> anyhow::Result<reconci
     Ok(reconcile::reconcile(&manager, &registry, events.as_ref(), fix).await?)
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested");
-}
+pub use dfe_shared::telemetry::shutdown_signal;

@@ -259,6 +259,8 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
                     instance_id: job.instance_id.clone(),
                     owner_id: job.request.get("owner-id").cloned(),
                     request: job.request.clone(),
+                    timings: Default::default(),
+                    pending: Default::default(),
                 };
                 let name = dfe_shared::event::names::failed(job.kind);
                 events.emit(&meta, &name, json!({}), Some(error)).await?;

@@ -98,6 +98,7 @@ async fn submit(
         idempotency_key: idempotency_key.as_deref(),
         fingerprint: None,
     };
+    let recording = std::time::Instant::now();
     let outcome =
         state.registry.submit(&job, &by).await.map_err(|e| {
             Problem::unavailable("the job could not be recorded; nothing was accepted, retry later", &e)
@@ -110,7 +111,10 @@ async fn submit(
                 std::process::abort();
             }
             state.metrics.submitted(kind);
+            let recorded = recording.elapsed();
+            let publishing = std::time::Instant::now();
             publish(&state, &job, &record.job_id).await;
+            state.metrics.submit_timings(recorded, publishing.elapsed());
             record
         }
         SubmitOutcome::Existing(record) => record,
@@ -139,7 +143,9 @@ async fn publish(state: &AppState, job: &Job, job_id: &str) {
     let attempt = async {
         let publisher = state.broker.publisher().await?;
         publisher.publish_job(job.kind(), job_id, &body, "dfe-api").await?;
-        state.registry.mark_published(job_id).await
+        // Recorded in a batch by a background task (see `mark_published` in lib.rs).
+        let _ = state.published.send(job_id.to_owned());
+        Ok::<_, dfe_shared::Error>(())
     };
     match tokio::time::timeout(PUBLISH_TIMEOUT, attempt).await {
         Ok(Ok(())) => {}

@@ -177,9 +177,9 @@ pub(crate) async fn claim_for_provision(
     let owner = serde_json::to_value(p.owner_id).unwrap_or_default();
     let owner_type = p.owner_type.map(|o| serde_json::to_value(o).unwrap_or_default());
     let cluster = p.cluster_id.map(|c| c.as_str());
-    let row = tx
-        .query_opt(
-            "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id, job_id)
+    let claim = super::stmt(
+        tx,
+        "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id, job_id)
              VALUES ($1, $2, $3, 'provisioning', $4, $5, $6)
              ON CONFLICT (instance_id) DO UPDATE
                 SET owner_id = EXCLUDED.owner_id, owner_type = EXCLUDED.owner_type,
@@ -189,8 +189,10 @@ pub(crate) async fn claim_for_provision(
                     updated_at = now(), provisioned_at = NULL, deprovisioned_at = NULL
                 WHERE instances.state = 'deprovisioned' OR instances.job_id = EXCLUDED.job_id
              RETURNING instance_id",
-            &[&p.instance_id.as_str(), &owner, &owner_type, &guest, &cluster, &job_id],
-        )
+    )
+    .await?;
+    let row = tx
+        .query_opt(&claim, &[&p.instance_id.as_str(), &owner, &owner_type, &guest, &cluster, &job_id])
         .await
         .map_err(Error::registry("claiming an instance id"))?;
     Ok(row.is_some())
@@ -204,6 +206,16 @@ impl Registry {
     /// claims at submission). False when another instance holds the id.
     pub async fn claim_instance(&self, p: &NewInstance<'_>, job_id: &str) -> Result<bool> {
         let client = self.client().await?;
+        // Usually the api claimed it for this very job at submission: then a read answers,
+        // without rewriting the row (a write and a commit per job).
+        let sql = "SELECT 1 FROM instances WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning'";
+        let mine = client
+            .query_opt(&super::stmt(&client, sql).await?, &[&p.instance_id.as_str(), &job_id])
+            .await
+            .map_err(Error::registry("reading an instance claim"))?;
+        if mine.is_some() {
+            return Ok(true);
+        }
         claim_for_provision(&client, p, job_id).await
     }
 
@@ -254,12 +266,14 @@ impl Registry {
     ) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Error::registry("starting a job completion"))?;
+        let finish = super::stmt(
+            &tx,
+            "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
+             WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
+        )
+        .await?;
         let n = tx
-            .execute(
-                "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
-                 WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
-                &[&job_id, &state.as_str(), &result, &error],
-            )
+            .execute(&finish, &[&job_id, &state.as_str(), &result, &error])
             .await
             .map_err(Error::registry("finishing a job"))?;
         if n == 0 {
@@ -269,10 +283,14 @@ impl Registry {
             InstanceChange::None => None,
             InstanceChange::Provisioned { guest_location, cluster_id, host, resource_uri, resources } => Some(
                 tx.execute(
-                    "UPDATE instances SET state = 'provisioned', cluster_id = coalesce($3, cluster_id),
-                            host = $4, resource_uri = $5, resources = $6, guest_location = $7,
-                            provisioned_at = now(), updated_at = now()
-                     WHERE instance_id = $1 AND job_id = $2",
+                    &super::stmt(
+                        &tx,
+                        "UPDATE instances SET state = 'provisioned', cluster_id = coalesce($3, cluster_id),
+                                host = $4, resource_uri = $5, resources = $6, guest_location = $7,
+                                provisioned_at = now(), updated_at = now()
+                         WHERE instance_id = $1 AND job_id = $2",
+                    )
+                    .await?,
                     &[&instance_id, &job_id, cluster_id, host, resource_uri, resources, guest_location],
                 )
                 .await,

@@ -172,13 +172,18 @@ impl Registry {
         let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Error::registry("starting a submission"))?;
+        let insert = super::stmt(
+            &tx,
+            "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source,
+                               client_id, idempotency_key, fingerprint)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT DO NOTHING
+             RETURNING *",
+        )
+        .await?;
         let inserted = tx
             .query_opt(
-                "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source,
-                                   client_id, idempotency_key, fingerprint)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT DO NOTHING
-                 RETURNING *",
+                &insert,
                 &[
                     &job_id,
                     &job.kind().as_str(),
@@ -195,6 +200,9 @@ impl Registry {
             .map_err(Error::registry("recording a job"))?;
         let Some(row) = inserted else {
             drop(tx);
+            // The connection goes back first: waiting for a second one while holding this
+            // one could exhaust the pool under load.
+            drop(client);
             return self.resubmission(job, by, &request).await;
         };
         let record = JobRecord::from_row(&row);
@@ -239,7 +247,10 @@ impl Registry {
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>> {
         let client = self.client().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
-        let row = client.query_opt(&sql, &[&job_id]).await.map_err(Error::registry("reading a job"))?;
+        let row = client
+            .query_opt(&super::stmt(&client, &sql).await?, &[&job_id])
+            .await
+            .map_err(Error::registry("reading a job"))?;
         Ok(row.as_ref().map(JobRecord::from_row))
     }
 
@@ -290,10 +301,22 @@ impl Registry {
     /// Marks a job published onto `dfe.jobs`.
     pub async fn mark_published(&self, job_id: &str) -> Result<()> {
         let client = self.client().await?;
+        let sql = "UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL";
         client
-            .execute("UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL", &[&job_id])
+            .execute(&super::stmt(&client, sql).await?, &[&job_id])
             .await
             .map_err(Error::registry("marking a job published"))?;
+        Ok(())
+    }
+
+    /// Marks jobs published onto `dfe.jobs`, in one statement.
+    pub async fn mark_published_many(&self, job_ids: &[String]) -> Result<()> {
+        let client = self.client().await?;
+        let sql = "UPDATE jobs SET published_at = now() WHERE job_id = ANY($1) AND published_at IS NULL";
+        client
+            .execute(&super::stmt(&client, sql).await?, &[&job_ids])
+            .await
+            .map_err(Error::registry("marking jobs published"))?;
         Ok(())
     }
 
@@ -309,7 +332,7 @@ impl Registry {
              RETURNING {JOB_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&job_id, &worker, &deadline_secs])
+            .query_opt(&super::stmt(&client, &sql).await?, &[&job_id, &worker, &deadline_secs])
             .await
             .map_err(Error::registry("starting a job"))?;
         Ok(row.as_ref().map(JobRecord::from_row))
@@ -329,26 +352,6 @@ impl Registry {
             .await
             .map_err(Error::registry("scheduling a retry"))?;
         Ok(())
-    }
-
-    /// Ends a job. Returns false when it had already ended (the first outcome stands).
-    pub async fn finish_job(
-        &self,
-        job_id: &str,
-        state: JobState,
-        result: Option<&serde_json::Value>,
-        error: Option<&serde_json::Value>,
-    ) -> Result<bool> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
-                 WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
-                &[&job_id, &state.as_str(), &result, &error],
-            )
-            .await
-            .map_err(Error::registry("finishing a job"))?;
-        Ok(n == 1)
     }
 
     /// Jobs recorded but not published for at least `min_age_secs`, oldest first: what
@@ -388,10 +391,8 @@ async fn claim(tx: &deadpool_postgres::Transaction<'_>, job: &Job, job_id: &str)
         Job::Import(i) => Some(NewInstance::from(i)),
         Job::Deprovision(_) | Job::Export(_) => None,
     };
-    let row = tx
-        .query_opt("SELECT state FROM instances WHERE instance_id = $1 FOR UPDATE", &[&id])
-        .await
-        .map_err(Error::registry("reading an instance"))?;
+    let select = super::stmt(tx, "SELECT state FROM instances WHERE instance_id = $1 FOR UPDATE").await?;
+    let row = tx.query_opt(&select, &[&id]).await.map_err(Error::registry("reading an instance"))?;
     let state: Option<String> = row.map(|r| r.get(0));
     match (state.as_deref(), creates) {
         // A provision, or an import into an instance that does not exist yet, claims the id.
@@ -412,14 +413,13 @@ async fn claim(tx: &deadpool_postgres::Transaction<'_>, job: &Job, job_id: &str)
             return Ok(Some(SubmitOutcome::Conflict(format!("instance {id} is mid-operation ({other})"))));
         }
     }
-    let busy = tx
-        .query_opt(
-            "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
-               AND state IN ('queued', 'running', 'retrying') LIMIT 1",
-            &[&id, &job_id],
-        )
-        .await
-        .map_err(Error::registry("looking for jobs in progress"))?;
+    let busy = super::stmt(
+        tx,
+        "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
+           AND state IN ('queued', 'running', 'retrying') LIMIT 1",
+    )
+    .await?;
+    let busy = tx.query_opt(&busy, &[&id, &job_id]).await.map_err(Error::registry("looking for jobs in progress"))?;
     Ok(busy.map(|r| {
         let other: String = r.get(0);
         SubmitOutcome::Conflict(format!("instance {id} is mid-operation (job {other})"))
@@ -434,11 +434,21 @@ impl Registry {
         let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
         let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, fingerprint, published_at)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, now())
-                 ON CONFLICT (job_id) DO NOTHING",
+        // One round trip whether the job is new or known (the api recorded it, or this is a
+        // redelivery): the CTE inserts, and the second branch reads the existing row.
+        let sql = format!(
+            "WITH ins AS (
+                INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, fingerprint, published_at)
+                VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, now())
+                ON CONFLICT (job_id) DO NOTHING
+                RETURNING {JOB_COLUMNS})
+             SELECT {JOB_COLUMNS} FROM ins
+             UNION ALL
+             SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+        );
+        let inserted = client
+            .query_opt(
+                &super::stmt(&client, &sql).await?,
                 &[
                     &job_id,
                     &job.kind().as_str(),
@@ -451,8 +461,18 @@ impl Registry {
             )
             .await
             .map_err(Error::registry("recording a queued job"))?;
-        self.job(&job_id)
-            .await?
+        if let Some(row) = inserted {
+            return Ok(JobRecord::from_row(&row));
+        }
+        // Inserted concurrently by another delivery (invisible to the statement's snapshot):
+        // read it now, on the same connection, so a job never holds two pool connections.
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
+        let row = client
+            .query_opt(&super::stmt(&client, &sql).await?, &[&job_id])
+            .await
+            .map_err(Error::registry("reading a job"))?;
+        row.as_ref()
+            .map(JobRecord::from_row)
             .ok_or_else(|| Error::Inconsistent(format!("job {job_id} vanished right after it was recorded")))
     }
 }

@@ -8,6 +8,7 @@ mod conflicts;
 mod crash;
 mod failures;
 mod lifecycle;
+mod openapi;
 mod reconcile;
 mod resilience;
 mod retries;

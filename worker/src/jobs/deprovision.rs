@@ -1,6 +1,8 @@
 //! Deprovision: instance → database → storage, the reverse of provision; each removal of
 //! something absent succeeds, so a redelivered deprovision finishes what an earlier run began.
 
+use std::time::Instant;
+
 use dfe_shared::event::{names, Component};
 use dfe_shared::job::{DeprovisionJob, JobKind};
 use dfe_shared::registry::instances::InstanceChange;
@@ -57,12 +59,16 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta, keep_database: bool) 
     let p = plan.provisioner;
     let ctx = &plan.ctx;
 
+    let t = Instant::now();
     p.instance.deprovision(ctx).await?;
+    meta.timings.record("instance", t.elapsed());
     hold_after("instance").await;
 
+    let t = Instant::now();
     if !keep_database {
         p.db.deprovision(ctx).await?;
     }
+    meta.timings.record("database", t.elapsed());
     env.events
         .emit(
             meta,
@@ -73,7 +79,9 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta, keep_database: bool) 
         .await?;
     hold_after("database").await;
 
+    let t = Instant::now();
     p.storage.deprovision(ctx).await?;
+    meta.timings.record("storage", t.elapsed());
     env.events
         .emit(
             meta,

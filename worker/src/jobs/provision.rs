@@ -2,6 +2,8 @@
 //! its event. On any failure (or the deadline) everything is removed in reverse order, so a
 //! failed provision leaves no container, volume, database or role behind.
 
+use std::time::Instant;
+
 use dfe_shared::event::{names, Component};
 use dfe_shared::job::{JobKind, ProvisionJob};
 use dfe_shared::registry::instances::InstanceChange;
@@ -66,25 +68,34 @@ async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, a
     let p = plan.provisioner;
     let ctx = &plan.ctx;
 
+    let t = Instant::now();
     let storage = p.storage.provision(ctx).await?;
+    meta.timings.record("storage", t.elapsed());
     if announce {
         let name = names::component(Component::Storage, JobKind::Provision);
-        env.events.emit(meta, &name, json!({ "volume": storage.volume }), None).await?;
+        env.events.emit_step(meta, &name, json!({ "volume": storage.volume })).await?;
     }
     hold_after("storage").await;
 
+    let t = Instant::now();
     let db = p.db.provision(ctx).await?;
+    meta.timings.record("database", t.elapsed());
     let db_result = json!({
         "database": db.database, "database-role": db.username, "database-host": db.host,
         "database-port": db.port, "database-server": db.server,
     });
     if announce {
         let name = names::component(Component::Database, JobKind::Provision);
-        env.events.emit(meta, &name, db_result.clone(), None).await?;
+        env.events.emit_step(meta, &name, db_result.clone()).await?;
     }
     hold_after("database").await;
 
+    let t = Instant::now();
     let instance = p.instance.provision(ctx, &storage, &db).await?;
+    meta.timings.record("instance", t.elapsed());
+    if let Some(health) = instance.health_wait {
+        meta.timings.record("health", health);
+    }
     hold_after("instance").await;
 
     let mut result = json!({

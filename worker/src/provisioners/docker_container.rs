@@ -183,6 +183,8 @@ impl InstanceProvisioner for DockerContainer {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
             }),
+            // Joins the cluster's network (by name) instead of the engine's default bridge.
+            network_mode: cluster.config.network.clone(),
             ..Default::default()
         };
         let config = Config {
@@ -204,12 +206,21 @@ impl InstanceProvisioner for DockerContainer {
 
         let host_port = published_port(cluster, name, &port_key).await?;
         let url = format!("http://{}:{host_port}{}", cluster.config.publish_address, ctx.resource_uri);
-        self.wait_healthy(cluster, name, &url).await?;
+        // A worker that runs in a container cannot reach the host's loopback: with
+        // `health-via-network` it checks the instance by name over the cluster's network.
+        let check_url = match (&cluster.config.network, cluster.config.health_via_network) {
+            (Some(_), true) => format!("http://{name}:{}{}", limits.port, ctx.resource_uri),
+            _ => url.clone(),
+        };
+        let health = std::time::Instant::now();
+        self.wait_healthy(cluster, name, &check_url).await?;
+        let health_wait = Some(health.elapsed());
         Ok(InstanceInfo {
             container: Some(name.clone()),
             container_id: Some(created.id),
             host: Some(cluster.host_name().await?.to_owned()),
             resource_uri: Some(url),
+            health_wait,
         })
     }
 
@@ -245,7 +256,9 @@ impl DockerContainer {
         let docker = cluster.client().await?;
         let deadline = tokio::time::Instant::now() + self.health_timeout;
         let mut last: String;
-        let mut delay = Duration::from_millis(50);
+        // Short first pauses: a small instance answers within tens of milliseconds of its
+        // start, and this wait is part of every provision's latency.
+        let mut delay = Duration::from_millis(10);
         for round in 0u32.. {
             match self.http.get(url).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),

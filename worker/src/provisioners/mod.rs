@@ -128,6 +128,8 @@ pub struct InstanceInfo {
     pub host: Option<String>,
     /// Full URL of the resource-uri.
     pub resource_uri: Option<String>,
+    /// How long the instance took to answer on its resource-uri (part of the step's time).
+    pub health_wait: Option<std::time::Duration>,
 }
 
 /// Makes, removes, exports and imports an instance's storage.
