@@ -8,6 +8,7 @@ mod conflicts;
 mod crash;
 mod failures;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod reconcile;
 mod resilience;
