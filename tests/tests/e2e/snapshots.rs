@@ -86,6 +86,7 @@ async fn an_exported_instance_imports_as_a_new_instance_and_again_with_clean() {
     assert_eq!(status, 200);
     assert_eq!(one["manifest"]["format-version"], 1);
     assert_eq!(one["manifest"]["instance-id"], a.as_str());
+    assert_eq!(one["manifest"]["offerings"], json!({"image": "test"}), "the effective offering choice travels along");
     let downloaded = reqwest::Client::new()
         .get(format!("{}/api/v1/snapshots/{snapshot}/download", env.api_url))
         .bearer_auth(&env.token)

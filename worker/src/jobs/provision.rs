@@ -107,7 +107,9 @@ async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, a
         "container-id": instance.container_id,
         "volume": storage.volume,
         "resource-uri": instance.resource_uri,
-        "offerings": job.offerings,
+        // The effective choice of each offering (the job's, else the suggested item), so an
+        // export can recreate the instance with the same ones.
+        "offerings": chosen_offerings(&p.host, job),
     });
     if let (Some(r), Some(d)) = (result.as_object_mut(), db_result.as_object()) {
         r.extend(d.clone());
@@ -139,4 +141,18 @@ pub(super) async fn rollback(plan: &Plan<'_>) -> Result<()> {
         first_error.get_or_insert(e);
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The item chosen for each offering of `host`: the job's choice, else the suggested one.
+fn chosen_offerings(
+    host: &dfe_shared::config::ProvisionerHost,
+    job: &ProvisionJob,
+) -> std::collections::BTreeMap<String, String> {
+    host.offerings
+        .iter()
+        .filter_map(|(id, offering)| {
+            let pick = job.offerings.as_ref().and_then(|o| o.get(id)).or(offering.suggested.as_ref())?;
+            Some((id.clone(), pick.clone()))
+        })
+        .collect()
 }
