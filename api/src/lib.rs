@@ -62,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
         .fallback(|| async { Problem::not_found("no such endpoint") })
+        // A bug in a handler answers 500 problem+json instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::from_panic))
         .with_state(state)
 }
 

@@ -61,6 +61,12 @@ impl Problem {
     }
 }
 
+/// The answer to a handler that panicked (the panic itself is logged).
+pub fn from_panic(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "see the dfe-api log").into_response()
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -99,5 +105,30 @@ impl IntoResponse for Problem {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_json() {
+        let app = axum::Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &str }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(super::from_panic));
+        let response = app.oneshot(Request::get("/boom").body(Body::empty()).expect("request")).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let p = super::Problem::invalid_field(dfe_shared::ids::FieldError::new("instance-id", "too short"));
+        assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p.errors[0].field, "instance-id");
     }
 }
