@@ -15,10 +15,11 @@ pub mod routes;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use dfe_shared::broker::BrokerHandle;
 use dfe_shared::config::Config;
+use dfe_shared::job::JobKind;
 use dfe_shared::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,10 +46,10 @@ pub struct AppState {
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/ops/provision", post(routes::ops::provision))
-        .route("/api/v1/ops/deprovision", post(routes::ops::deprovision))
-        .route("/api/v1/ops/import", post(routes::ops::import))
-        .route("/api/v1/ops/export", post(routes::ops::export))
+        .route("/api/v1/ops/provision", routes::ops::route(JobKind::Provision))
+        .route("/api/v1/ops/deprovision", routes::ops::route(JobKind::Deprovision))
+        .route("/api/v1/ops/import", routes::ops::route(JobKind::Import))
+        .route("/api/v1/ops/export", routes::ops::route(JobKind::Export))
         .route("/api/v1/ops/jobs", get(routes::read::jobs))
         .route("/api/v1/ops/jobs/{job_id}", get(routes::read::job))
         .route("/api/v1/ops/provisioners", get(routes::read::provisioners))

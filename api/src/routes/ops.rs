@@ -24,44 +24,11 @@ use crate::AppState;
 /// How long the request waits for the broker before leaving the job to the outbox.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// POST /api/v1/ops/provision
-pub async fn provision(
-    state: State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    submit(state, client, headers, body, JobKind::Provision).await
-}
-
-/// POST /api/v1/ops/deprovision
-pub async fn deprovision(
-    state: State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    submit(state, client, headers, body, JobKind::Deprovision).await
-}
-
-/// POST /api/v1/ops/import
-pub async fn import(
-    state: State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    submit(state, client, headers, body, JobKind::Import).await
-}
-
-/// POST /api/v1/ops/export
-pub async fn export(
-    state: State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    submit(state, client, headers, body, JobKind::Export).await
+/// The handler of `POST /api/v1/ops/<kind>`: one for each job kind.
+pub fn route(kind: JobKind) -> axum::routing::MethodRouter<AppState> {
+    axum::routing::post(move |state: State<AppState>, client: Client, headers: HeaderMap, body: Bytes| {
+        submit(state, client, headers, body, kind)
+    })
 }
 
 async fn submit(
