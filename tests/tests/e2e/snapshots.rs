@@ -303,3 +303,41 @@ async fn the_cli_exports_and_imports_with_wait_and_exits_non_zero_on_failure() {
         assert!(footprint(i).await.expect("fp").is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_that_runs_past_its_deadline_puts_the_target_back() {
+    let mut env =
+        TestEnv::start_with(dfe_tests::Options { workers: 1, ..Default::default() }).await.expect("environment");
+    let events = env.events().await.expect("subscribe");
+    let a = env.instance_id("deadline");
+    provision(&env, &events, &a).await;
+    fill(&a).await;
+    let (_, done) = run_job(&env, &events, "export", json!({"instance-id": a})).await;
+    let snapshot = done["result"]["snapshot-id"].as_str().expect("id").to_owned();
+    exec(&format!("dfe-{a}"), "echo after > /storage/after.txt").expect("change");
+    instance_db(&a).await.expect("db").batch_execute("INSERT INTO notes VALUES (1000, 'after')").await.expect("row");
+
+    // A worker whose steps are slower than its deadline, and with a single attempt.
+    env.workers[0].kill();
+    let slow = [
+        ("DFE_TEST_STEP_DELAY_MS".to_owned(), "4000".to_owned()),
+        ("DFE__WORKER__JOB_TIMEOUT_SECS".to_owned(), "2".to_owned()),
+        ("DFE__WORKER__MAX_ATTEMPTS".to_owned(), "1".to_owned()),
+    ];
+    env.start_worker_with(&slow).expect("slow worker");
+    let (job, done) =
+        run_job(&env, &events, "import", json!({"owner-id": 5, "instance-id": a, "snapshot": snapshot})).await;
+    assert_eq!(done["event"], "dfe.import.failed", "{done}");
+    assert_eq!(done["error"]["code"], "timeout", "{done}");
+    assert!(events.names_of_job(&job).contains(&"dfe.database.imported".to_owned()), "it timed out after the swap");
+    // The database swap and the storage were put back.
+    assert_eq!(note_count(&a).await, 251, "the database is the one from before the import");
+    assert!(exec(&format!("dfe-{a}"), "ls /storage").expect("ls").contains("after.txt"), "storage unchanged");
+    let pg = probes::pg(dfe_tests::PG_ADMIN_URL).await.expect("pg");
+    let leftovers: i64 = pg
+        .query_one("SELECT count(*) FROM pg_database WHERE datname LIKE $1", &[&format!("{}\\_%", probes::db_name(&a))])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(leftovers, 0, "no staging or previous database is left");
+}

@@ -35,11 +35,9 @@ pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
     if let Err(e) = tokio::fs::create_dir_all(&work).await {
         return Outcome::failed(&Error::io(format!("creating {}", work.display()))(e), InstanceChange::None);
     }
-    let deadline = env.deadline();
-    let outcome = match tokio::time::timeout(deadline, import(env, job, meta, &archive, &work)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), InstanceChange::None),
-    };
+    // The deadline is applied inside, around each part that changes something, so that a
+    // timeout is undone like any other failure instead of abandoning a half-made import.
+    let outcome = import(env, job, meta, &archive, &work).await;
     let _ = tokio::fs::remove_dir_all(&work).await;
     outcome
 }
@@ -123,7 +121,29 @@ async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work
     };
 
     let backup = work.join("storage-before-import.tar");
-    match restore(env, job, meta, &plan, &verified, &backup).await {
+    let deadline = env.deadline();
+    let swapped = std::sync::atomic::AtomicBool::new(false);
+    let restoring = restore(env, job, meta, &plan, &verified, &backup, &swapped);
+    let restored = match tokio::time::timeout(deadline, restoring).await {
+        Ok(r) => r,
+        Err(_) => {
+            // Abandoned mid-way: put back whatever the restore had swapped or loaded.
+            let (p, ctx) = (plan.provisioner, &plan.ctx);
+            // Only a swap this run made is undone (a `_pre` database may be older).
+            if swapped.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Err(r) = p.db.rollback_import(ctx).await {
+                    tracing::error!(error = %r.chain(), "putting the database back after a timeout failed");
+                }
+            }
+            if tokio::fs::try_exists(&backup).await.unwrap_or(false) {
+                if let Err(r) = p.storage.restore(ctx, &backup).await {
+                    tracing::error!(error = %r.chain(), "putting the storage back after a timeout failed");
+                }
+            }
+            Err(Error::Timeout(deadline.as_secs()))
+        }
+    };
+    match restored {
         Ok(()) => {}
         Err(e) => {
             tracing::warn!(job_id = %meta.job_id, error = %e.chain(), "import failed; the target is put back");
@@ -162,9 +182,11 @@ async fn restore(
     plan: &Plan<'_>,
     v: &Verified,
     backup: &Path,
+    swapped: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
     let (p, ctx) = (plan.provisioner, &plan.ctx);
     p.db.import(ctx, &v.database).await?;
+    swapped.store(true, std::sync::atomic::Ordering::SeqCst);
     let storage = async {
         let result = json!({ "database": ctx.names.database, "snapshot": job.snapshot });
         env.events.emit(meta, &names::component(Component::Database, JobKind::Import), result, None).await?;

@@ -98,7 +98,11 @@ impl StorageProvisioner for DockerVolume {
     }
 
     async fn import(&self, ctx: &InstanceContext, tar: &Path, clean: bool, backup: &Path) -> Result<()> {
-        self.export(ctx, backup).await?;
+        // The backup appears under its name only once complete: a caller that finds it may
+        // put it back, never a half-written one.
+        let partial = backup.with_extension("partial");
+        self.export(ctx, &partial).await?;
+        tokio::fs::rename(&partial, backup).await.map_err(Error::io(format!("moving {}", partial.display())))?;
         match load(ctx, tar, clean).await {
             Ok(()) => Ok(()),
             Err(e) => {
