@@ -296,6 +296,17 @@ impl TestEnv {
         answer["job-id"].as_str().map(str::to_owned).context("202 without job-id")
     }
 
+    /// Submits one job of `kind` per instance, all at once; returns the job ids (asserting
+    /// every 202). `body` makes the job of an instance id.
+    pub async fn submit_all(
+        &self,
+        kind: &str,
+        instances: &[String],
+        body: impl Fn(&str) -> Value,
+    ) -> Result<Vec<String>> {
+        futures::future::join_all(instances.iter().map(|i| self.submit(kind, body(i)))).await.into_iter().collect()
+    }
+
     /// Waits until the job reads a terminal state; returns the job.
     pub async fn wait_job(&self, job_id: &str, timeout: Duration) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -4,17 +4,36 @@
 //! worker finish the job. Never set them in production: a held job waits for the job
 //! deadline on other workers.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The hooks, read from the environment once (this sits on every job's path).
+struct Hooks {
+    hold_after: Option<String>,
+    step_delay: Option<Duration>,
+}
+
+fn hooks() -> &'static Hooks {
+    static HOOKS: OnceLock<Hooks> = OnceLock::new();
+    HOOKS.get_or_init(|| Hooks {
+        hold_after: std::env::var("DFE_TEST_HOLD_AFTER").ok(),
+        step_delay: std::env::var("DFE_TEST_STEP_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+    })
+}
 
 /// Holds the current task forever when the hook names `step`; with
 /// `DFE_TEST_STEP_DELAY_MS=<ms>`, every step takes that much longer (slow jobs for shutdown
 /// tests).
 pub async fn hold_after(step: &str) {
-    if std::env::var("DFE_TEST_HOLD_AFTER").is_ok_and(|s| s == step) {
+    let hooks = hooks();
+    if hooks.hold_after.as_deref() == Some(step) {
         tracing::warn!(step, "DFE_TEST_HOLD_AFTER: holding the job after this step (test hook)");
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     }
-    if let Some(ms) = std::env::var("DFE_TEST_STEP_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if let Some(delay) = hooks.step_delay {
+        tokio::time::sleep(delay).await;
     }
 }

@@ -162,12 +162,12 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
         }
     }
 
-    let live: HashMap<String, InstanceState> =
-        registry.instances(false, i64::MAX).await?.into_iter().map(|r| (r.instance_id, r.state)).collect();
+    let records = registry.instances(false, i64::MAX).await?;
+    let live: HashMap<&str, InstanceState> = records.iter().map(|r| (r.instance_id.as_str(), r.state)).collect();
     let mut seen: BTreeMap<(String, &'static str), ()> = BTreeMap::new();
     for (instance, kind, what) in found {
         seen.insert((instance.clone(), kind), ());
-        if live.contains_key(&instance) {
+        if live.contains_key(instance.as_str()) {
             continue;
         }
         let (name, location, removed) = match what {
@@ -202,7 +202,7 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
     }
 
     // Parts of provisioned instances, where the provisioner makes them.
-    for record in registry.instances(false, i64::MAX).await? {
+    for record in &records {
         if record.state != InstanceState::Provisioned {
             continue;
         }

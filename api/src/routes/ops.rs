@@ -72,7 +72,7 @@ async fn submit(
         })?;
     let record = match outcome {
         SubmitOutcome::Created(record) => {
-            if std::env::var_os("DFE_TEST_API_DIE_BEFORE_PUBLISH").is_some() {
+            if die_before_publish() {
                 // Test hook: the crash the outbox exists for, between recording and publishing.
                 tracing::warn!(job_id = %record.job_id, "DFE_TEST_API_DIE_BEFORE_PUBLISH: aborting (test hook)");
                 std::process::abort();
@@ -181,4 +181,10 @@ fn check_against_config(state: &AppState, job: &Job) -> Result<(), Problem> {
         }
     }
     Ok(())
+}
+
+/// Test hook `DFE_TEST_API_DIE_BEFORE_PUBLISH`, read once (this is on every submission's path).
+fn die_before_publish() -> bool {
+    static HOOK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOOK.get_or_init(|| std::env::var_os("DFE_TEST_API_DIE_BEFORE_PUBLISH").is_some())
 }

@@ -3,7 +3,6 @@
 
 use dfe_tests::probes::footprint;
 use dfe_tests::TestEnv;
-use futures::future::join_all;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -13,9 +12,8 @@ async fn twenty_concurrent_provisions_on_two_workers_all_succeed_and_all_deprovi
     let instances: Vec<String> = (0..20).map(|i| env.instance_id(&format!("c{i}"))).collect();
     let timeout = std::time::Duration::from_secs(240);
 
-    let submitted =
-        join_all(instances.iter().map(|i| env.submit("provision", json!({"owner-id": 7, "instance-id": i})))).await;
-    let jobs: Vec<String> = submitted.into_iter().map(|r| r.expect("202")).collect();
+    let jobs =
+        env.submit_all("provision", &instances, |i| json!({"owner-id": 7, "instance-id": i})).await.expect("202");
     for job in &jobs {
         let done = events.wait_final(job, timeout).await.expect("final");
         assert_eq!(done["event"], "dfe.provisioned", "{done}");
@@ -39,8 +37,8 @@ async fn twenty_concurrent_provisions_on_two_workers_all_succeed_and_all_deprovi
         assert!(w.log().contains("job succeeded"), "both workers took part:\n{logs}");
     }
 
-    let submitted = join_all(instances.iter().map(|i| env.submit("deprovision", json!({"instance-id": i})))).await;
-    for job in submitted.into_iter().map(|r| r.expect("202")) {
+    let submitted = env.submit_all("deprovision", &instances, |i| json!({"instance-id": i})).await.expect("202");
+    for job in submitted {
         let done = events.wait_final(&job, timeout).await.expect("final");
         assert_eq!(done["event"], "dfe.deprovisioned", "{done}");
     }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use dfe_tests::probes;
 use dfe_tests::{Options, TestEnv};
-use futures::future::join_all;
 use serde_json::json;
 
 use crate::JOB_TIMEOUT;
@@ -18,11 +17,7 @@ async fn sigterm_lets_a_busy_worker_finish_its_jobs_and_exit_zero() {
     let events = env.events().await.expect("subscribe");
     let instances: Vec<String> = (0..4).map(|i| env.instance_id(&format!("term{i}"))).collect();
     let jobs: Vec<String> =
-        join_all(instances.iter().map(|i| env.submit("provision", json!({"owner-id": 1, "instance-id": i}))))
-            .await
-            .into_iter()
-            .map(|r| r.expect("202"))
-            .collect();
+        env.submit_all("provision", &instances, |i| json!({"owner-id": 1, "instance-id": i})).await.expect("202");
     for job in &jobs {
         events
             .wait_for("first step", JOB_TIMEOUT, |e| {

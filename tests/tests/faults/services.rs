@@ -140,11 +140,7 @@ async fn provisions_retry_through_a_docker_engine_outage_and_succeed_once_it_is_
     stop_dockerd().await;
     let instances: Vec<String> = (0..4).map(|i| env.instance_id(&format!("dk{i}"))).collect();
     let jobs: Vec<String> =
-        join_all(instances.iter().map(|i| env.submit("provision", json!({"owner-id": 1, "instance-id": i}))))
-            .await
-            .into_iter()
-            .map(|r| r.expect("202"))
-            .collect();
+        env.submit_all("provision", &instances, |i| json!({"owner-id": 1, "instance-id": i})).await.expect("202");
     tokio::time::sleep(Duration::from_secs(20)).await;
     let back = Instant::now();
     start_dockerd().await;

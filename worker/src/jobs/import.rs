@@ -10,7 +10,7 @@ use dfe_shared::event::{names, Component};
 use dfe_shared::ids::Tag;
 use dfe_shared::job::{ImportJob, JobKind, ProvisionJob};
 use dfe_shared::registry::instances::InstanceChange;
-use dfe_shared::registry::InstanceState;
+use dfe_shared::registry::{InstanceRecord, InstanceState};
 use serde_json::json;
 
 use super::provision::{self, Created};
@@ -22,27 +22,6 @@ use crate::manager::Plan;
 use crate::snapshot::{self, Verified};
 
 pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
-    let Some((_, archive)) = env.config.snapshots.locate(job.snapshot.as_str()) else {
-        let e = Error::SnapshotNotFound(job.snapshot.to_string());
-        // Hand back an instance id the API claimed for this import.
-        let claimed = matches!(
-            env.registry.instance(job.instance_id.as_str()).await,
-            Ok(Some(r)) if r.state == InstanceState::Provisioning && r.job_id == meta.job_id
-        );
-        return Outcome::failed(&e, if claimed { InstanceChange::Released } else { InstanceChange::None });
-    };
-    let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
-    if let Err(e) = tokio::fs::create_dir_all(&work).await {
-        return Outcome::failed(&Error::io(format!("creating {}", work.display()))(e), InstanceChange::None);
-    }
-    // The deadline is applied inside, around each part that changes something, so that a
-    // timeout is undone like any other failure instead of abandoning a half-made import.
-    let outcome = import(env, job, meta, &archive, &work).await;
-    let _ = tokio::fs::remove_dir_all(&work).await;
-    outcome
-}
-
-async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work: &Path) -> Outcome {
     let id = job.instance_id.as_str();
     let record = match env.registry.instance(id).await {
         Ok(r) => r,
@@ -55,6 +34,30 @@ async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work
     let refused =
         |e: &Error| Outcome::failed(e, if claimed_by_us { InstanceChange::Released } else { InstanceChange::None });
 
+    let Some((_, archive)) = env.config.snapshots.locate(job.snapshot.as_str()) else {
+        return refused(&Error::SnapshotNotFound(job.snapshot.to_string()));
+    };
+    let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
+    if let Err(e) = tokio::fs::create_dir_all(&work).await {
+        return refused(&Error::io(format!("creating {}", work.display()))(e));
+    }
+    // The deadline is applied inside, around each part that changes something, so that a
+    // timeout is undone like any other failure instead of abandoning a half-made import.
+    let outcome = import(env, job, meta, record, &archive, &work, refused).await;
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    outcome
+}
+
+async fn import(
+    env: &Env,
+    job: &ImportJob,
+    meta: &JobMeta,
+    record: Option<InstanceRecord>,
+    archive: &Path,
+    work: &Path,
+    refused: impl Fn(&Error) -> Outcome,
+) -> Outcome {
+    let id = job.instance_id.as_str();
     let verified = {
         let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
         match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
@@ -76,7 +79,7 @@ async fn import(env: &Env, job: &ImportJob, meta: &JobMeta, archive: &Path, work
             }
             Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
         },
-        Some(InstanceState::Provisioning) if claimed_by_us => true,
+        Some(InstanceState::Provisioning) if record.as_ref().is_some_and(|r| r.job_id == meta.job_id) => true,
         Some(InstanceState::Provisioned) => false,
         Some(state) => {
             let e = Error::Conflict(format!(
