@@ -54,18 +54,25 @@ async fn subscribe(amqp_url: &str) -> Result<(Finals, Arc<tokio::sync::Notify>)>
     let ch = conn.create_channel().await?;
     let q = ch
         .queue_declare(
-            "",
+            "".into(),
             QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
             FieldTable::default(),
         )
         .await?;
     for key in ["dfe.provisioned", "dfe.provision.failed"] {
-        ch.queue_bind(q.name().as_str(), "dfe.events", key, QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind(
+            q.name().clone(),
+            "dfe.events".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     let mut consumer = ch
         .basic_consume(
-            q.name().as_str(),
-            "dfe-bench",
+            q.name().clone(),
+            "dfe-bench".into(),
             BasicConsumeOptions { no_ack: true, ..Default::default() },
             FieldTable::default(),
         )
@@ -179,7 +186,7 @@ pub async fn run(system: &crate::system::System, load: Load<'_>) -> Result<LoadR
     }
     let finals = finals.lock().map(|m| m.clone()).unwrap_or_default();
     let submitted = submitted.lock().map(|m| m.clone()).unwrap_or_default();
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
     let last = finals.values().map(|(at, _)| *at).max().unwrap_or(start);
     let mut jobs = Vec::with_capacity(n);
     for (job, (at, event)) in &finals {

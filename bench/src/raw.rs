@@ -29,11 +29,15 @@ pub async fn run(amqp_url: &str, n: usize, concurrency: usize) -> Result<RawResu
     let queue = "dfe-bench.raw";
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    publisher.channel().queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    publisher
+        .channel()
+        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(u16::try_from(concurrency).unwrap_or(u16::MAX), BasicQosOptions::default()).await?;
-    let mut consumer =
-        consume.basic_consume(queue, "raw", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer = consume
+        .basic_consume(queue.into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let start = Instant::now();
     let publish = {
@@ -77,7 +81,7 @@ pub async fn run(amqp_url: &str, n: usize, concurrency: usize) -> Result<RawResu
     }
     let elapsed = start.elapsed();
     publish.await??;
-    let _ = publisher.channel().queue_delete(queue, QueueDeleteOptions::default()).await;
-    let _ = conn.close(200, "done").await;
+    let _ = publisher.channel().queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
     Ok(RawResult { elapsed, latencies })
 }

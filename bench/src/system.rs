@@ -145,9 +145,9 @@ impl System {
         loop {
             let ch = conn.create_channel().await?;
             let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Ok(q) = ch.queue_declare("dfe.jobs.provision", opts, Default::default()).await {
+            if let Ok(q) = ch.queue_declare("dfe.jobs.provision".into(), opts, Default::default()).await {
                 if q.consumer_count() as usize >= n {
-                    let _ = conn.close(200, "ready").await;
+                    let _ = conn.close(200, "ready".into()).await;
                     return Ok(());
                 }
             }

@@ -9,7 +9,7 @@ use dfe_shared::job::Job;
 use dfe_shared::topology::{self, EVENTS_EXCHANGE};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, Consumer, ExchangeKind};
 
 /// Name of the CLI's connections and the `app-id` of the messages it publishes.
@@ -67,32 +67,44 @@ impl Broker {
     /// A consumer of the events whose routing key matches the topic `pattern`, through an
     /// exclusive, server-named queue: it receives what is published from now on.
     pub async fn subscribe(&self, pattern: &str) -> anyhow::Result<Consumer> {
+        // An AMQP short string: lapin would panic on a longer one, so refuse it here.
+        let routing_pattern = ShortString::try_new(pattern)
+            .map_err(|e| anyhow::anyhow!("the event pattern {pattern:?} is too long for AMQP: {e}"))?;
         let channel = self.conn.create_channel().await.context("opening a channel for events")?;
         // Same properties as the services declare it with, so this is a no-op where it exists
         // and makes binding possible where no service has run yet.
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel
-            .exchange_declare(EVENTS_EXCHANGE, ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
             .await
             .with_context(|| format!("declaring the exchange {EVENTS_EXCHANGE}"))?;
         let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = channel
-            .queue_declare("", private, FieldTable::default())
+            .queue_declare("".into(), private, FieldTable::default())
             .await
             .context("declaring a private event queue")?;
-        let queue = queue.name().as_str().to_owned();
+        let queue = queue.name().clone();
         channel
-            .queue_bind(&queue, EVENTS_EXCHANGE, pattern, QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.clone(),
+                EVENTS_EXCHANGE.into(),
+                routing_pattern,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .with_context(|| format!("binding the event queue to {EVENTS_EXCHANGE} with {pattern:?}"))?;
         // Auto-ack: the queue is ours alone and dies with us; nothing is gained by acking.
         let consume = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
-        channel.basic_consume(&queue, APP_ID, consume, FieldTable::default()).await.context("consuming the event queue")
+        channel
+            .basic_consume(queue, APP_ID.into(), consume, FieldTable::default())
+            .await
+            .context("consuming the event queue")
     }
 
     /// Closes the connection politely (the private queues go with it).
     pub async fn close(self) {
-        let _ = self.conn.close(200, "dfe-cli done").await;
+        let _ = self.conn.close(200, "dfe-cli done".into()).await;
     }
 }
 

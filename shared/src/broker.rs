@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
 use crate::event::Event;
@@ -21,11 +20,12 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const PERSISTENT: u8 = 2;
 
 /// Connects to RabbitMQ on the tokio runtime; `name` shows in the management UI.
+///
+/// lapin's `tokio` feature makes the current tokio runtime its default one (no executor or
+/// reactor to hand over); automatic recovery stays off, as [`BrokerHandle`] and the worker
+/// reconnect themselves.
 pub async fn connect(url: &str, name: &str) -> Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name(name.into());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, props).await.map_err(Error::broker("connecting to RabbitMQ"))
 }
 
@@ -102,7 +102,7 @@ impl Publisher {
         let opts = BasicPublishOptions { mandatory, ..Default::default() };
         let confirm = self
             .channel
-            .basic_publish(exchange, routing_key, opts, body, props)
+            .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
             .await
             .map_err(Error::broker("publishing"))?;
         Ok(Pending { confirm, exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
@@ -140,7 +140,7 @@ impl std::fmt::Debug for Pending {
 
 /// A publication whose confirm is still to be awaited.
 pub struct Pending {
-    confirm: lapin::publisher_confirm::PublisherConfirm,
+    confirm: PublisherConfirm,
     exchange: String,
     routing_key: String,
 }
@@ -209,7 +209,7 @@ impl BrokerHandle {
     /// Forgets the connection after a failure so the next use reconnects.
     pub async fn reset(&self) {
         if let Some((conn, _)) = self.state.lock().await.take() {
-            let _ = conn.close(200, "reconnecting").await;
+            let _ = conn.close(200, "reconnecting".into()).await;
         }
     }
 }

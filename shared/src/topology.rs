@@ -44,15 +44,15 @@ fn quorum_args() -> FieldTable {
 pub async fn declare(channel: &Channel) -> Result<()> {
     let exchange_opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
-        .exchange_declare(JOBS_EXCHANGE, ExchangeKind::Direct, exchange_opts, FieldTable::default())
+        .exchange_declare(JOBS_EXCHANGE.into(), ExchangeKind::Direct, exchange_opts, FieldTable::default())
         .await
         .map_err(Error::broker("declaring exchange dfe.jobs"))?;
     channel
-        .exchange_declare(EVENTS_EXCHANGE, ExchangeKind::Topic, exchange_opts, FieldTable::default())
+        .exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, exchange_opts, FieldTable::default())
         .await
         .map_err(Error::broker("declaring exchange dfe.events"))?;
     channel
-        .queue_declare(DEAD_QUEUE, durable(), quorum_args())
+        .queue_declare(DEAD_QUEUE.into(), durable(), quorum_args())
         .await
         .map_err(Error::broker("declaring queue dfe.jobs.dead"))?;
     for kind in JobKind::ALL {
@@ -61,9 +61,18 @@ pub async fn declare(channel: &Channel) -> Result<()> {
         args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
         args.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(DEAD_QUEUE.into()));
         let queue = queue_name(kind);
-        channel.queue_declare(&queue, durable(), args).await.map_err(Error::broker("declaring a job queue"))?;
         channel
-            .queue_bind(&queue, JOBS_EXCHANGE, kind.as_str(), QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(queue.as_str().into(), durable(), args)
+            .await
+            .map_err(Error::broker("declaring a job queue"))?;
+        channel
+            .queue_bind(
+                queue.into(),
+                JOBS_EXCHANGE.into(),
+                kind.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(Error::broker("binding a job queue"))?;
 
@@ -74,7 +83,7 @@ pub async fn declare(channel: &Channel) -> Result<()> {
         args.insert(ShortString::from("x-dead-letter-strategy"), AMQPValue::LongString("at-least-once".into()));
         args.insert(ShortString::from("x-overflow"), AMQPValue::LongString("reject-publish".into()));
         channel
-            .queue_declare(&retry_queue_name(kind), durable(), args)
+            .queue_declare(retry_queue_name(kind).into(), durable(), args)
             .await
             .map_err(Error::broker("declaring a retry queue"))?;
     }

@@ -23,18 +23,18 @@ impl EventLog {
         let channel = conn.create_channel().await?;
         dfe_shared::topology::declare(&channel).await?;
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("", opts, FieldTable::default()).await?;
+        let queue = channel.queue_declare("".into(), opts, FieldTable::default()).await?;
         channel
             .queue_bind(
-                queue.name().as_str(),
-                "dfe.events",
-                pattern,
+                queue.name().clone(),
+                "dfe.events".into(),
+                pattern.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
         let mut consumer = channel
-            .basic_consume(queue.name().as_str(), "tests", BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(queue.name().clone(), "tests".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
@@ -127,10 +127,19 @@ async fn consume_durable(url: &str, queue: &str, sink: &Mutex<Vec<Value>>, ready
     dfe_shared::topology::declare(&channel).await?;
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
-    channel.queue_declare(queue, QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
-    channel.queue_bind(queue, "dfe.events", "dfe.#", QueueBindOptions::default(), FieldTable::default()).await?;
-    let mut consumer =
-        channel.basic_consume(queue, "tests", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    channel.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            "dfe.events".into(),
+            "dfe.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(queue.into(), "tests".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
     ready.notify_one();
     while let Some(delivery) = consumer.next().await {
         let d = delivery?;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bollard::container::{InspectContainerOptions, ListContainersOptions};
-use bollard::volume::ListVolumesOptions;
+use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
 use bollard::Docker;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -83,11 +83,15 @@ pub async fn footprint(instance_id: &str) -> Result<Footprint> {
     let d = docker().await?;
     let label = format!("dfe.instance-id={instance_id}");
     let filters = HashMap::from([("label".to_owned(), vec![label.clone()])]);
-    let containers = d
-        .list_containers(Some(ListContainersOptions { all: true, filters: filters.clone(), ..Default::default() }))
-        .await?;
-    let running = containers.iter().filter(|c| c.state.as_deref() == Some("running")).count();
-    let volumes = d.list_volumes(Some(ListVolumesOptions { filters })).await?.volumes.unwrap_or_default().len();
+    let containers =
+        d.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await?;
+    let running = containers.iter().filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING)).count();
+    let volumes = d
+        .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build()))
+        .await?
+        .volumes
+        .unwrap_or_default()
+        .len();
     let name = db_name(instance_id);
     let pg = pg(PG_ADMIN_URL).await?;
     let databases: i64 = pg.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name]).await?.get(0);
@@ -123,8 +127,8 @@ pub async fn publish(
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     dfe_shared::topology::declare(&ch).await?;
-    ch.basic_publish(exchange, routing_key, BasicPublishOptions::default(), body, props).await?.await?;
-    let _ = conn.close(200, "done").await;
+    ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await?.await?;
+    let _ = conn.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -132,7 +136,8 @@ pub async fn publish(
 pub async fn drain(url: &str, queue: &str, n: usize, timeout: Duration) -> Result<Vec<lapin::message::Delivery>> {
     let conn = dfe_shared::broker::connect(url, "dfe-tests drain").await?;
     let ch = conn.create_channel().await?;
-    let mut consumer = ch.basic_consume(queue, "drain", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer =
+        ch.basic_consume(queue.into(), "drain".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
@@ -145,7 +150,7 @@ pub async fn drain(url: &str, queue: &str, n: usize, timeout: Duration) -> Resul
             _ => break,
         }
     }
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
     Ok(out)
 }
 

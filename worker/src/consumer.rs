@@ -85,7 +85,12 @@ impl Consumer {
         for kind in JobKind::ALL {
             let tag = format!("{}.{kind}", self.worker_id);
             let consumer = channel
-                .basic_consume(&queue_name(kind), &tag, BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    queue_name(kind).into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(dfe_shared::Error::broker("starting a consumer"))?;
             streams.push(consumer.map(move |d| (kind, d)).boxed());
@@ -125,7 +130,7 @@ impl Consumer {
 
         if matches!(ended, Ended::Shutdown) {
             for tag in &tags {
-                let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
             }
             let all = u32::from(self.concurrency);
             tracing::info!(grace = ?self.grace, "shutdown: waiting for running jobs");
@@ -134,7 +139,7 @@ impl Consumer {
             }
         }
         // Closing returns every unacknowledged message to its queue.
-        let _ = conn.close(200, "worker stopping").await;
+        let _ = conn.close(200, "worker stopping".into()).await;
         Ok(ended)
     }
 
@@ -149,9 +154,12 @@ impl Consumer {
                 acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
         };
-        if let Err(e) = settled {
-            // The channel is gone; the broker redelivers the message elsewhere.
-            tracing::warn!(error = %e, "could not settle a delivery");
+        // `Ok(false)`: the acker's channel is gone (lapin 4 no longer reports that as an error).
+        // Either way the broker redelivers the message elsewhere.
+        match settled {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(error = "the channel is closed", "could not settle a delivery"),
+            Err(e) => tracing::warn!(error = %e, "could not settle a delivery"),
         }
     }
 

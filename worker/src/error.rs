@@ -112,6 +112,12 @@ impl Error {
                 bollard::errors::Error::JsonDataError { .. }
                 | bollard::errors::Error::JsonSerdeError { .. }
                 | bollard::errors::Error::DockerContainerWaitError { .. } => false,
+                // Client certificates that cannot be read or parsed (bollard's `ssl` feature):
+                // a configuration fault, not one that passes by itself.
+                bollard::errors::Error::NoHomePathError
+                | bollard::errors::Error::CertPathError { .. }
+                | bollard::errors::Error::CertMultipleKeys { .. }
+                | bollard::errors::Error::CertParseError { .. } => false,
                 _ => true,
             },
             Error::Database { source, .. } => match source.code() {

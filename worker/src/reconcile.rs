@@ -9,8 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::container::{ListContainersOptions, RemoveContainerOptions};
-use bollard::volume::{ListVolumesOptions, RemoveVolumeOptions};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+};
 use dfe_shared::event::EventError;
 use dfe_shared::registry::instances::InstanceChange;
 use dfe_shared::registry::{InstanceState, JobState, Registry};
@@ -127,7 +128,7 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
             vec!["dfe.managed=true".to_owned(), format!("dfe.deployment={deployment}")],
         )]);
         let containers = docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: filters.clone(), ..Default::default() }))
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
             .await
             .map_err(Error::docker("listing containers"))?;
         for c in containers {
@@ -138,7 +139,7 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
             found.push((instance, "container", Found::Container { cluster: i, name }));
         }
         let volumes = docker
-            .list_volumes(Some(ListVolumesOptions { filters }))
+            .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build()))
             .await
             .map_err(Error::docker("listing volumes"))?
             .volumes
@@ -176,7 +177,7 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
                 let removed = fix
                     && match c.client().await {
                         Ok(d) => d
-                            .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+                            .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
                             .await
                             .is_ok(),
                         Err(_) => false,
@@ -187,7 +188,10 @@ pub async fn reconcile(manager: &Manager, registry: &Registry, events: Option<&E
                 let c = &clusters[cluster];
                 let removed = fix
                     && match c.client().await {
-                        Ok(d) => d.remove_volume(&name, Some(RemoveVolumeOptions { force: true })).await.is_ok(),
+                        Ok(d) => d
+                            .remove_volume(&name, Some(RemoveVolumeOptionsBuilder::default().force(true).build()))
+                            .await
+                            .is_ok(),
                         Err(_) => false,
                     };
                 (name, c.id.clone(), removed)

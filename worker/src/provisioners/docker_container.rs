@@ -7,8 +7,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::container::{Config, CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions};
-use bollard::models::{HostConfig, Mount, MountTypeEnum, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
+};
 
 use super::docker::{is_conflict, is_not_found, DockerCluster};
 use super::docker_volume::labels;
@@ -90,7 +94,7 @@ fn parse_bytes(s: &str) -> Option<i64> {
 
 async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
     let docker = cluster.client().await?;
-    let opts = RemoveContainerOptions { force: true, v: false, ..Default::default() };
+    let opts = RemoveContainerOptionsBuilder::default().force(true).v(false).build();
     match docker.remove_container(name, Some(opts)).await {
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
@@ -163,7 +167,7 @@ impl InstanceProvisioner for DockerContainer {
             vec![Mount {
                 target: Some(storage_path.clone()),
                 source: Some(v.clone()),
-                typ: Some(MountTypeEnum::VOLUME),
+                typ: Some(MountType::VOLUME),
                 ..Default::default()
             }]
         });
@@ -187,20 +191,20 @@ impl InstanceProvisioner for DockerContainer {
             network_mode: cluster.config.network.clone(),
             ..Default::default()
         };
-        let config = Config {
+        let config = ContainerCreateBody {
             image: Some(image.clone()),
             env: Some(env),
             labels: Some(labels(ctx)),
-            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
+            exposed_ports: Some(vec![port_key.clone()]),
             host_config: Some(host_config),
             ..Default::default()
         };
         let created = docker
-            .create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), config)
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), config)
             .await
             .map_err(Error::docker(format!("creating container {name}")))?;
         docker
-            .start_container::<String>(name, None)
+            .start_container(name, None::<StartContainerOptions>)
             .await
             .map_err(Error::docker(format!("starting container {name}")))?;
 

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
-use bollard::container::{DownloadFromContainerOptions, UploadToContainerOptions};
-use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ExecConfig, VolumeCreateRequest};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -46,10 +48,10 @@ impl StorageProvisioner for DockerVolume {
             }
             Err(e) if is_not_found(&e) => {
                 // Creating a volume that exists is a no-op in Docker, so a race is harmless.
-                let opts = CreateVolumeOptions {
-                    name: name.clone(),
-                    driver: "local".to_owned(),
-                    labels: labels(ctx),
+                let opts = VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    driver: Some("local".to_owned()),
+                    labels: Some(labels(ctx)),
                     ..Default::default()
                 };
                 docker.create_volume(opts).await.map_err(Error::docker(format!("creating volume {name}")))?;
@@ -62,7 +64,7 @@ impl StorageProvisioner for DockerVolume {
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
         let docker = ctx.docker("docker-volume")?.client().await?;
         let name = &ctx.names.volume;
-        match docker.remove_volume(name, Some(RemoveVolumeOptions { force: true })).await {
+        match docker.remove_volume(name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::docker(format!("removing volume {name}"))(e)),
@@ -77,8 +79,8 @@ impl StorageProvisioner for DockerVolume {
         let path = ctx.storage_path();
         let raw = dest.with_extension("download");
         let mut file = tokio::fs::File::create(&raw).await.map_err(Error::io(format!("creating {}", raw.display())))?;
-        let mut stream =
-            docker.download_from_container(container, Some(DownloadFromContainerOptions { path: path.clone() }));
+        let opts = DownloadFromContainerOptionsBuilder::default().path(&path).build();
+        let mut stream = docker.download_from_container(container, Some(opts));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(Error::docker(format!("reading {path} of container {container}")))?;
             file.write_all(&chunk).await.map_err(Error::io(format!("writing {}", raw.display())))?;
@@ -130,9 +132,9 @@ async fn load(ctx: &InstanceContext, tar: &Path, clean: bool) -> Result<()> {
     let file = tokio::fs::File::open(tar).await.map_err(Error::io(format!("opening {}", tar.display())))?;
     // A read error ends the stream early; Docker then refuses the truncated tar.
     let body = tokio_util::io::ReaderStream::new(file).filter_map(|chunk| async move { chunk.ok() });
-    let opts = UploadToContainerOptions { path: path.clone(), ..Default::default() };
+    let opts = UploadToContainerOptionsBuilder::default().path(&path).build();
     docker
-        .upload_to_container_streaming(container, Some(opts), body)
+        .upload_to_container(container, Some(opts), bollard::body_stream(body))
         .await
         .map_err(Error::docker(format!("writing into {path} of container {container}")))
 }
@@ -147,21 +149,16 @@ async fn empty(docker: &bollard::Docker, container: &str, path: &str) -> Result<
     let exec = docker
         .create_exec(
             container,
-            CreateExecOptions {
-                cmd: Some(cmd),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
+            ExecConfig { cmd: Some(cmd), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
         )
         .await
         .map_err(Error::docker(format!("preparing to empty {path} of container {container}")))?;
     let mut said = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&exec.id, None)
+    let started = docker
+        .start_exec(&exec.id, None::<StartExecOptions>)
         .await
-        .map_err(Error::docker(format!("emptying {path} of container {container}")))?
-    {
+        .map_err(Error::docker(format!("emptying {path} of container {container}")))?;
+    if let StartExecResults::Attached { mut output, .. } = started {
         while let Some(Ok(out)) = output.next().await {
             if said.len() < 300 {
                 said.push_str(&out.to_string());
