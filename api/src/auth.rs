@@ -1,13 +1,17 @@
 //! Bearer tokens: a request's token is hashed with SHA-256 and compared, in constant time,
 //! with the digests of `[[api.clients]]`. Tokens are never stored or logged in clear.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::problem::Problem;
-use crate::AppState;
+
+/// The accepted clients, as the router's state holds them.
+pub type Clients = Arc<Vec<ClientKey>>;
 
 /// A configured client: its id and token digest.
 #[derive(Clone)]
@@ -36,10 +40,13 @@ pub struct Client {
     pub id: String,
 }
 
-impl FromRequestParts<AppState> for Client {
+impl<S: Send + Sync> FromRequestParts<S> for Client
+where
+    Clients: FromRef<S>,
+{
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -54,7 +61,7 @@ impl FromRequestParts<AppState> for Client {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare with every key so the time taken does not depend on which one matches.
         let mut found = None;
-        for key in state.clients.iter() {
+        for key in Clients::from_ref(state).iter() {
             if bool::from(key.digest.ct_eq(&digest)) {
                 found = Some(key.id.clone());
             }

@@ -2,27 +2,30 @@
 //! the workers do the work.
 //!
 //! Module map:
-//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, snapshots, provisioners), `health`.
+//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, snapshots, provisioners),
+//!   `reconcile`, `health`, and `openapi`: the document generated from the list in [`routes()`].
 //! - [`auth`]: bearer tokens checked against the configured SHA-256 digests.
+//! - [`extract`]: job bodies, list queries and path ids, read and checked as the contract says.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
 //! - [`metrics`]: counters for `/metrics`.
 
 pub mod auth;
+pub mod extract;
 pub mod metrics;
 pub mod problem;
 pub mod routes;
 
-use std::future::Future;
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::extract::FromRef;
 use axum::Router;
+use dfe_registry::Registry;
 use dfe_shared::broker::BrokerHandle;
 use dfe_shared::config::Config;
-use dfe_shared::job::JobKind;
-use dfe_shared::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use problem::Problem;
 
@@ -36,44 +39,63 @@ pub struct AppState {
     /// The configuration.
     pub config: Arc<Config>,
     /// Accepted clients.
-    pub clients: Arc<Vec<auth::ClientKey>>,
+    pub clients: auth::Clients,
     /// Counters.
     pub metrics: Arc<metrics::Metrics>,
     /// Ids of jobs just published, marked in the registry in batches.
     pub published: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
-/// The router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/ops/provision", routes::ops::route(JobKind::Provision))
-        .route("/api/v1/ops/deprovision", routes::ops::route(JobKind::Deprovision))
-        .route("/api/v1/ops/import", routes::ops::route(JobKind::Import))
-        .route("/api/v1/ops/export", routes::ops::route(JobKind::Export))
-        .route("/api/v1/ops/jobs", get(routes::read::jobs))
-        .route("/api/v1/ops/jobs/{job_id}", get(routes::read::job))
-        .route("/api/v1/ops/provisioners", get(routes::read::provisioners))
-        .route("/api/v1/instances", get(routes::read::instances))
-        .route("/api/v1/instances/{instance_id}", get(routes::read::instance))
-        .route("/api/v1/snapshots", get(routes::read::snapshots))
-        .route("/api/v1/snapshots/{snapshot_id}", get(routes::read::snapshot))
-        .route("/api/v1/snapshots/{snapshot_id}/download", get(routes::read::download))
-        .route("/api/v1/openapi.json", get(routes::openapi::openapi))
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .fallback(|| async { Problem::not_found("no such endpoint") })
-        // A bug in a handler answers 500 problem+json instead of dropping the connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::from_panic))
-        .with_state(state)
+impl FromRef<AppState> for auth::Clients {
+    fn from_ref(state: &AppState) -> auth::Clients {
+        state.clients.clone()
+    }
 }
 
-/// Serves on `listener` until `shutdown` completes; in-flight requests finish first.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Every route the API serves, each with its documentation: the one list both the router and
+/// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
+/// anything but `.routes(routes!(…))` would be served undocumented.
+pub fn routes() -> OpenApiRouter<AppState> {
+    use routes::{health, openapi, ops, read, reconcile};
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(ops::provision))
+        .routes(routes!(ops::deprovision))
+        .routes(routes!(ops::import))
+        .routes(routes!(ops::export))
+        .routes(routes!(read::jobs))
+        .routes(routes!(read::job))
+        .routes(routes!(read::provisioners))
+        .routes(routes!(read::instances))
+        .routes(routes!(read::instance))
+        .routes(routes!(read::snapshots))
+        .routes(routes!(read::snapshot))
+        .routes(routes!(read::download))
+        .routes(routes!(reconcile::last, reconcile::run))
+        .routes(routes!(reconcile::one))
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+}
+
+/// The router: [`routes()`], and a problem+json answer for everything else.
+pub fn router(state: AppState) -> Router {
+    answering_problems(routes().split_for_parts().0).with_state(state)
+}
+
+/// What the router adds to the routes: every answer that is not one of theirs, or that
+/// fails, is problem+json too.
+fn answering_problems<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
+        .fallback(|| async { Problem::not_found("no such endpoint") })
+        // Answers the router makes itself (405, a path it cannot decode) become problems too.
+        .layer(axum::middleware::map_response(problem::problemize))
+        // A bug in a handler answers 500 problem+json instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::from_panic))
+}
+
+/// Serves on `listener` until `shutdown` is cancelled; in-flight requests finish first.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clients = auth::client_keys(&config.api.clients)?;
     if clients.is_empty() {
         tracing::warn!("no [[api.clients]] configured: every request needing a token will be refused");
@@ -83,8 +105,7 @@ pub async fn run(
     if let Err(e) = broker.publisher().await {
         tracing::warn!(error = %e, "broker not reachable at start; jobs are recorded and published once it is back");
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(dfe_shared::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), stop_rx));
+    tokio::spawn(dfe_registry::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), shutdown.clone()));
     let (published, marks) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mark_published(registry.clone(), marks));
     let state = AppState {
@@ -95,13 +116,13 @@ pub async fn run(
         metrics: Arc::default(),
         published,
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
-    let _ = stop_tx.send(true);
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+    shutdown.cancel();
     tracing::info!("dfe-api stopped");
     Ok(())
 }
 
-pub use dfe_shared::telemetry::shutdown_signal;
+pub use dfe_shared::telemetry::shutdown_token;
 
 /// Records `published_at` of published jobs in batches (one statement for all that arrived
 /// meanwhile) instead of one commit per request. Losing a batch (the api dies, the registry

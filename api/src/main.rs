@@ -26,5 +26,5 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, "dfe-api listening");
     // A plain line on stdout that scripts and tests can wait for.
     println!("dfe-api listening on http://{addr}");
-    dfe_api::run(config, listener, dfe_api::shutdown_signal()).await
+    dfe_api::run(config, listener, dfe_api::shutdown_token()).await
 }

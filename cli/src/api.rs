@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dfe_shared::job::{Job, JobKind};
+use dfe_shared::records::{InstanceRecord, JobRecord, JobState, Reconciliation, SnapshotRecord};
 use dfe_shared::secret::Secret;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,6 +21,9 @@ use crate::error::CliError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `POST /api/v1/reconcile` may take: the API waits up to 25 s for a worker to
+/// finish before it answers 202.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// A client of one dfe-api.
 pub struct ApiClient {
@@ -33,12 +38,67 @@ pub struct ApiClient {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Accepted {
+    /// The job's state: `queued`, or, for a job an idempotency key found again, wherever it
+    /// is by now.
+    #[serde(default)]
+    pub status: Option<JobState>,
     /// The job's id (assigned by the API unless the job named one).
     pub job_id: String,
-    /// `queued`.
-    #[serde(default)]
-    pub status: Option<String>,
     /// Links; `self` is the job's URL.
+    #[serde(default)]
+    pub links: Option<Value>,
+}
+
+/// A record read from the API, with the JSON it was read from: `--json` prints the answer as
+/// the API gave it, every member kept, while everything else works on the typed record.
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    /// The answer, read as its `dfe_shared::records` type.
+    pub record: T,
+    /// The answer as the API sent it.
+    pub json: Value,
+}
+
+/// `GET /api/v1/ops/jobs`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobList {
+    /// The newest jobs first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// `GET /api/v1/instances`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InstanceList {
+    /// The newest instances first.
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// `GET /api/v1/snapshots`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotList {
+    /// The newest snapshots first.
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+/// The API's answer to `POST /api/v1/reconcile`.
+#[derive(Debug, Clone)]
+pub enum Reconcile {
+    /// 200: a worker finished it (`done` or `failed`) while the API waited.
+    Finished(Box<Fetched<Reconciliation>>),
+    /// 202: recorded, not finished yet; follow it with [`ApiClient::reconciliation`].
+    Pending(PendingReconciliation),
+}
+
+/// The 202 answer to `POST /api/v1/reconcile`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PendingReconciliation {
+    /// The reconciliation's id.
+    pub id: uuid::Uuid,
+    /// `requested`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Links; `self` is its URL.
     #[serde(default)]
     pub links: Option<Value>,
 }
@@ -60,6 +120,12 @@ pub enum Subject<'a> {
     Snapshot(&'a str),
     /// The snapshot list.
     Snapshots,
+    /// Asking for a reconciliation.
+    Reconcile,
+    /// A reconciliation by id.
+    Reconciliation(uuid::Uuid),
+    /// The last finished reconciliation.
+    LastReconciliation,
 }
 
 impl ApiClient {
@@ -94,35 +160,68 @@ impl ApiClient {
     }
 
     /// `GET /api/v1/ops/jobs/{id}`.
-    pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
-        self.get(&format!("/api/v1/ops/jobs/{}", path_segment(id)), Subject::Job(id)).await
+    pub async fn job(&self, id: &str) -> anyhow::Result<Fetched<JobRecord>> {
+        let path = format!("/api/v1/ops/jobs/{}", path_segment(id));
+        self.fetch(self.request(Method::GET, &path), Subject::Job(id), "a job record").await
     }
 
-    /// `GET /api/v1/ops/jobs`: the `jobs` array.
-    pub async fn jobs(&self) -> anyhow::Result<Vec<Value>> {
-        let answer = self.get("/api/v1/ops/jobs", Subject::Jobs).await?;
-        list_of(answer, "jobs")
+    /// `GET /api/v1/ops/jobs?instance-id=&limit=`.
+    pub async fn jobs(&self, query: &[(&str, String)]) -> anyhow::Result<Fetched<JobList>> {
+        let req = self.request(Method::GET, "/api/v1/ops/jobs").query(query);
+        self.fetch(req, Subject::Jobs, "a job list").await
     }
 
     /// `GET /api/v1/instances/{id}`.
-    pub async fn instance(&self, id: &str) -> anyhow::Result<Value> {
-        self.get(&format!("/api/v1/instances/{}", path_segment(id)), Subject::Instance(id)).await
+    pub async fn instance(&self, id: &str) -> anyhow::Result<Fetched<InstanceRecord>> {
+        let path = format!("/api/v1/instances/{}", path_segment(id));
+        self.fetch(self.request(Method::GET, &path), Subject::Instance(id), "an instance record").await
     }
 
-    /// `GET /api/v1/instances`: the `instances` array.
-    pub async fn instances(&self) -> anyhow::Result<Vec<Value>> {
-        let answer = self.get("/api/v1/instances", Subject::Instances).await?;
-        list_of(answer, "instances")
+    /// `GET /api/v1/instances?include-removed=&limit=`.
+    pub async fn instances(&self, query: &[(&str, String)]) -> anyhow::Result<Fetched<InstanceList>> {
+        let req = self.request(Method::GET, "/api/v1/instances").query(query);
+        self.fetch(req, Subject::Instances, "an instance list").await
     }
 
     /// `GET /api/v1/snapshots/{id}`.
-    pub async fn snapshot(&self, id: &str) -> anyhow::Result<Value> {
-        self.get(&format!("/api/v1/snapshots/{}", path_segment(id)), Subject::Snapshot(id)).await
+    pub async fn snapshot(&self, id: &str) -> anyhow::Result<Fetched<SnapshotRecord>> {
+        let path = format!("/api/v1/snapshots/{}", path_segment(id));
+        self.fetch(self.request(Method::GET, &path), Subject::Snapshot(id), "a snapshot record").await
     }
 
-    /// `GET /api/v1/snapshots?instance-id=&owner-id=&limit=`: the answer as is.
-    pub async fn snapshots(&self, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        self.get_with("/api/v1/snapshots", query, Subject::Snapshots).await
+    /// `GET /api/v1/snapshots?instance-id=&owner-id=&limit=`.
+    pub async fn snapshots(&self, query: &[(&str, String)]) -> anyhow::Result<Fetched<SnapshotList>> {
+        let req = self.request(Method::GET, "/api/v1/snapshots").query(query);
+        self.fetch(req, Subject::Snapshots, "a snapshot list").await
+    }
+
+    /// `POST /api/v1/reconcile` `{"fix": fix}`: the workers' reconciliation, finished (200)
+    /// or still to follow (202).
+    pub async fn reconcile(&self, fix: bool) -> anyhow::Result<Reconcile> {
+        let req = self
+            .request(Method::POST, "/api/v1/reconcile")
+            .timeout(RECONCILE_TIMEOUT)
+            .json(&serde_json::json!({ "fix": fix }));
+        let (status, json) = self.send_full(req, Subject::Reconcile).await?;
+        if status == StatusCode::ACCEPTED {
+            let pending = self.decode(&json, "a reconciliation request")?;
+            Ok(Reconcile::Pending(pending))
+        } else {
+            let record = self.decode(&json, "a reconciliation")?;
+            Ok(Reconcile::Finished(Box::new(Fetched { record, json })))
+        }
+    }
+
+    /// `GET /api/v1/reconcile/{id}`.
+    pub async fn reconciliation(&self, id: uuid::Uuid) -> anyhow::Result<Fetched<Reconciliation>> {
+        let req = self.request(Method::GET, &format!("/api/v1/reconcile/{id}"));
+        self.fetch(req, Subject::Reconciliation(id), "a reconciliation").await
+    }
+
+    /// `GET /api/v1/reconcile`: the last reconciliation that finished.
+    pub async fn last_reconciliation(&self) -> anyhow::Result<Fetched<Reconciliation>> {
+        let req = self.request(Method::GET, "/api/v1/reconcile");
+        self.fetch(req, Subject::LastReconciliation, "a reconciliation").await
     }
 
     /// `GET /api/v1/snapshots/{id}/download`: the answer, its body not yet read. The caller
@@ -141,14 +240,33 @@ impl ApiClient {
         }
     }
 
-    /// A GET whose JSON answer is returned as is.
-    pub async fn get(&self, path: &str, subject: Subject<'_>) -> anyhow::Result<Value> {
-        self.send(self.request(Method::GET, path), subject).await
+    /// Sends `req` and reads its answer as a `T`, keeping the JSON; `what` names the record
+    /// in the error when the answer is not one.
+    async fn fetch<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        subject: Subject<'_>,
+        what: &str,
+    ) -> anyhow::Result<Fetched<T>> {
+        let json = self.send(req, subject).await?;
+        let record = self.decode(&json, what)?;
+        Ok(Fetched { record, json })
     }
 
-    /// A GET with query parameters whose JSON answer is returned as is.
-    pub async fn get_with(&self, path: &str, query: &[(&str, String)], subject: Subject<'_>) -> anyhow::Result<Value> {
-        self.send(self.request(Method::GET, path).query(query), subject).await
+    /// Reads `json` as a `T`. States parse strictly: an unknown one is refused, naming where
+    /// it is and what is known, rather than guessed at.
+    pub fn decode<T: DeserializeOwned>(&self, json: &Value, what: &str) -> Result<T, CliError> {
+        serde_path_to_error::deserialize(json).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            CliError::Unreadable(format!(
+                "the API at {} answered {what} this dfe cannot read ({at}{}) — are this dfe ({}) and \
+                 dfe-api of different versions?",
+                self.base,
+                e.inner(),
+                env!("CARGO_PKG_VERSION")
+            ))
+        })
     }
 
     /// A request for a JSON answer, bounded by REQUEST_TIMEOUT.
@@ -168,14 +286,20 @@ impl ApiClient {
     /// Sends `req`; a 2xx answer's JSON body is returned, anything else becomes an error
     /// that says what to do.
     async fn send(&self, req: RequestBuilder, subject: Subject<'_>) -> anyhow::Result<Value> {
+        Ok(self.send_full(req, subject).await?.1)
+    }
+
+    /// [`Self::send`], with the answer's status.
+    async fn send_full(&self, req: RequestBuilder, subject: Subject<'_>) -> anyhow::Result<(StatusCode, Value)> {
         let resp = self.answer(req, subject).await?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         if body.is_empty() {
-            return Ok(Value::Null);
+            return Ok((status, Value::Null));
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("the API at {} answered {status} with a body that is not JSON", self.base))
+        let json = serde_json::from_slice(&body)
+            .with_context(|| format!("the API at {} answered {status} with a body that is not JSON", self.base))?;
+        Ok((status, json))
     }
 
     /// Sends `req`; a 2xx answer is returned with its body unread, anything else becomes an
@@ -318,35 +442,27 @@ fn not_found(subject: Subject<'_>, status: StatusCode, problem: Option<&Problem>
             format!("{rendered} — `dfe instances` lists the instances")
         }
         Subject::Submit(_) => rendered,
+        Subject::Reconciliation(id) => format!("no reconciliation {id} is known to the API ({rendered})"),
+        Subject::LastReconciliation => {
+            format!("no reconciliation has finished yet ({rendered}) — `dfe reconcile` runs one")
+        }
+        Subject::Reconcile => format!(
+            "{rendered} — is dfe-api older than this dfe (without /api/v1/reconcile), or --api-url \
+             pointing at something else?"
+        ),
         Subject::Jobs | Subject::Instances | Subject::Snapshots => {
             format!("{rendered} — is --api-url pointing at dfe-api (and not at something else)?")
         }
     }
 }
 
-/// The array `key` of a list answer (a bare array is accepted too).
-pub fn list_of(answer: Value, key: &str) -> anyhow::Result<Vec<Value>> {
-    match answer {
-        Value::Array(items) => Ok(items),
-        Value::Object(mut map) => match map.remove(key) {
-            Some(Value::Array(items)) => Ok(items),
-            _ => anyhow::bail!("the API's answer has no {key:?} array"),
-        },
-        _ => anyhow::bail!("the API's answer is not a {key:?} list"),
-    }
-}
-
 /// Percent-encodes what is not an unreserved URL character, so an id cannot change the path.
 fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    // `url` percent-encodes one path segment ('/', '?', '#', '%', spaces, controls…). A
+    // constant http URL always parses and always has path segments, hence the expects.
+    let mut u = url::Url::parse("http://x/").expect("a constant URL parses");
+    u.path_segments_mut().expect("an http URL has a path").pop().push(s);
+    u.path().trim_start_matches('/').to_owned()
 }
 
 /// The innermost cause of an error, worded as a clause: "connection refused".
@@ -380,7 +496,7 @@ mod tests {
     }
 
     use crate::error::{exit_status, EXIT_FAILURE, EXIT_REJECTED};
-    use crate::testing::{serve, Answer};
+    use crate::testing::{instance_json, job_json, serve, Answer};
     use dfe_shared::ids::InstanceId;
     use dfe_shared::job::DeprovisionJob;
 
@@ -401,7 +517,7 @@ mod tests {
         let api = ApiClient::new(&base, Secret::new("t")).expect("client");
         let accepted = api.submit(&deprovision_job(), Some("key-1")).await.expect("accepted");
         assert_eq!(accepted.job_id, "j-9");
-        assert_eq!(accepted.status.as_deref(), Some("queued"));
+        assert_eq!(accepted.status, Some(JobState::Queued));
     }
 
     #[tokio::test]
@@ -421,7 +537,7 @@ mod tests {
         let problem = serde_json::json!({"title": "Unauthorized", "status": 401});
         let base = serve(vec![Answer::problem(401, &problem)]).await;
         let api = ApiClient::new(&base, Secret::new("s3cret-token")).expect("client");
-        let err = api.jobs().await.expect_err("refused");
+        let err = api.jobs(&[]).await.expect_err("refused");
         let msg = format!("{err:#}");
         assert!(msg.contains("refused the token") && msg.contains("DFE_TOKEN"), "{msg}");
         assert!(!msg.contains("s3cret-token"));
@@ -435,7 +551,7 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().expect("address"));
         drop(listener);
         let api = ApiClient::new(&base, Secret::new("t")).expect("client");
-        let err = api.instances().await.expect_err("unreachable");
+        let err = api.instances(&[]).await.expect_err("unreachable");
         assert_eq!(
             err.to_string(),
             format!(
@@ -504,11 +620,38 @@ mod tests {
         assert!(msg.ends_with("does not exist — `dfe instances` lists the instances"), "{msg}");
     }
 
-    #[test]
-    fn list_answers_are_unwrapped() {
-        let items = list_of(serde_json::json!({"jobs": [{"job-id": "a"}]}), "jobs").expect("list");
-        assert_eq!(items.len(), 1);
-        assert!(list_of(serde_json::json!({"other": []}), "jobs").is_err());
+    #[tokio::test]
+    async fn list_answers_are_read_as_typed_records() {
+        let answer = serde_json::json!({"jobs": [job_json("j-1", "succeeded")]});
+        let base = serve(vec![Answer::json(200, &answer)]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let list = api.jobs(&[]).await.expect("a job list");
+        assert_eq!(list.record.jobs.len(), 1);
+        assert_eq!(list.record.jobs[0].state, JobState::Succeeded);
+        assert_eq!(list.json, answer, "the API's JSON is kept for --json");
+        let api =
+            ApiClient::new(&serve(vec![Answer::json(200, &serde_json::json!({"other": []}))]).await, Secret::new("t"))
+                .expect("client");
+        let err = api.jobs(&[]).await.expect_err("no jobs member");
+        assert!(err.to_string().contains("missing field `jobs`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_record_in_an_unknown_state_is_refused_not_guessed() {
+        let base = serve(vec![Answer::json(200, &job_json("j-1", "done"))]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let err = api.job("j-1").await.expect_err("an unknown state");
+        let msg = err.to_string();
+        assert!(msg.contains("a job record this dfe cannot read"), "{msg}");
+        assert!(msg.contains("state: unknown variant `done`") && msg.contains("`succeeded`"), "{msg}");
+        assert!(matches!(err.downcast_ref::<CliError>(), Some(CliError::Unreadable(_))));
+        assert_eq!(exit_status(&err), EXIT_FAILURE);
+        let mut instance = instance_json("acme-1", "provisioned");
+        instance["state"] = serde_json::json!("removed");
+        let answer = serde_json::json!({"instances": [instance]});
+        let api = ApiClient::new(&serve(vec![Answer::json(200, &answer)]).await, Secret::new("t")).expect("client");
+        let err = api.instances(&[]).await.expect_err("an unknown state");
+        assert!(err.to_string().contains("instances[0].state: unknown variant `removed`"), "{err}");
     }
 
     #[test]

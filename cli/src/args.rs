@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         exchange dfe.jobs with --via queue. The API token is read from --token-file or \
         DFE_TOKEN; `dfe token` mints one.",
     after_help = "Exit status: 0 success, 1 failure (job failed, service unreachable, timeout), \
-        2 rejected input (invalid arguments or fields, or a 400/404/409/422 answer)."
+        2 rejected input (invalid arguments or fields, or a 400/404/409/422 answer), \
+        3 `dfe reconcile` found differences."
 )]
 pub struct Cli {
     /// Where to find the services and the token.
@@ -86,9 +87,18 @@ pub enum Command {
     Events(EventsArgs),
     /// Mint an API bearer token and print its SHA-256 for the configuration.
     Token(TokenArgs),
-    /// Compare the registry with the Docker hosts and database servers: report orphans,
-    /// missing parts and stuck jobs (exit 3 when anything differs); --fix repairs them.
-    /// Reads the full configuration (--config or DFE_CONFIG), like the workers.
+    /// Ask the workers, through the API, to compare the registry with the Docker hosts and
+    /// database servers: report orphans, missing parts, stuck jobs and abandoned instances
+    /// (exit 3 when anything differs); --fix repairs them. Needs only the API and a token,
+    /// like the other commands.
+    #[command(long_about = "Ask the workers, through the API, to compare the registry with the Docker \
+        hosts and database servers: report orphans, missing parts, stuck jobs and instances left \
+        mid-operation by jobs that ended (exit 0 when everything agrees, 3 when anything differs, \
+        1 when the reconciliation failed); --fix repairs them.\n\n\
+        A worker runs it (POST /api/v1/reconcile) and the API returns its report: dfe needs only \
+        the API and a token, like the other commands, not the workers' configuration. \
+        --last prints the report of the last reconciliation that finished, the workers' periodic \
+        ones included.")]
     Reconcile(ReconcileArgs),
     /// Print a shell completion script for dfe.
     #[command(after_help = "Install it with, for example:\n  \
@@ -101,12 +111,25 @@ pub enum Command {
 /// `dfe reconcile`.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileArgs {
-    /// Remove orphans and fail stuck jobs (with their failure events).
-    #[arg(long)]
+    /// Remove orphans, fail stuck jobs (with their failure events) and mark abandoned
+    /// instances failed, so a deprovision can finish them.
+    #[arg(long, conflicts_with = "last")]
     pub fix: bool,
-    /// Print the report as JSON.
+    /// Print the last reconciliation that finished instead of asking for one.
+    #[arg(long)]
+    pub last: bool,
+    /// Print the API's JSON (the whole reconciliation record) instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// Seconds to wait for a worker to finish the reconciliation.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120,
+        conflicts_with = "last",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout: u64,
 }
 
 /// `dfe provision`.
@@ -382,6 +405,18 @@ mod tests {
         // Filters are for the list, not for one snapshot.
         assert!(Cli::try_parse_from(["dfe", "snapshots", "snap-1", "--instance-id", "acme-1"]).is_err());
         assert!(Cli::try_parse_from(["dfe", "snapshots", "--owner-id", "7", "--limit", "1001"]).is_err());
+    }
+
+    #[test]
+    fn reconcile_asks_or_shows_the_last_one() {
+        let cli = Cli::try_parse_from(["dfe", "reconcile", "--fix", "--timeout", "30"]).expect("parses");
+        let Command::Reconcile(a) = cli.command else { panic!("not reconcile") };
+        assert_eq!((a.fix, a.last, a.timeout), (true, false, 30));
+        let cli = Cli::try_parse_from(["dfe", "reconcile", "--last", "--json"]).expect("parses");
+        let Command::Reconcile(a) = cli.command else { panic!("not reconcile") };
+        assert_eq!((a.last, a.json, a.timeout), (true, true, 120));
+        assert!(Cli::try_parse_from(["dfe", "reconcile", "--last", "--fix"]).is_err());
+        assert!(Cli::try_parse_from(["dfe", "reconcile", "--timeout", "0"]).is_err());
     }
 
     #[test]

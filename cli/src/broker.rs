@@ -53,10 +53,8 @@ impl Broker {
     pub async fn publish_job(&self, job: &Job) -> anyhow::Result<()> {
         let job_id = job.job_id().context("a job published onto the queue needs a job id")?;
         let body = serde_json::to_vec(&job.to_value()).context("serializing the job")?;
+        topology::declare(&self.conn).await.context("declaring the broker topology (exchanges and job queues)")?;
         let publisher = Publisher::open(&self.conn).await.context("opening a publishing channel")?;
-        topology::declare(publisher.channel())
-            .await
-            .context("declaring the broker topology (exchanges and job queues)")?;
         publisher
             .publish_job(job.kind(), job_id.as_str(), &body, APP_ID)
             .await

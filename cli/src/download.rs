@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::Value;
+use dfe_shared::records::SnapshotRecord;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -38,11 +38,12 @@ pub struct Expected {
 }
 
 impl Expected {
-    /// Reads `size` and `sha256` of a snapshot record; `None` when either is missing.
-    pub fn of_record(record: &Value) -> Option<Expected> {
-        let size = record.get("size")?.as_u64()?;
-        let sha256 = record.get("sha256")?.as_str()?.to_ascii_lowercase();
-        Some(Expected { size, sha256 })
+    /// The `size` and `sha256` of a snapshot record; `None` when they cannot be checked
+    /// against (a negative size, an empty digest).
+    pub fn of_record(record: &SnapshotRecord) -> Option<Expected> {
+        let size = u64::try_from(record.size).ok()?;
+        let sha256 = record.sha256.trim().to_ascii_lowercase();
+        (!sha256.is_empty()).then_some(Expected { size, sha256 })
     }
 
     /// Why `size` bytes hashing to `sha256` are not this archive; `None` when they are.
@@ -70,7 +71,7 @@ impl Target {
     /// The target of `-o` for snapshot `id`: a directory gets the archive's own file name in
     /// it; an existing file is refused unless `force`.
     pub fn resolve(output: Option<&Path>, id: &str, force: bool) -> Result<Target, CliError> {
-        let name = dfe_shared::config::snapshot_file_name(id);
+        let name = dfe_shared::snapshot_store::file_name(id);
         let path = match output {
             Some(p) if p == Path::new("-") => return Ok(Target::Stdout),
             Some(p) if p.is_dir() => p.join(name),
@@ -87,41 +88,34 @@ impl Target {
     }
 }
 
-/// A `.part` file that is removed unless it was moved into place.
+/// A temporary file beside the target (`tempfile`), removed unless it was moved into place.
 struct PartFile {
-    path: PathBuf,
+    path: tempfile::TempPath,
     file: tokio::fs::File,
-    kept: bool,
 }
 
 impl PartFile {
     async fn create(target: &Path) -> anyhow::Result<PartFile> {
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = target.with_file_name(format!(".{name}.{}.part", std::process::id()));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .with_context(|| format!("creating {} (is its directory there and writable?)", path.display()))?;
-        Ok(PartFile { path, file, kept: false })
+        let tmp =
+            tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".part").tempfile_in(dir).with_context(
+                || format!("creating a file in {} (is the directory there and writable?)", dir.display()),
+            )?;
+        let (file, path) = tmp.into_parts();
+        Ok(PartFile { path, file: tokio::fs::File::from_std(file) })
     }
 
     /// Flushes to disk and renames to `target`.
     async fn persist(mut self, target: &Path) -> anyhow::Result<()> {
         self.file.flush().await.with_context(|| format!("writing {}", self.path.display()))?;
         self.file.sync_all().await.with_context(|| format!("writing {}", self.path.display()))?;
-        tokio::fs::rename(&self.path, target)
-            .await
-            .with_context(|| format!("moving {} to {}", self.path.display(), target.display()))?;
-        self.kept = true;
+        let shown = self.path.display().to_string();
+        self.path
+            .persist(target)
+            .map_err(|e| e.error)
+            .with_context(|| format!("moving {shown} to {}", target.display()))?;
         Ok(())
-    }
-}
-
-impl Drop for PartFile {
-    fn drop(&mut self) {
-        if !self.kept {
-            // Best effort: the download failed already, and that error is the one to report.
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 
@@ -167,7 +161,7 @@ pub async fn run(settings: &Settings, args: &DownloadArgs) -> anyhow::Result<()>
     // The record says what the archive must be. An archive copied into the store by hand has
     // no record; the API still serves it, and it can only be checked against its length.
     let expected = match api.snapshot(id).await {
-        Ok(record) => Expected::of_record(&record),
+        Ok(fetched) => Expected::of_record(&fetched.record),
         Err(e) if matches!(e.downcast_ref::<CliError>(), Some(CliError::Api { status: 404, .. })) => None,
         Err(e) => return Err(e),
     };
@@ -286,9 +280,12 @@ async fn copy_body(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::testing::snapshot_json;
+
+    fn record(size: u64, sha256: &str) -> SnapshotRecord {
+        serde_json::from_value(snapshot_json("s", size, sha256)).expect("a snapshot record")
+    }
 
     #[test]
     fn the_target_is_the_archives_name_a_file_a_directory_or_stdout() {
@@ -317,12 +314,16 @@ mod tests {
 
     #[test]
     fn the_archive_must_match_the_recorded_size_and_digest() {
-        let record = json!({"snapshot-id": "s", "size": 3, "sha256": "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"});
-        let expected = Expected::of_record(&record).expect("size and sha256");
+        let recorded = record(3, "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD");
+        let expected = Expected::of_record(&recorded).expect("size and sha256");
         let abc = hex::encode(Sha256::digest(b"abc"));
         assert_eq!(expected.mismatch(3, &abc), None);
         assert!(expected.mismatch(2, &abc).expect("short").contains("received 2 bytes"));
         assert!(expected.mismatch(3, &"0".repeat(64)).expect("corrupt").contains("SHA-256"));
-        assert_eq!(Expected::of_record(&json!({"size": 3})), None);
+        let mut no_digest = record(3, "");
+        assert_eq!(Expected::of_record(&no_digest), None);
+        no_digest.sha256 = "ab".into();
+        no_digest.size = -1;
+        assert_eq!(Expected::of_record(&no_digest), None);
     }
 }

@@ -11,6 +11,8 @@ use dfe_shared::ids::FieldError;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status of rejected input: invalid arguments or fields, or the API refusing the request.
 pub const EXIT_REJECTED: u8 = 2;
+/// Exit status of `dfe reconcile` when the registry and what runs differ.
+pub const EXIT_DIFFERS: u8 = 3;
 
 /// Errors whose exit status or wording the CLI decides itself.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,10 @@ pub enum CliError {
         /// What to show the user.
         message: String,
     },
+    /// The API answered with JSON this `dfe` cannot read as the record it asked for (a state
+    /// or member it does not know, e.g. from a newer dfe-api): refused, never guessed at.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl CliError {
@@ -38,7 +44,7 @@ impl CliError {
             CliError::Invalid(_) | CliError::Usage(_) => EXIT_REJECTED,
             // The request itself was refused: malformed, unknown id, conflict, invalid field.
             CliError::Api { status: 400 | 404 | 409 | 422, .. } => EXIT_REJECTED,
-            CliError::Api { .. } => EXIT_FAILURE,
+            CliError::Api { .. } | CliError::Unreadable(_) => EXIT_FAILURE,
         }
     }
 }

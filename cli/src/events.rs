@@ -7,6 +7,7 @@
 use std::io::Write;
 
 use anyhow::Context;
+use dfe_shared::event::EventError;
 use serde_json::{Map, Value};
 
 use crate::args::EventsArgs;
@@ -70,8 +71,8 @@ impl EventView {
     }
 
     /// `error.code` and `error.message`, when the event carries an error.
-    pub fn error(&self) -> Option<(String, String)> {
-        error_parts(self.body.get("error")?)
+    pub fn error(&self) -> Option<EventError> {
+        error_parts(self.body.get("error")?).map(|(code, message)| EventError { code, message })
     }
 
     /// The raw body.
@@ -109,15 +110,16 @@ pub fn is_empty(v: &Value) -> bool {
 /// text is shown as it is.
 pub fn short_time(t: &str) -> String {
     use time::format_description::well_known::Rfc3339;
-    let Ok(format) = time::format_description::parse_borrowed::<2>(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z",
-    ) else {
-        return t.to_owned();
-    };
-    time::OffsetDateTime::parse(t, &Rfc3339)
+    time::OffsetDateTime::parse(t, &Rfc3339).map_or_else(|_| t.to_owned(), utc_millis)
+}
+
+/// A time as UTC with milliseconds: `2026-11-26T18:38:31.973Z`.
+pub fn utc_millis(at: time::OffsetDateTime) -> String {
+    let utc = at.to_offset(time::UtcOffset::UTC);
+    time::format_description::parse_borrowed::<2>("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z")
         .ok()
-        .and_then(|at| at.to_offset(time::UtcOffset::UTC).format(&format).ok())
-        .unwrap_or_else(|| t.to_owned())
+        .and_then(|format| utc.format(&format).ok())
+        .unwrap_or_else(|| utc.to_string())
 }
 
 /// A JSON value as display text: strings bare, null as `-`, others as compact JSON.
@@ -145,7 +147,7 @@ pub fn result_pairs(result: &Map<String, Value>) -> Vec<(String, String)> {
 /// The short summary of an event: `code: message` for a failure, else `key=value` pairs of
 /// its result.
 pub fn summary(event: &EventView) -> String {
-    if let Some((code, message)) = event.error() {
+    if let Some(EventError { code, message }) = event.error() {
         return shorten(&format!("{code}: {message}"));
     }
     let pairs = event.result().map(result_pairs).unwrap_or_default();

@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dfe_shared::event::names;
+use dfe_shared::event::{names, EventError};
 use dfe_shared::job::JobKind;
+use dfe_shared::records::{JobRecord, JobState};
 use lapin::Consumer;
 use serde_json::{Map, Value};
 use tokio::time::{sleep_until, Instant};
@@ -19,7 +20,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::api::ApiClient;
 use crate::broker::next_body;
 use crate::error::{CliError, EXIT_FAILURE};
-use crate::events::{error_parts, result_pairs, scalar_text, summary, EventView};
+use crate::events::{result_pairs, summary, EventView};
 use crate::output::{emit, emit_line};
 
 /// How often the job record is polled.
@@ -96,9 +97,9 @@ pub fn success_report(
 }
 
 /// The block printed (on stderr) when the job failed.
-pub fn failure_report(kind: JobKind, job_id: &str, error: Option<(String, String)>) -> String {
+pub fn failure_report(kind: JobKind, job_id: &str, error: Option<&EventError>) -> String {
     let (code, message) =
-        error.unwrap_or_else(|| ("unknown".to_owned(), "the job failed without saying why".to_owned()));
+        error.map_or(("unknown", "the job failed without saying why"), |e| (e.code.as_str(), e.message.as_str()));
     format!("error: {kind} job {job_id} failed\n  error.code     {code}\n  error.message  {message}\n")
 }
 
@@ -114,7 +115,8 @@ async fn next_event(events: &mut Option<Consumer>) -> Option<anyhow::Result<Vec<
 /// Waits for the end of `job`, printing its progress; exit 0 on success, 1 on failure,
 /// an error on timeout. `api` is polled when given. A failing poll (a 404 included: a job
 /// published onto the queue is recorded only once a worker takes it) is retried at the next
-/// tick; only a 401 ends the wait.
+/// tick; only a 401, or a record this dfe cannot read (a state it does not know), ends the
+/// wait.
 pub async fn follow(
     job: &Followed<'_>,
     mut events: Option<Consumer>,
@@ -168,14 +170,14 @@ struct Watch<'a, 'j> {
     /// Ids of the events already shown: delivery is at-least-once.
     seen: HashSet<String>,
     /// The job's state at the last poll.
-    last_state: String,
+    last_state: JobState,
     /// Why the last poll failed, for the timeout message.
     last_poll_error: Option<String>,
     /// The API answered the last poll with 404: a job published onto the queue is recorded
     /// only once a worker takes it, so it has not been taken yet.
     unrecorded: bool,
     /// A terminal job record, and until when its final event may still come.
-    terminal: Option<(Value, Instant)>,
+    terminal: Option<(JobRecord, Instant)>,
 }
 
 impl<'a, 'j> Watch<'a, 'j> {
@@ -183,7 +185,7 @@ impl<'a, 'j> Watch<'a, 'j> {
         Watch {
             job,
             seen: HashSet::new(),
-            last_state: "queued".to_owned(),
+            last_state: JobState::Queued,
             last_poll_error: None,
             unrecorded: false,
             terminal: None,
@@ -212,7 +214,7 @@ impl<'a, 'j> Watch<'a, 'j> {
                 Some(ExitCode::SUCCESS)
             }
             Step::Failed => {
-                eprint!("{}", failure_report(job.kind, job.job_id, event.error()));
+                eprint!("{}", failure_report(job.kind, job.job_id, event.error().as_ref()));
                 Some(ExitCode::from(EXIT_FAILURE))
             }
         })
@@ -221,11 +223,14 @@ impl<'a, 'j> Watch<'a, 'j> {
     /// Polls the job record: shows state changes, and notes a terminal record.
     async fn on_poll(&mut self, api: &ApiClient, has_events: bool) -> anyhow::Result<()> {
         let record = match tokio::time::timeout(POLL_TIMEOUT, api.job(self.job.job_id)).await {
-            Ok(Ok(record)) => record,
+            Ok(Ok(fetched)) => fetched.record,
             Ok(Err(e)) => {
                 match e.downcast_ref::<CliError>() {
                     // A 401 now means the token was revoked meanwhile: no point going on.
                     Some(CliError::Api { status: 401, .. }) => return Err(e),
+                    // Asking again gets the same answer: a state this dfe does not know is
+                    // not guessed at (nor waited out).
+                    Some(CliError::Unreadable(_)) => return Err(e),
                     // Not an error: the job waits in the queue for a worker.
                     Some(CliError::Api { status: 404, .. }) => {
                         self.unrecorded = true;
@@ -242,15 +247,14 @@ impl<'a, 'j> Watch<'a, 'j> {
         };
         self.last_poll_error = None;
         self.unrecorded = false;
-        let state = record.get("state").map(scalar_text).unwrap_or_default();
+        let state = record.state;
         // Once the job's events are flowing they say more than its state; a late "running"
         // would only repeat them (a "retrying" still shows).
-        let told_by_events = state == "running" && !self.seen.is_empty();
-        if state != self.last_state && !is_terminal(&state) && !told_by_events {
-            let attempt = record.get("attempts").map(|a| format!(" (attempt {})", scalar_text(a))).unwrap_or_default();
-            emit_line(&format!("  · {state}{attempt}"))?;
+        let told_by_events = state == JobState::Running && !self.seen.is_empty();
+        if state != self.last_state && !state.is_terminal() && !told_by_events {
+            emit_line(&format!("  · {state} (attempt {})", record.attempts))?;
         }
-        if is_terminal(&state) {
+        if state.is_terminal() {
             // The final event usually follows within moments and says more; without an
             // event stream there is nothing to wait for.
             let grace = if has_events { EVENT_GRACE } else { Duration::ZERO };
@@ -264,7 +268,7 @@ impl<'a, 'j> Watch<'a, 'j> {
         let job = self.job;
         let state = if self.unrecorded {
             "published, not yet taken by a worker — is a dfe-worker running?"
-        } else if self.last_state == "queued" {
+        } else if self.last_state == JobState::Queued {
             "queued, not yet taken by a worker — is a dfe-worker running?"
         } else {
             self.last_state.as_str()
@@ -294,21 +298,14 @@ fn lose_events(events: &mut Option<Consumer>, can_poll: bool, why: anyhow::Error
     Ok(())
 }
 
-fn is_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed")
-}
-
-/// Ends the wait from the job record when its final event did not come.
-fn finish_from_record(job: &Followed<'_>, record: &Value) -> anyhow::Result<ExitCode> {
-    let instance_id = record
-        .get("instance-id")
-        .or_else(|| record.get("request").and_then(|r| r.get("instance-id")))
-        .and_then(Value::as_str);
-    if record.get("state").and_then(Value::as_str) == Some("succeeded") {
-        emit(&success_report(job.kind, job.job_id, instance_id, record.get("result").and_then(Value::as_object)))?;
+/// Ends the wait from the (terminal) job record when its final event did not come.
+fn finish_from_record(job: &Followed<'_>, record: &JobRecord) -> anyhow::Result<ExitCode> {
+    if record.state == JobState::Succeeded {
+        let result = record.result.as_ref().and_then(Value::as_object);
+        emit(&success_report(job.kind, job.job_id, Some(&record.instance_id), result))?;
         Ok(ExitCode::SUCCESS)
     } else {
-        eprint!("{}", failure_report(job.kind, job.job_id, record.get("error").and_then(error_parts)));
+        eprint!("{}", failure_report(job.kind, job.job_id, record.error.as_ref()));
         Ok(ExitCode::from(EXIT_FAILURE))
     }
 }
@@ -319,7 +316,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{serve, Answer};
+    use crate::testing::{job_json, serve, Answer};
 
     /// Serves the job `records` in turn as 200 answers.
     async fn serve_records(records: Vec<Value>) -> String {
@@ -328,8 +325,7 @@ mod tests {
     }
 
     fn record(state: &str, extra: Value) -> Value {
-        let mut r = json!({"job-id": "j-1", "type": "provision", "state": state, "attempts": 1,
-                           "request": {"instance-id": "acme-1", "owner-id": 7}});
+        let mut r = job_json("j-1", state);
         if let (Some(r), Some(e)) = (r.as_object_mut(), extra.as_object()) {
             r.extend(e.clone());
         }
@@ -364,6 +360,18 @@ mod tests {
         let api = ApiClient::new(&base, Secret::new("t")).expect("client");
         let err = follow(&followed(Duration::from_secs(1)), None, Some(&api)).await.expect_err("a timeout");
         assert!(err.to_string().contains("last known state: running"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_job_record_in_an_unknown_state_ends_the_wait_with_a_clear_error() {
+        let base = serve_records(vec![record("running", json!({})), record("paused", json!({}))]).await;
+        let api = ApiClient::new(&base, Secret::new("t")).expect("client");
+        let started = Instant::now();
+        let err = follow(&followed(Duration::from_secs(30)), None, Some(&api)).await.expect_err("refused");
+        assert!(started.elapsed() < Duration::from_secs(10), "not waited out to the timeout");
+        let msg = err.to_string();
+        assert!(msg.contains("state: unknown variant `paused`"), "{msg}");
+        assert!(matches!(err.downcast_ref::<CliError>(), Some(CliError::Unreadable(_))));
     }
 
     #[tokio::test]
@@ -430,7 +438,8 @@ mod tests {
 
     #[test]
     fn the_failure_report_names_code_and_message() {
-        let report = failure_report(JobKind::Export, "j", Some(("no-instance".into(), "acme-1 does not exist".into())));
+        let error = EventError { code: "no-instance".into(), message: "acme-1 does not exist".into() };
+        let report = failure_report(JobKind::Export, "j", Some(&error));
         assert_eq!(
             report,
             "error: export job j failed\n  error.code     no-instance\n  error.message  acme-1 does not exist\n"

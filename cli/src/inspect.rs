@@ -2,48 +2,65 @@
 //! details or JSON.
 
 use dfe_shared::ids::{FieldError, InstanceId, OwnerId, Tag};
+use dfe_shared::records::{InstanceRecord, JobRecord, SnapshotRecord};
 use serde_json::Value;
 
-use crate::api::{list_of, ApiClient, Subject};
+use crate::api::{ApiClient, Fetched};
 use crate::args::{InstancesArgs, JobsArgs, SnapshotsArgs};
 use crate::error::CliError;
-use crate::output::{cell, detail, emit, render};
+use crate::output::{detail, emit, or_dash, pretty, render, time_cell};
 use crate::settings::Settings;
 
 /// How many rows the API lists when not told otherwise.
 const API_DEFAULT_LIMIT: usize = 100;
 
-/// Columns of the job list: (header, member).
-const JOB_COLUMNS: &[(&str, &str)] = &[
-    ("JOB-ID", "job-id"),
-    ("TYPE", "type"),
-    ("STATE", "state"),
-    ("ATTEMPTS", "attempts"),
-    ("INSTANCE-ID", "instance-id"),
-    ("CREATED-AT", "created-at"),
-];
+/// Headers of the job list; [`job_row`] fills them.
+const JOB_COLUMNS: &[&str] = &["JOB-ID", "TYPE", "STATE", "ATTEMPTS", "INSTANCE-ID", "CREATED-AT"];
 
-/// Columns of the instance list: (header, member).
-const INSTANCE_COLUMNS: &[(&str, &str)] = &[
-    ("INSTANCE-ID", "instance-id"),
-    ("OWNER-ID", "owner-id"),
-    ("STATE", "state"),
-    ("GUEST-LOCATION", "guest-location"),
-    ("CLUSTER-ID", "cluster-id"),
-    ("HOST", "host"),
-    ("RESOURCE-URI", "resource-uri"),
-    ("CREATED-AT", "created-at"),
-];
+/// Headers of the instance list; [`instance_row`] fills them.
+const INSTANCE_COLUMNS: &[&str] =
+    &["INSTANCE-ID", "OWNER-ID", "STATE", "GUEST-LOCATION", "CLUSTER-ID", "HOST-ID", "RESOURCE-URI", "CREATED-AT"];
 
-/// Columns of the snapshot list: (header, member).
-const SNAPSHOT_COLUMNS: &[(&str, &str)] = &[
-    ("SNAPSHOT-ID", "snapshot-id"),
-    ("INSTANCE-ID", "instance-id"),
-    ("OWNER-ID", "owner-id"),
-    ("SIZE", "size"),
-    ("DESTINATION", "destination"),
-    ("CREATED-AT", "created-at"),
-];
+/// Headers of the snapshot list; [`snapshot_row`] fills them.
+const SNAPSHOT_COLUMNS: &[&str] = &["SNAPSHOT-ID", "INSTANCE-ID", "OWNER-ID", "SIZE", "DESTINATION", "CREATED-AT"];
+
+/// A row of the job list.
+pub fn job_row(job: &JobRecord) -> Vec<String> {
+    vec![
+        job.job_id.clone(),
+        job.kind.to_string(),
+        job.state.to_string(),
+        job.attempts.to_string(),
+        job.instance_id.clone(),
+        time_cell(job.created_at),
+    ]
+}
+
+/// A row of the instance list.
+pub fn instance_row(instance: &InstanceRecord) -> Vec<String> {
+    vec![
+        instance.instance_id.clone(),
+        instance.owner_id.to_string(),
+        instance.state.to_string(),
+        instance.guest_location.clone(),
+        or_dash(instance.cluster_id.as_deref()),
+        or_dash(instance.host_id.as_deref()),
+        or_dash(instance.resource_uri.as_deref()),
+        time_cell(instance.created_at),
+    ]
+}
+
+/// A row of the snapshot list; sizes for people (`--json` keeps the API's bytes).
+pub fn snapshot_row(snapshot: &SnapshotRecord) -> Vec<String> {
+    vec![
+        snapshot.snapshot_id.clone(),
+        snapshot.instance_id.clone(),
+        or_dash(snapshot.owner_id.as_ref().map(OwnerId::as_text).as_deref()),
+        u64::try_from(snapshot.size).map_or_else(|_| snapshot.size.to_string(), human_size),
+        snapshot.destination.clone(),
+        time_cell(snapshot.created_at),
+    ]
+}
 
 /// `dfe jobs [ID] [--instance-id I] [--limit N] [--json]`.
 pub async fn jobs(settings: &Settings, args: &JobsArgs) -> anyhow::Result<()> {
@@ -53,15 +70,18 @@ pub async fn jobs(settings: &Settings, args: &JobsArgs) -> anyhow::Result<()> {
     match id {
         Some(id) => {
             let job = api.job(id.as_str()).await?;
-            show_one(&job, args.json, &["job-id", "type", "state", "attempts", "request", "result", "error"])
+            let first =
+                ["job-id", "type", "state", "attempts", "instance-id", "requested-by", "request", "result", "error"];
+            show_one(&job, args.json, &first)
         }
         None => {
             let mut query = limit_query(args.limit);
             if let Some(instance) = instance {
                 query.push(("instance-id", instance.as_str().to_owned()));
             }
-            let answer = api.get_with("/api/v1/ops/jobs", &query, Subject::Jobs).await?;
-            show_list(answer, "jobs", JOB_COLUMNS, args.json, args.limit)
+            let list = api.jobs(&query).await?;
+            let rows: Vec<_> = list.record.jobs.iter().map(job_row).collect();
+            show_list(&list.json, "jobs", JOB_COLUMNS, &rows, args.json, args.limit)
         }
     }
 }
@@ -73,7 +93,17 @@ pub async fn instances(settings: &Settings, args: &InstancesArgs) -> anyhow::Res
     match id {
         Some(id) => {
             let instance = api.instance(id.as_str()).await?;
-            let first = ["instance-id", "owner-id", "state", "guest-location", "cluster-id", "host", "resource-uri"];
+            let first = [
+                "instance-id",
+                "owner-id",
+                "state",
+                "guest-location",
+                "cluster-id",
+                "host-id",
+                "database-server",
+                "offerings",
+                "resource-uri",
+            ];
             show_one(&instance, args.json, &first)
         }
         None => {
@@ -81,8 +111,9 @@ pub async fn instances(settings: &Settings, args: &InstancesArgs) -> anyhow::Res
             if args.all {
                 query.push(("include-removed", "true".to_owned()));
             }
-            let answer = api.get_with("/api/v1/instances", &query, Subject::Instances).await?;
-            show_list(answer, "instances", INSTANCE_COLUMNS, args.json, args.limit)
+            let list = api.instances(&query).await?;
+            let rows: Vec<_> = list.record.instances.iter().map(instance_row).collect();
+            show_list(&list.json, "instances", INSTANCE_COLUMNS, &rows, args.json, args.limit)
         }
     }
 }
@@ -102,12 +133,9 @@ pub async fn snapshots(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Res
     match id {
         Some(id) => {
             let snapshot = api.snapshot(id.as_str()).await?;
-            if args.json {
-                return show_one(&snapshot, true, &[]);
-            }
             let first =
                 ["snapshot-id", "instance-id", "owner-id", "job-id", "destination", "size", "sha256", "created-at"];
-            emit(&detail(&snapshot, &first))
+            show_one(&snapshot, args.json, &first)
         }
         None => {
             let mut query = limit_query(args.limit);
@@ -117,18 +145,9 @@ pub async fn snapshots(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Res
             if let Some(owner) = owner {
                 query.push(("owner-id", owner.to_owned()));
             }
-            let mut answer = api.snapshots(&query).await?;
-            if !args.json {
-                // Sizes for people; `--json` keeps the API's bytes.
-                if let Some(items) = answer.get_mut("snapshots").and_then(Value::as_array_mut) {
-                    for item in items {
-                        if let Some(size) = item.get("size").and_then(Value::as_u64) {
-                            item["size"] = Value::String(human_size(size));
-                        }
-                    }
-                }
-            }
-            show_list(answer, "snapshots", SNAPSHOT_COLUMNS, args.json, args.limit)
+            let list = api.snapshots(&query).await?;
+            let rows: Vec<_> = list.record.snapshots.iter().map(snapshot_row).collect();
+            show_list(&list.json, "snapshots", SNAPSHOT_COLUMNS, &rows, args.json, args.limit)
         }
     }
 }
@@ -174,38 +193,40 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-fn show_one(item: &Value, json: bool, first: &[&str]) -> anyhow::Result<()> {
+/// One record: the API's JSON with `--json`, else a detail view. The record was read as its
+/// type already (so a state this dfe does not know was refused); the view shows every member
+/// of the answer, links included.
+fn show_one<T>(item: &Fetched<T>, json: bool, first: &[&str]) -> anyhow::Result<()> {
     if json {
-        emit(&format!("{}\n", pretty(item)))
+        emit(&format!("{}\n", pretty(&item.json)))
     } else {
-        emit(&detail(item, first))
+        emit(&detail(&item.json, first))
     }
 }
 
-fn show_list(answer: Value, key: &str, columns: &[(&str, &str)], json: bool, limit: Option<u16>) -> anyhow::Result<()> {
+/// A list: the API's JSON with `--json`, else `rows` under `headers`.
+fn show_list(
+    answer: &Value,
+    key: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    json: bool,
+    limit: Option<u16>,
+) -> anyhow::Result<()> {
     if json {
-        return emit(&format!("{}\n", pretty(&answer)));
+        return emit(&format!("{}\n", pretty(answer)));
     }
-    let items = list_of(answer, key)?;
-    if items.is_empty() {
+    if rows.is_empty() {
         eprintln!("no {key}");
         return Ok(());
     }
-    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
-    let rows: Vec<Vec<String>> =
-        items.iter().map(|item| columns.iter().map(|(_, member)| cell(item, member)).collect()).collect();
-    emit(&render(&headers, &rows))?;
+    emit(&render(headers, rows))?;
     // A full page may not be everything: say so where scripts reading stdout won't see it.
     let limit = limit.map_or(API_DEFAULT_LIMIT, usize::from);
-    if items.len() >= limit {
+    if rows.len() >= limit {
         eprintln!("(the newest {limit} {key}; --limit N shows more, up to 1000)");
     }
     Ok(())
-}
-
-fn pretty(v: &Value) -> String {
-    // Serializing a `Value` cannot fail: its keys are strings.
-    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
 #[cfg(test)]
@@ -220,6 +241,20 @@ mod tests {
         let err = snapshot_id("a b").expect_err("a space");
         assert!(err.to_string().starts_with("snapshot: "), "{err}");
         assert!(instance_id("Acme").is_err());
+    }
+
+    #[test]
+    fn rows_are_read_from_the_typed_records() {
+        use crate::testing::{instance_json, job_json, snapshot_json};
+        let job: JobRecord = serde_json::from_value(job_json("j-1", "retrying")).expect("a job record");
+        assert_eq!(job_row(&job), ["j-1", "provision", "retrying", "1", "acme-1", "2026-11-26T18:38:31.973Z"]);
+        let mut instance = instance_json("acme-1", "provisioned");
+        instance["host-id"] = Value::Null;
+        let instance: InstanceRecord = serde_json::from_value(instance).expect("an instance record");
+        let row = instance_row(&instance);
+        assert_eq!(row[..6], ["acme-1", "7", "provisioned", "docker", "local", "-"]);
+        let snapshot: SnapshotRecord = serde_json::from_value(snapshot_json("s-1", 1536, "ab")).expect("a snapshot");
+        assert_eq!(snapshot_row(&snapshot)[2..4], ["7", "1.5 KiB"]);
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! - [`broker`]: RabbitMQ: publishing jobs, subscribing to `dfe.events`.
 //! - [`events`]: reading and showing events; `dfe events`.
 //! - [`inspect`]: `dfe jobs`, `dfe instances` and `dfe snapshots`.
+//! - [`reconcile`]: `dfe reconcile`: the workers' reconciliation, asked for through the API.
 //! - [`download`]: `dfe snapshots download`: an archive streamed to disk and verified.
 //! - [`completions`]: `dfe completions`: shell completion scripts.
 //! - [`token`]: `dfe token`: minting bearer tokens and their `[[api.clients]]` entries.
 //! - [`output`]: tables, detail views, and printing that survives a closed pipe.
-//! - [`error`]: the CLI's own errors and exit statuses (0 ok, 1 failure, 2 rejected input).
+//! - [`error`]: the CLI's own errors and exit statuses (0 ok, 1 failure, 2 rejected input,
+//!   3 differences found by `dfe reconcile`).
 //! - `testing` (tests only): a stand-in HTTP server on a free loopback port.
 
 pub mod api;
@@ -27,6 +29,7 @@ pub mod events;
 pub mod follow;
 pub mod inspect;
 pub mod output;
+pub mod reconcile;
 pub mod request;
 pub mod settings;
 pub mod submit;
@@ -56,7 +59,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token::run(a, global.token_file.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Reconcile(a) => return reconcile(global.config.as_deref(), a).await,
         // Needs no configuration: it must work before any is written.
         Command::Completions(a) => {
             completions::run(a)?;
@@ -65,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         other => {
             let settings = Settings::resolve(global)?;
             match other {
+                Command::Reconcile(a) => return reconcile::run(&settings, a).await,
                 Command::Jobs(a) => inspect::jobs(&settings, a).await?,
                 Command::Instances(a) => inspect::instances(&settings, a).await?,
                 Command::Snapshots(a) => match &a.action {
@@ -81,40 +84,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let job = job.map_err(CliError::from)?;
     let settings = Settings::resolve(global)?;
     submit::run(&settings, global.via, job, submit).await
-}
-
-/// `dfe reconcile`: runs the workers' reconciler once, here.
-async fn reconcile(config: Option<&std::path::Path>, a: &args::ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let config = dfe_shared::config::Config::load(config).map_err(|e| {
-        anyhow::anyhow!("{e}: dfe reconcile needs the workers' configuration (--config FILE or DFE_CONFIG)")
-    })?;
-    let report = dfe_worker::reconcile_once(config, a.fix).await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for o in &report.orphans {
-            let done = if o.removed {
-                "removed"
-            } else if a.fix {
-                "NOT removed"
-            } else {
-                "orphan"
-            };
-            println!("{done:<12} {:<9} {:<40} instance={} on {}", o.kind, o.name, o.instance_id, o.location);
-        }
-        for m in &report.missing {
-            println!("{:<12} {:<9} of instance {}", "missing", m.kind, m.instance_id);
-        }
-        for s in &report.stuck {
-            let done = if s.failed { "failed" } else { "stuck" };
-            println!("{done:<12} job {} ({} {}, instance {})", s.job_id, s.kind, s.state, s.instance_id);
-        }
-        for u in &report.unreachable {
-            println!("{:<12} {u}", "unreachable");
-        }
-        if report.is_clean() {
-            println!("registry, Docker hosts and database servers agree");
-        }
-    }
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -49,19 +49,20 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The cell of `key` in `item`, looked up at the top level, then in `request` (jobs keep the
-/// instance id there); `-` when absent.
-pub fn cell(item: &Value, key: &str) -> String {
-    let text = item
-        .get(key)
-        .or_else(|| item.get("request").and_then(|r| r.get(key)))
-        .map_or_else(|| "-".to_owned(), scalar_text);
-    // Times to the millisecond, in UTC, as `dfe events` shows them.
-    if key.ends_with("-at") {
-        crate::events::short_time(&text)
-    } else {
-        text
-    }
+/// A JSON value, pretty-printed (`--json`).
+pub fn pretty(v: &Value) -> String {
+    // Serializing a `Value` cannot fail: its keys are strings.
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// A table cell of an optional text: `-` when absent.
+pub fn or_dash(text: Option<&str>) -> String {
+    text.filter(|t| !t.is_empty()).unwrap_or("-").to_owned()
+}
+
+/// A table cell of a time: to the millisecond, in UTC, as `dfe events` shows them.
+pub fn time_cell(at: time::OffsetDateTime) -> String {
+    crate::events::utc_millis(at)
 }
 
 /// A detail view of one object: its members in `first` order, then the others sorted;
@@ -116,13 +117,15 @@ mod tests {
     }
 
     #[test]
-    fn cells_fall_back_to_the_request() {
-        let job = json!({"job-id": "j", "attempts": 2, "request": {"instance-id": "acme-1"}});
-        assert_eq!(cell(&job, "instance-id"), "acme-1");
-        assert_eq!(cell(&job, "attempts"), "2");
-        assert_eq!(cell(&job, "created-at"), "-");
-        let job = json!({"created-at": "2026-11-26T18:38:31.973595Z"});
-        assert_eq!(cell(&job, "created-at"), "2026-11-26T18:38:31.973Z");
+    fn cells_show_absent_values_as_a_dash_and_times_in_utc_milliseconds() {
+        assert_eq!(or_dash(Some("local")), "local");
+        assert_eq!((or_dash(None), or_dash(Some(""))), ("-".to_owned(), "-".to_owned()));
+        let at = time::OffsetDateTime::parse(
+            "2026-11-26T19:38:31.973595+01:00",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("a time");
+        assert_eq!(time_cell(at), "2026-11-26T18:38:31.973Z");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Where the services are and which token to use.
 //!
 //! The CLI needs two keys of the services' configuration, `amqp.url` and `api.listen`. It
-//! reads them with its own partial view of the file rather than `Config::load`, because that
-//! demands the sections only services need (registry, provisioners), and because `dfe` must
-//! work with no configuration file at all, on the defaults of a local setup.
+//! reads them with the services' loader (the same file and `DFE__SECTION__KEY` layering) but
+//! into its own partial view rather than `Config`, because that demands the sections only
+//! services need (registry, provisioners), and because `dfe` must work with no configuration
+//! file at all, on the defaults of a local setup.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -46,9 +48,9 @@ pub struct ApiSection {
 
 impl PartialConfig {
     /// Reads `path` (when given) and the `DFE__SECTION__KEY` variables of `env` (the
-    /// process environment when `None`).
-    pub fn load(path: Option<&Path>, env: Option<config::Map<String, String>>) -> anyhow::Result<Self> {
-        let mut builder = config::Config::builder();
+    /// process environment when `None`), with the loader the services use
+    /// ([`dfe_shared::config::load_layers`]), so a variable means the same to every binary.
+    pub fn load(path: Option<&Path>, env: Option<HashMap<String, String>>) -> anyhow::Result<Self> {
         if let Some(path) = path {
             if !path.is_file() {
                 bail!(
@@ -57,10 +59,8 @@ impl PartialConfig {
                     path.display()
                 );
             }
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let environment = config::Environment::with_prefix("DFE").prefix_separator("__").separator("__").source(env);
-        builder.add_source(environment).build().and_then(|c| c.try_deserialize()).with_context(|| match path {
+        dfe_shared::config::load_layers(path, env).with_context(|| match path {
             Some(p) => format!("reading the configuration {}", p.display()),
             None => "reading the DFE__… environment variables".to_owned(),
         })
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn without_a_configuration_the_local_defaults_apply() {
-        let file = PartialConfig::load(None, Some(config::Map::new())).expect("no file is fine");
+        let file = PartialConfig::load(None, Some(HashMap::new())).expect("no file is fine");
         let s = Settings::from_parts(&global(), file);
         assert_eq!(s.api_url().expect("url"), "http://127.0.0.1:8080");
         assert_eq!(s.amqp_url, DEFAULT_AMQP_URL);
@@ -200,7 +200,7 @@ mod tests {
             "[amqp]\nurl = \"amqp://u:p@mq:5672/dfe\"\n[api]\nlisten = \"0.0.0.0:9090\"\n\
              [[api.clients]]\nid = \"x\"\ntoken-sha256 = \"00\"\n[registry]\nurl = \"postgres://h/db\"\n",
         );
-        let file = PartialConfig::load(Some(&path), Some(config::Map::new())).expect("loads");
+        let file = PartialConfig::load(Some(&path), Some(HashMap::new())).expect("loads");
         let _ = std::fs::remove_file(&path);
         let s = Settings::from_parts(&global(), file);
         assert_eq!(s.api_url().expect("url"), "http://127.0.0.1:9090");
@@ -222,9 +222,21 @@ mod tests {
 
     #[test]
     fn a_missing_configuration_file_is_named() {
-        let err = PartialConfig::load(Some(Path::new("/nonexistent/dfe.toml")), Some(config::Map::new()))
+        let err = PartialConfig::load(Some(Path::new("/nonexistent/dfe.toml")), Some(HashMap::new()))
             .expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/dfe.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_file_is_enough_and_a_broken_one_is_named() {
+        let path = temp_file("partial.toml", "[api]\nlisten = \"api.example:8081\"\n");
+        let file = PartialConfig::load(Some(&path), Some(HashMap::new())).expect("a partial file loads");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!((file.api.listen.as_deref(), file.amqp.url), (Some("api.example:8081"), None));
+        let path = temp_file("broken.toml", "[api\nlisten = 1\n");
+        let err = PartialConfig::load(Some(&path), Some(HashMap::new())).expect_err("not TOML");
+        let _ = std::fs::remove_file(&path);
+        assert!(format!("{err:#}").contains(&path.display().to_string()), "{err:#}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dfe_shared::job::Job;
+use dfe_shared::records::JobState;
 use lapin::Consumer;
 
 use crate::api::ApiClient;
@@ -44,7 +45,7 @@ async fn via_api(settings: &Settings, job: Job, opts: &SubmitArgs) -> anyhow::Re
         (None, None)
     };
     let accepted = api.submit(&job, opts.idempotency_key.as_deref()).await?;
-    let status = accepted.status.as_deref().unwrap_or("accepted");
+    let status = accepted.status.map_or("accepted", JobState::as_str);
     emit_line(&format!("{} job {} {status} (instance {})", job.kind(), accepted.job_id, job.instance_id()))?;
     let code = if opts.wait {
         let followed =

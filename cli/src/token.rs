@@ -96,7 +96,7 @@ mod tests {
             "[[api.clients]]\nid = \"ops-laptop\"\n\
              token-sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n"
         );
-        // The entry parses as the services' configuration type would read it.
+        // The entry parses as the services' configuration loader and type read it.
         #[derive(serde::Deserialize)]
         struct Api {
             api: Clients,
@@ -105,11 +105,11 @@ mod tests {
         struct Clients {
             clients: Vec<dfe_shared::config::ApiClient>,
         }
-        let parsed: Api = config::Config::builder()
-            .add_source(config::File::from_str(&entry, config::FileFormat::Toml))
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .expect("valid TOML");
+        let path = std::env::temp_dir().join(format!("dfe-cli-{}-clients.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, &entry).expect("write temp file");
+        let parsed: Result<Api, _> = dfe_shared::config::load_layers(Some(&path), Some(Default::default()));
+        let _ = std::fs::remove_file(&path);
+        let parsed = parsed.expect("valid TOML");
         assert_eq!(parsed.api.clients[0].id, "ops-laptop");
         assert_eq!(parsed.api.clients[0].token_sha256, digest(&Secret::new("abc")));
     }

@@ -51,12 +51,13 @@ keep() {   # $1: tag; true when it exists and need not be (re)built
 }
 size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1000000}'; }
 
-# The mirror the host's apt uses: deb822 .sources first, then one-line sources.list entries.
-debian_mirror() {
-    local f uri
+# The mirror the host's apt uses for suite $1 (default $SUITE): deb822 .sources first,
+# then one-line sources.list entries. Empty when the host's sources name none.
+apt_mirror() {
+    local suite="${1:-$SUITE}" f uri
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -f $f ]] || continue
-        uri="$(awk -v s="$SUITE" '
+        uri="$(awk -v s="$suite" '
             /^[[:space:]]*$/ { if (u != "" && ok) { print u; exit } u = ""; ok = 0; next }
             /^URIs:/   { u = $2 }
             /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s) ok = 1 }
@@ -65,10 +66,24 @@ debian_mirror() {
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [[ -f $f ]] || continue
-        uri="$(awk -v s="$SUITE" '$1 == "deb" { u = ($2 ~ /^\[/) ? $3 : $2; d = ($2 ~ /^\[/) ? $4 : $3; if (d == s) { print u; exit } }' "$f")"
+        uri="$(awk -v s="$suite" '$1 == "deb" { u = ($2 ~ /^\[/) ? $3 : $2; d = ($2 ~ /^\[/) ? $4 : $3; if (d == s) { print u; exit } }' "$f")"
         [[ -n $uri ]] && { echo "$uri"; return; }
     done
-    echo "http://deb.debian.org/debian"
+}
+
+# The Debian mirror: DFE_DEBIAN_MIRROR, else the one the host's apt uses (so this works
+# behind whatever mirror or proxy the machine is set up with).
+debian_mirror() {
+    local m="${DFE_DEBIAN_MIRROR:-$(apt_mirror "$SUITE")}"
+    [[ -n $m ]] || die "no $SUITE mirror in /etc/apt/sources.list*: set DFE_DEBIAN_MIRROR=<mirror URL>"
+    echo "$m"
+}
+
+# Its security mirror: the host's for $SUITE-security, else beside the main one.
+security_mirror() {
+    local m
+    m="$(apt_mirror "$SUITE-security")"
+    echo "${m:-${1%/debian}/debian-security}"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -78,8 +93,9 @@ build_base() {
         say "installing debootstrap"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
     }
-    local mirror rootfs
-    mirror="${DFE_DEBIAN_MIRROR:-$(debian_mirror)}"
+    local mirror security rootfs
+    mirror="$(debian_mirror)"
+    security="$(security_mirror "$mirror")"
     rootfs="$(mktemp -d /tmp/dfe-rootfs.XXXXXX)"
     # debootstrap mounts proc and sys inside the root file system; never rm -rf through a mount.
     # shellcheck disable=SC2064
@@ -122,7 +138,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: ${mirror%/debian}/debian-security
+URIs: $security
 Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

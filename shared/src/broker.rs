@@ -29,17 +29,19 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     Connection::connect(url, props).await.map_err(Error::broker("connecting to RabbitMQ"))
 }
 
-/// A URL with its password replaced by `***`, for log lines.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+/// A URL with its password replaced by `***`, for log lines and error messages. A value
+/// that does not parse as a URL is shown as its scheme alone: it might hold a password in
+/// a shape the parser does not know.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                // Setting a password fails only for URLs that cannot have one.
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => raw.split_once("://").map_or_else(|| "[unparsable URL]".to_owned(), |(s, _)| format!("{s}://…")),
     }
 }
 
@@ -148,14 +150,19 @@ pub struct Pending {
 impl Pending {
     /// Waits for the broker's confirm: an error unless the broker took the message.
     pub async fn confirmed(self) -> Result<()> {
+        self.confirmed_within(CONFIRM_TIMEOUT).await
+    }
+
+    /// Like [`Pending::confirmed`], waiting at most `timeout`.
+    pub async fn confirmed_within(self, timeout: Duration) -> Result<()> {
         let not_confirmed = |reason: String| Error::NotConfirmed {
             exchange: self.exchange.clone(),
             routing_key: self.routing_key.clone(),
             reason,
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm)
+        let confirmation = tokio::time::timeout(timeout, self.confirm)
             .await
-            .map_err(|_| not_confirmed(format!("no confirm within {CONFIRM_TIMEOUT:?}")))?
+            .map_err(|_| not_confirmed(format!("no confirm within {timeout:?}")))?
             .map_err(Error::broker("waiting for a publisher confirm"))?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
@@ -196,7 +203,7 @@ impl BrokerHandle {
         *state = None;
         let conn = connect(&self.url, &self.name).await?;
         let publisher = Publisher::open(&conn).await?;
-        crate::topology::declare(publisher.channel()).await?;
+        crate::topology::declare(&conn).await?;
         *state = Some((conn, publisher.clone()));
         Ok(publisher)
     }

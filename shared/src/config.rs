@@ -1,7 +1,7 @@
 //! Configuration: a TOML file (`--config FILE` or `DFE_CONFIG`), overridden by environment
 //! variables `DFE__SECTION__KEY` (e.g. `DFE__AMQP__URL`). Every binary reads the same file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -135,6 +135,16 @@ pub struct WorkerConfig {
     /// it only reports them in the log).
     #[serde(default)]
     pub reconcile_fix: bool,
+    /// Deliveries of one message whose handling keeps failing before an outcome is recorded
+    /// (the registry refuses it, its instance stays locked) before it is dead-lettered
+    /// instead of requeued. Job queues also carry `x-delivery-limit` a little above it, the
+    /// broker's own bound for a message that crashes every worker that takes it.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+    /// Attempts at publishing an event a subscriber's queue refused (the first included)
+    /// before it is given up and kept in the registry as abandoned.
+    #[serde(default = "default_event_attempts")]
+    pub event_attempts: u32,
     /// Address of the worker's Prometheus `/metrics` listener; port 0 picks a free one
     /// (the bound address is logged and printed), `""` or `"off"` turns it off.
     #[serde(default = "default_metrics_listen")]
@@ -143,6 +153,14 @@ pub struct WorkerConfig {
 
 fn default_metrics_listen() -> String {
     "127.0.0.1:0".into()
+}
+
+fn default_max_deliveries() -> u32 {
+    10
+}
+
+fn default_event_attempts() -> u32 {
+    6
 }
 
 fn default_reconcile_interval() -> u64 {
@@ -184,6 +202,8 @@ impl Default for WorkerConfig {
             retry_max_ms: default_retry_max_ms(),
             reconcile_interval_secs: default_reconcile_interval(),
             reconcile_fix: false,
+            max_deliveries: default_max_deliveries(),
+            event_attempts: default_event_attempts(),
             metrics_listen: default_metrics_listen(),
         }
     }
@@ -283,10 +303,13 @@ fn default_publish_address() -> String {
     "127.0.0.1".into()
 }
 
-/// A PostgreSQL server holding instance databases.
+/// A database server holding instance databases.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DatabaseServerConfig {
+    /// Its engine: `postgres` (the default) or `mysql`.
+    #[serde(default = "default_engine")]
+    pub engine: String,
     /// Address the worker connects to.
     pub host: String,
     /// Port.
@@ -302,6 +325,10 @@ pub struct DatabaseServerConfig {
     /// Database the admin connects to.
     #[serde(default = "default_admin_db")]
     pub admin_database: String,
+}
+
+fn default_engine() -> String {
+    "postgres".into()
 }
 
 fn default_pg_port() -> u16 {
@@ -330,43 +357,6 @@ pub struct SnapshotsConfig {
 pub struct SnapshotDestination {
     /// Its directory.
     pub path: PathBuf,
-}
-
-/// The file name of snapshot `id` in a store directory.
-pub fn snapshot_file_name(id: &str) -> String {
-    format!("{id}.snapshot.tar.gz")
-}
-
-impl SnapshotsConfig {
-    /// The directory of a destination (`None`: the default store). `None` when unknown.
-    pub fn dir(&self, destination: Option<&str>) -> Option<&Path> {
-        match destination {
-            None | Some("default") => Some(self.path.as_path()),
-            Some(name) => self.destinations.get(name).map(|d| d.path.as_path()),
-        }
-    }
-
-    /// Every store directory: the default first, then the named destinations.
-    pub fn all_dirs(&self) -> Vec<(&str, &Path)> {
-        let mut dirs = vec![("default", self.path.as_path())];
-        dirs.extend(self.destinations.iter().map(|(k, v)| (k.as_str(), v.path.as_path())));
-        dirs
-    }
-
-    /// Finds the archive of snapshot `id` in the stores. The id is a [`crate::ids::Tag`]
-    /// (no `/`), and the file's real path must lie inside its store directory, so neither a
-    /// crafted id nor a symlink can point outside the store.
-    pub fn locate(&self, id: &str) -> Option<(String, PathBuf)> {
-        crate::ids::Tag::parse(id).ok()?;
-        for (name, dir) in self.all_dirs() {
-            let candidate = dir.join(snapshot_file_name(id));
-            let (Ok(real), Ok(real_dir)) = (candidate.canonicalize(), dir.canonicalize()) else { continue };
-            if real.starts_with(&real_dir) && real.is_file() {
-                return Some((name.to_owned(), real));
-            }
-        }
-        None
-    }
 }
 
 fn default_snapshots_path() -> PathBuf {
@@ -403,14 +393,25 @@ impl Default for NamingConfig {
     }
 }
 
-impl WorkerConfig {
-    /// The delay before attempt `attempt + 1` after `attempt` failed transiently:
-    /// exponential from `retry-base-ms`, capped at `retry-max-ms`, times `jitter` (0.8-1.2).
-    pub fn retry_delay(&self, attempt: u32, jitter: f64) -> std::time::Duration {
-        let exp = self.retry_base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
-        let ms = exp.min(self.retry_max_ms) as f64 * jitter.clamp(0.5, 1.5);
-        std::time::Duration::from_millis(ms as u64)
+/// Reads any view of the configuration (the services' whole [`Config`], or the part a
+/// client needs): the TOML file at `path`, when given, overridden by the `DFE__SECTION__KEY`
+/// variables of `env` (the process environment when `None`). The one loader of every binary.
+pub fn load_layers<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+) -> Result<T> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
+    let environment = config::Environment::with_prefix("DFE")
+        .prefix_separator("__")
+        .separator("__")
+        // DFE__WORKER__MAX_ATTEMPTS sets worker.max-attempts: env names cannot hold '-'.
+        .convert_case(config::Case::Kebab)
+        .try_parsing(true)
+        .source(env);
+    Ok(builder.add_source(environment).build()?.try_deserialize()?)
 }
 
 impl Config {
@@ -427,23 +428,11 @@ impl Config {
     }
 
     /// Loads `path` overridden by `env` (the process environment when `None`).
-    pub fn load_from(path: &Path, env: Option<std::collections::HashMap<String, String>>) -> Result<Config> {
+    pub fn load_from(path: &Path, env: Option<HashMap<String, String>>) -> Result<Config> {
         if !path.exists() {
             return Err(Error::Config(format!("configuration file {} does not exist", path.display())));
         }
-        let cfg: Config = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                // DFE__WORKER__MAX_ATTEMPTS sets worker.max-attempts: env names cannot hold '-'.
-                config::Environment::with_prefix("DFE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .convert_case(config::Case::Kebab)
-                    .try_parsing(true)
-                    .source(env),
-            )
-            .build()?
-            .try_deserialize()?;
+        let cfg: Config = load_layers(Some(path), env)?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -496,38 +485,6 @@ impl Config {
     }
 }
 
-impl ProvisionerHost {
-    /// The attributes of the chosen offering items: for each offering, the job's choice or
-    /// its `suggested` item. A choice of an unknown offering or item is an error naming it
-    /// (`offerings.<id>`).
-    pub fn resolve_offerings(
-        &self,
-        chosen: Option<&BTreeMap<String, String>>,
-    ) -> std::result::Result<BTreeMap<String, serde_json::Value>, crate::ids::FieldError> {
-        use crate::ids::FieldError;
-        if let Some(chosen) = chosen {
-            if let Some(unknown) = chosen.keys().find(|k| !self.offerings.contains_key(*k)) {
-                let known: Vec<&str> = self.offerings.keys().map(String::as_str).collect();
-                return Err(FieldError::new(
-                    format!("offerings.{unknown}"),
-                    format!("is not an offering of this provisioner (offerings: {})", known.join(", ")),
-                ));
-            }
-        }
-        let mut attributes = BTreeMap::new();
-        for (id, offering) in &self.offerings {
-            let pick = chosen.and_then(|c| c.get(id)).or(offering.suggested.as_ref());
-            let Some(pick) = pick else { continue };
-            let item = offering.items.get(pick).ok_or_else(|| {
-                let known: Vec<&str> = offering.items.keys().map(String::as_str).collect();
-                FieldError::new(format!("offerings.{id}"), format!("{pick:?} is not one of: {}", known.join(", ")))
-            })?;
-            attributes.extend(item.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        Ok(attributes)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,25 +512,5 @@ mod tests {
         assert_eq!(cfg.amqp.url, "amqp://u:p@10.0.0.1:5672/x");
         assert_eq!(cfg.worker.max_attempts, 9);
         assert_eq!(cfg.api.listen, "127.0.0.1:0");
-    }
-
-    #[test]
-    fn offerings_resolve_to_the_chosen_or_suggested_items() {
-        let cfg = Config::load_from(&shipped(), Some(Default::default())).expect("loads");
-        let host = &cfg.provisioners.hosts["docker"];
-        let attrs = host.resolve_offerings(None).expect("suggested");
-        assert_eq!(attrs["image"], "dfe/test-instance:latest");
-        let chosen = BTreeMap::from([("image".to_owned(), "nope".to_owned())]);
-        assert_eq!(host.resolve_offerings(Some(&chosen)).expect_err("unknown item").field, "offerings.image");
-        let chosen = BTreeMap::from([("colour".to_owned(), "red".to_owned())]);
-        assert_eq!(host.resolve_offerings(Some(&chosen)).expect_err("unknown offering").field, "offerings.colour");
-    }
-
-    #[test]
-    fn retry_delays_grow_exponentially_up_to_the_cap() {
-        let w = WorkerConfig { retry_base_ms: 1000, retry_max_ms: 10_000, ..WorkerConfig::default() };
-        let secs: Vec<u64> = (1..=6).map(|a| w.retry_delay(a, 1.0).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 10, 10]);
-        assert_eq!(w.retry_delay(1, 1.2).as_millis(), 1200);
     }
 }

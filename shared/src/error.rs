@@ -14,6 +14,14 @@ pub enum Error {
     /// A request or message is not valid JSON.
     #[error("malformed JSON: {0}")]
     Json(#[source] serde_json::Error),
+    /// A request or message is larger than a job may be.
+    #[error("the body is {size} bytes; a job body is at most {limit} bytes")]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A field of a request or message is missing, unknown or invalid.
     #[error(transparent)]
     Field(#[from] FieldError),
@@ -36,33 +44,22 @@ pub enum Error {
         /// Why the publication is not confirmed.
         reason: String,
     },
-    /// A registry query failed.
-    #[error("registry: {context}")]
-    Registry {
-        /// What was being done.
-        context: &'static str,
-        /// The PostgreSQL client's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// The registry holds something it should not (a bug or a concurrent manual edit).
-    #[error("registry inconsistency: {0}")]
-    Inconsistent(String),
-    /// No registry connection could be had.
-    #[error("registry connection pool")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    /// The registry connection pool could not be built.
-    #[error("registry connection pool could not be created")]
-    CreatePool(#[from] deadpool_postgres::CreatePoolError),
 }
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps a registry error with what was being done.
-    pub fn registry(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        move |source| Error::Registry { context, source }
+    /// Whether the fault may pass by itself, so that handling the message again later can
+    /// succeed: the broker unreachable or not confirming. Invalid input or configuration
+    /// stays the same however often it is tried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Broker { .. } | Error::NotConfirmed { .. } => true,
+            Error::Config(_) | Error::ConfigLoad(_) | Error::Json(_) | Error::TooLarge { .. } | Error::Field(_) => {
+                false
+            }
+        }
     }
 
     /// Wraps a broker error with what was being done.

@@ -52,6 +52,7 @@ pub mod names {
 
 /// The error part of a failure event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct EventError {
     /// A stable, machine-readable code (e.g. `instance-exists`, `image-not-found`).

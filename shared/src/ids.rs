@@ -27,6 +27,11 @@ impl FieldError {
 /// container, the volume and the database, so nothing else may pass.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schema(pattern = "^[a-z][a-z0-9-]*[a-z0-9]$", min_length = 3, max_length = 63, example = "acme-1")
+)]
 pub struct InstanceId(String);
 
 impl InstanceId {
@@ -95,6 +100,8 @@ fn check_tag(s: &str) -> Result<(), String> {
 /// ids, which end up in logs, labels and URLs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", schema(pattern = "^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64))]
 pub struct Tag(String);
 
 impl Tag {
@@ -135,10 +142,12 @@ pub type JobId = Tag;
 /// It keeps its JSON form so events echo what the client sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum OwnerId {
     /// A numeric owner id.
     Number(u64),
     /// A textual owner id.
+    #[cfg_attr(feature = "schema", schema(value_type = Tag))]
     Text(String),
 }
 

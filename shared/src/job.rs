@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 /// The kind of a job; its name is the routing key, the queue suffix and the event stem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// Create an instance: storage, database, container.
@@ -81,6 +82,7 @@ impl FromStr for JobKind {
 
 /// A request to provision an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ProvisionJob {
     /// Client-chosen job id; one is assigned when absent.
@@ -101,14 +103,17 @@ pub struct ProvisionJob {
     pub owner_type: Option<OwnerId>,
     /// Offering id → chosen item value; the offering's `suggested` item when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(schema_with = schema::offerings))]
     pub offerings: Option<BTreeMap<String, String>>,
     /// Packages to install into the instance, recorded as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(schema_with = schema::packages))]
     pub packages: Option<Vec<String>>,
 }
 
 /// A request to remove an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DeprovisionJob {
     /// Client-chosen job id; one is assigned when absent.
@@ -126,6 +131,7 @@ pub struct DeprovisionJob {
 
 /// A request to restore a snapshot into an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ImportJob {
     /// Client-chosen job id; one is assigned when absent.
@@ -153,6 +159,7 @@ pub struct ImportJob {
 
 /// A request to write a snapshot of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ExportJob {
     /// Client-chosen job id; one is assigned when absent.
@@ -178,10 +185,37 @@ pub enum Job {
     Export(ExportJob),
 }
 
+/// The largest job body accepted, in bytes, on both paths (REST and queue). A job is a few
+/// hundred bytes; the bound keeps one message from being echoed into several large events
+/// and from filling the registry.
+pub const MAX_JOB_BYTES: usize = 64 * 1024;
+
+/// The longest free-form string in a job (a package name, an offering id or item), in
+/// characters.
+pub const MAX_TEXT_CHARS: usize = 255;
+
+/// Checks a free-form string of a job: 1 to [`MAX_TEXT_CHARS`] characters, none of them a
+/// control character. NUL in particular: PostgreSQL cannot store it in text or jsonb, so a
+/// job carrying one could never be recorded and must be refused as invalid, not retried.
+pub fn check_text(field: impl Into<String>, s: &str) -> Result<(), FieldError> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_TEXT_CHARS {
+        return Err(FieldError::new(field, format!("must be 1 to {MAX_TEXT_CHARS} characters long, got {n}")));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(FieldError::new(field, format!("must not contain control characters, found U+{:04X}", c as u32)));
+    }
+    Ok(())
+}
+
 impl Job {
-    /// Parses a job of `kind` from JSON bytes. Malformed JSON is [`Error::Json`]; a missing,
-    /// unknown or invalid field is [`Error::Field`] naming it.
+    /// Parses a job of `kind` from JSON bytes. A body over [`MAX_JOB_BYTES`] is
+    /// [`Error::TooLarge`]; malformed JSON is [`Error::Json`]; a missing, unknown or invalid
+    /// field is [`Error::Field`] naming it.
     pub fn parse(kind: JobKind, bytes: &[u8]) -> Result<Job> {
+        if bytes.len() > MAX_JOB_BYTES {
+            return Err(Error::TooLarge { size: bytes.len(), limit: MAX_JOB_BYTES });
+        }
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(Error::Json)?;
         Job::from_value(kind, value)
     }
@@ -195,12 +229,30 @@ impl Job {
             )
             .into());
         }
-        Ok(match kind {
+        let job = match kind {
             JobKind::Provision => Job::Provision(typed(value)?),
             JobKind::Deprovision => Job::Deprovision(typed(value)?),
             JobKind::Import => Job::Import(typed(value)?),
             JobKind::Export => Job::Export(typed(value)?),
-        })
+        };
+        job.check()?;
+        Ok(job)
+    }
+
+    /// Checks what the types alone do not: the free-form strings (packages, offerings). Jobs
+    /// built in code (the CLI) call it before sending; parsed jobs have passed it already.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if let Job::Provision(p) = self {
+            for (i, package) in p.packages.iter().flatten().enumerate() {
+                check_text(format!("packages[{i}]"), package)?;
+            }
+            for (id, item) in p.offerings.iter().flatten() {
+                // The key is not echoed into the field name: it may be what is wrong.
+                check_text("offerings", id).map_err(|e| FieldError::new("offerings", format!("keys {}", e.message)))?;
+                check_text(format!("offerings.{id}"), item)?;
+            }
+        }
+        Ok(())
     }
 
     /// The job's kind.
@@ -266,6 +318,40 @@ impl Job {
     }
 }
 
+/// Schemas of the free-form strings, which [`Job::check`] checks rather than their type.
+#[cfg(feature = "schema")]
+mod schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+
+    use super::MAX_TEXT_CHARS;
+
+    /// What [`super::check_text`] accepts: 1 to 255 characters, no control character (Cc).
+    fn text() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_TEXT_CHARS))
+            .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*$"))
+    }
+
+    /// [`super::ProvisionJob::offerings`].
+    pub fn offerings() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .property_names(Some(text()))
+            .additional_properties(Some(text()))
+            .description(Some("Offering id → chosen item value; the offering's `suggested` item when absent."))
+    }
+
+    /// [`super::ProvisionJob::packages`].
+    pub fn packages() -> ArrayBuilder {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(text())
+            .description(Some("Packages to install into the instance, recorded as given."))
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -286,6 +372,13 @@ fn field_error(path: &str, message: &str) -> FieldError {
     if message.starts_with("unknown field") {
         if let Some(name) = quoted {
             let expected = message.split(", expected").nth(1).unwrap_or("").trim();
+            // A name that is empty or cannot be shown is reported on the body instead.
+            if name.is_empty() || name.chars().any(char::is_control) || name.len() > 64 {
+                return FieldError::new(
+                    "body",
+                    format!("has a field whose name is not a known field (expected {expected})"),
+                );
+            }
             return FieldError::new(name, format!("is not a known field (expected {expected})"));
         }
     }
@@ -332,6 +425,7 @@ mod tests {
         );
         assert_eq!(field_of(JobKind::Deprovision, r#"{"instance-id":"abc","keep-database":"y"}"#), "keep-database");
         assert_eq!(field_of(JobKind::Export, "[1]"), "body");
+        assert_eq!(field_of(JobKind::Export, r#"{"instance-id":"abc","":1}"#), "body", "an empty name is not a field");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! - [`config`]: the TOML + `DFE__…` configuration shared by every binary.
 //! - [`topology`]: exchange and queue names, declared idempotently.
 //! - [`broker`]: AMQP connection and a publisher that waits for confirms.
-//! - [`registry`]: the PostgreSQL registry of jobs and instances, its migrations and locks.
-//! - [`metrics`]: Prometheus text exposition (counters, histograms) for `/metrics`.
-//! - [`outbox`]: republishes recorded jobs whose publication did not complete.
+//! - [`records`]: the job, instance, snapshot and reconciliation records the API serves.
+//! - [`placement`]: where a new instance goes and which offering items it gets.
+//! - [`snapshot_store`]: where snapshot archives are written and found.
 //! - [`secret`]: a string that never prints.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the crate's error type.
@@ -20,10 +20,10 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod job;
-pub mod metrics;
-pub mod outbox;
-pub mod registry;
+pub mod placement;
+pub mod records;
 pub mod secret;
+pub mod snapshot_store;
 pub mod telemetry;
 pub mod topology;
 

@@ -13,7 +13,19 @@ pub fn init() {
         .try_init();
 }
 
-/// Completes on SIGTERM or SIGINT: the shutdown future the services run until.
+/// A token cancelled on SIGTERM or SIGINT: what the services run until. Every task of a
+/// service holds a clone (or a child) and stops when it is cancelled.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {

@@ -3,7 +3,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::job::JobKind;
 use crate::{Error, Result};
@@ -39,9 +39,31 @@ fn quorum_args() -> FieldTable {
     args
 }
 
-/// Declares the exchanges, the four job queues (quorum, dead-lettering to
-/// [`DEAD_QUEUE`]) and the dead queue. Safe to call any number of times.
-pub async fn declare(channel: &Channel) -> Result<()> {
+/// How often the broker delivers one job message before it dead-letters it on its own
+/// (`x-delivery-limit` of the quorum job queues). Workers stop requeueing well before
+/// (`worker.max-deliveries`, with the reason in `x-dfe-error`); this bound is for a message
+/// that kills every worker that takes it. Fixed, because a queue's arguments cannot change
+/// once it is declared.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Whether a broker error is PRECONDITION_FAILED (406): a queue exists with other arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// Declares the exchanges, the job queues (quorum, dead-lettering to [`DEAD_QUEUE`], with
+/// [`DELIVERY_LIMIT`]), their retry queues and the dead queue, on channels of its own.
+/// Safe to call any number of times. A job queue declared by an earlier version (without
+/// the delivery limit) is kept as it is, with a warning: the broker refuses to change a
+/// queue's arguments, and the workers' own bound still holds.
+pub async fn declare(conn: &Connection) -> Result<()> {
+    let mut channel = conn.create_channel().await.map_err(Error::broker("opening a channel to declare"))?;
+    let result = declare_on(conn, &mut channel).await;
+    let _ = channel.close(200, "declared".into()).await;
+    result
+}
+
+async fn declare_on(conn: &Connection, channel: &mut Channel) -> Result<()> {
     let exchange_opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
         .exchange_declare(JOBS_EXCHANGE.into(), ExchangeKind::Direct, exchange_opts, FieldTable::default())
@@ -60,11 +82,27 @@ pub async fn declare(channel: &Channel) -> Result<()> {
         // Dead-letter through the default exchange straight into the dead queue.
         args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
         args.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(DEAD_QUEUE.into()));
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
         let queue = queue_name(kind);
-        channel
-            .queue_declare(queue.as_str().into(), durable(), args)
-            .await
-            .map_err(Error::broker("declaring a job queue"))?;
+        match channel.queue_declare(queue.as_str().into(), durable(), args).await {
+            Ok(_) => {}
+            Err(e) if is_precondition_failed(&e) => {
+                tracing::warn!(
+                    queue = %queue,
+                    "this job queue was declared without x-delivery-limit (by an older version); it is used as it \
+                     is. To add the broker's bound: rabbitmqctl set_policy dfe-delivery-limit '^dfe\\.jobs\\.' \
+                     '{{\"delivery-limit\": {DELIVERY_LIMIT}}}' --apply-to queues"
+                );
+                // The refusal closed the channel: go on with a new one.
+                *channel = conn.create_channel().await.map_err(Error::broker("reopening a channel to declare"))?;
+                let passive = QueueDeclareOptions { passive: true, ..durable() };
+                channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                    .map_err(Error::broker("declaring a job queue"))?;
+            }
+            Err(e) => return Err(Error::broker("declaring a job queue")(e)),
+        }
         channel
             .queue_bind(
                 queue.into(),

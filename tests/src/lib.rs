@@ -49,11 +49,14 @@ pub struct Options {
     pub worker_env: Vec<(String, String)>,
     /// TOML appended to the configuration (extra provisioners, database servers).
     pub extra_config: String,
+    /// Extra environment for the api and the workers alike (`DFE__…` overrides of keys the
+    /// shipped configuration sets, which appended TOML cannot redefine).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, worker_env: Vec::new(), extra_config: String::new() }
+        Options { workers: 2, worker_env: Vec::new(), extra_config: String::new(), env: Vec::new() }
     }
 }
 
@@ -82,6 +85,7 @@ pub struct TestEnv {
     vhost: String,
     database: String,
     worker_env: Vec<(String, String)>,
+    extra_env: Vec<(String, String)>,
     instances: std::sync::Mutex<Vec<String>>,
     http: reqwest::Client,
     next_worker: usize,
@@ -166,6 +170,7 @@ impl TestEnv {
             vhost,
             database,
             worker_env: options.worker_env.clone(),
+            extra_env: options.env.clone(),
             instances: Default::default(),
             http: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?,
             next_worker: 0,
@@ -180,7 +185,7 @@ impl TestEnv {
     }
 
     fn service_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("DFE__AMQP__URL".into(), self.amqp_url.clone()),
             ("DFE__REGISTRY__URL".into(), self.registry_url.clone()),
             ("DFE__API__LISTEN".into(), "127.0.0.1:0".into()),
@@ -188,7 +193,9 @@ impl TestEnv {
             // Its own deployment: a reconciler here never touches another test's instances.
             ("DFE__NAMING__DEPLOYMENT".into(), format!("test-{}", self.id)),
             ("RUST_LOG".into(), "info,dfe_worker=debug,dfe_api=debug,dfe_shared=debug".into()),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// Starts (or restarts) the api and waits for its address.
@@ -259,11 +266,11 @@ impl TestEnv {
         token: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.api_url))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
+        let mut req = self.http.post(format!("{}{path}", self.api_url)).body(body.to_vec());
+        // JSON unless the caller declares another type (one Content-Type header, not two).
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req = req.header("content-type", "application/json");
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

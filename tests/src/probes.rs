@@ -126,7 +126,7 @@ pub async fn publish(
     let conn = dfe_shared::broker::connect(url, "dfe-tests publisher").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    dfe_shared::topology::declare(&ch).await?;
+    dfe_shared::topology::declare(&conn).await?;
     ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await?.await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(())
@@ -181,4 +181,55 @@ pub async fn instance_db(instance_id: &str) -> Result<tokio_postgres::Client> {
     let password = container_env(&c, "DB_PASSWORD").context("no DB_PASSWORD")?;
     let name = db_name(instance_id);
     pg(&format!("postgres://{name}:{password}@127.0.0.1:5432/{name}")).await
+}
+
+/// A broken subscriber: a queue bound to `dfe.events` (all events) that holds at most one
+/// message and refuses every further publication (`x-overflow: reject-publish`), as a
+/// subscriber that stopped consuming would. Kept while the returned connection lives.
+pub async fn broken_subscriber(url: &str, queue: &str) -> Result<lapin::Connection> {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::AMQPValue;
+    let conn = dfe_shared::broker::connect(url, "dfe-tests broken subscriber").await?;
+    let ch = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    ch.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    ch.queue_bind(
+        queue.into(),
+        "dfe.events".into(),
+        "dfe.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(conn)
+}
+
+/// How many messages wait in `queue`.
+pub async fn queue_depth(url: &str, queue: &str) -> Result<u32> {
+    use lapin::options::QueueDeclareOptions;
+    let conn = dfe_shared::broker::connect(url, "dfe-tests depth").await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(q.message_count())
+}
+
+/// A string header of a delivery (`x-dfe-error`, …).
+pub fn header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// The `application_name` a worker gives the database sessions of job `job_id`
+/// (`dfe-job-<first 16 hex digits of the SHA-256 of the id>`).
+pub fn job_session_name(job_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("dfe-job-{}", &hex::encode(Sha256::digest(job_id.as_bytes()))[..16])
 }

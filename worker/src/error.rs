@@ -13,9 +13,16 @@ pub enum Error {
     /// The instance id is held by another instance, or the instance is busy.
     #[error("{0}")]
     Conflict(String),
-    /// The instance the job names does not exist.
-    #[error("{0}")]
-    NotFound(String),
+    /// The instance's state does not allow the job (it exists, does not exist, or is busy):
+    /// the registry's refusal, with its code (`instance-exists`, `instance-not-found`,
+    /// `instance-busy`).
+    #[error("{message}")]
+    Refused {
+        /// The refusal's code.
+        code: &'static str,
+        /// What a person reads.
+        message: String,
+    },
     /// The offering's image is not on the Docker host.
     #[error("image {image} is not available on the Docker host")]
     ImageNotFound {
@@ -48,6 +55,14 @@ pub enum Error {
     /// A snapshot archive is refused (checksum, format, unsafe member).
     #[error("snapshot refused: {0}")]
     SnapshotInvalid(String),
+    /// The snapshot's database is of another engine than the target's.
+    #[error("the snapshot holds a {snapshot} database and the target instance uses {target}; import it into an instance of a {snapshot} provisioner")]
+    EngineMismatch {
+        /// The snapshot's engine.
+        snapshot: String,
+        /// The target's engine.
+        target: String,
+    },
     /// No snapshot with that id is in the store.
     #[error("snapshot {0} is not in the snapshot store")]
     SnapshotNotFound(String),
@@ -68,12 +83,18 @@ pub enum Error {
         /// Its exit status and error output.
         message: String,
     },
+    /// The job's lock stayed taken by another job (it may pass: the other job ends).
+    #[error("{0}")]
+    LockBusy(String),
     /// The job ran past its deadline.
     #[error("the job did not finish within {0} seconds")]
     Timeout(u64),
-    /// The registry or the broker failed.
+    /// The broker failed, or a message or job is invalid.
     #[error(transparent)]
     Shared(#[from] dfe_shared::Error),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] dfe_registry::Error),
     /// The configuration is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
@@ -88,17 +109,21 @@ impl Error {
         match self {
             Error::Invalid(_) => "invalid-job",
             Error::Conflict(_) => "conflict",
-            Error::NotFound(_) => "instance-not-found",
+            Error::Refused { code, .. } => code,
             Error::ImageNotFound { .. } => "image-not-found",
             Error::Docker { .. } => "docker-error",
             Error::Database { .. } => "database-error",
             Error::Unhealthy(_) => "instance-unhealthy",
             Error::Timeout(_) => "timeout",
+            Error::LockBusy(_) => "instance-busy",
             Error::SnapshotInvalid(_) => "snapshot-invalid",
             Error::SnapshotNotFound(_) => "snapshot-not-found",
+            Error::EngineMismatch { .. } => "engine-mismatch",
             Error::Io { .. } => "io-error",
             Error::Tool { .. } => "tool-failed",
-            Error::Shared(_) => "internal-error",
+            Error::Shared(dfe_shared::Error::Broker { .. } | dfe_shared::Error::NotConfirmed { .. }) => "broker-error",
+            Error::Shared(_) => "invalid-job",
+            Error::Registry(_) => "registry-error",
             Error::Config(_) => "configuration-error",
         }
     }
@@ -120,18 +145,7 @@ impl Error {
                 | bollard::errors::Error::CertParseError { .. } => false,
                 _ => true,
             },
-            Error::Database { source, .. } => match source.code() {
-                // No SQLSTATE: the connection itself failed or broke.
-                None => true,
-                Some(state) => {
-                    let code = state.code();
-                    code.starts_with("08")
-                        || code.starts_with("53")
-                        || code.starts_with("57P")
-                        || code == "40001"
-                        || code == "40P01"
-                }
-            },
+            Error::Database { source, .. } => dfe_registry::pg_is_transient(source),
             Error::Tool { message, .. } => {
                 let m = message.to_ascii_lowercase();
                 m.contains("could not connect")
@@ -139,7 +153,11 @@ impl Error {
                     || m.contains("server closed the connection")
                     || m.contains("terminating connection")
             }
-            Error::Shared(_) | Error::Timeout(_) => true,
+            // Only what lies between the worker and its services may pass by itself: a
+            // validation or JSON error is the same on every attempt.
+            Error::Shared(e) => e.is_transient(),
+            Error::Registry(e) => e.is_transient(),
+            Error::Timeout(_) | Error::LockBusy(_) => true,
             _ => false,
         }
     }

@@ -1,19 +1,37 @@
 //! Publishing a job's events: sub-events as its steps complete, then exactly one final
-//! event. Ids are derived from the job id and the event name, so a redelivered job
-//! republishes the same ids and subscribers can drop duplicates.
+//! event. Ids derive from the job id and the event name, so a redelivered job republishes
+//! the same ids and subscribers can drop duplicates.
+//!
+//! Events do not wait on subscribers. An event the broker does not confirm (a subscriber's
+//! queue full with `reject-publish`, a quorum queue without a leader, no confirm in time)
+//! is kept in the registry's event outbox and retried on its own by [`relay`] with a
+//! backoff, a bounded number of times; the job's outcome is recorded and its message
+//! acknowledged regardless. So every queue that accepts gets each event at least once, and
+//! healthy subscribers get at most `worker.event-attempts` copies of an event that another
+//! subscriber's queue keeps refusing.
 
-use dfe_shared::broker::Publisher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfe_registry::Registry;
+use dfe_shared::broker::{BrokerHandle, Pending, Publisher};
 use dfe_shared::event::{names, Event, EventError};
 use dfe_shared::job::JobKind;
-use dfe_shared::registry::{JobRecord, JobState};
+use dfe_shared::records::{JobRecord, JobState};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::timings::StepTimings;
 
 /// The service name in events.
 pub const SERVICE: &str = "dfe-worker";
 
-/// What every event of one job repeats.
+/// How long a job waits for an event's confirm before leaving the event to the outbox.
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
+/// What every event of one job repeats, and what a run gathers on the way.
 #[derive(Debug, Clone)]
 pub struct JobMeta {
     /// The job id.
@@ -26,42 +44,83 @@ pub struct JobMeta {
     pub owner_id: Option<serde_json::Value>,
     /// The original job.
     pub request: serde_json::Value,
+    /// Which run of the job this is (1 for the first).
+    pub attempt: u32,
     /// Step durations of this run, filled in by the job body.
-    pub timings: std::sync::Arc<crate::metrics::StepTimings>,
+    pub timings: Arc<StepTimings>,
     /// Sub-events published whose confirms are still to be awaited (before the final event).
-    pub pending: std::sync::Arc<tokio::sync::Mutex<Vec<dfe_shared::broker::Pending>>>,
+    pub pending: Arc<tokio::sync::Mutex<Vec<(Event, Pending)>>>,
 }
 
 impl JobMeta {
-    /// Waits for the confirms of the sub-events published so far.
-    pub async fn settle(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.pending.lock().await);
-        for p in futures::future::join_all(pending.into_iter().map(|p| p.confirmed())).await {
-            p?;
+    /// The metadata of a run of a job.
+    pub fn new(job_id: String, kind: JobKind, instance_id: String, request: serde_json::Value) -> JobMeta {
+        JobMeta {
+            job_id,
+            kind,
+            instance_id,
+            owner_id: request.get("owner-id").cloned(),
+            request,
+            attempt: 1,
+            timings: Arc::default(),
+            pending: Arc::default(),
         }
-        Ok(())
     }
 }
 
-/// Publishes events with confirms.
+/// Publishes events with confirms, leaving refused ones to the registry's event outbox.
 #[derive(Clone)]
 pub struct Events {
     publisher: Publisher,
+    registry: Registry,
+    metrics: Arc<Metrics>,
 }
 
 impl Events {
-    /// Events through `publisher`.
-    pub fn new(publisher: Publisher) -> Events {
-        Events { publisher }
+    /// Events through `publisher`, deferred into `registry` when refused.
+    pub fn new(publisher: Publisher, registry: Registry, metrics: Arc<Metrics>) -> Events {
+        Events { publisher, registry, metrics }
     }
 
-    /// The publisher (for dead-lettering).
+    /// The publisher (for dead-lettering and retries).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
 
-    /// Publishes event `name` of the job and waits for the broker's confirm (and for those
-    /// of the job's sub-events still pending).
+    /// Publishes `event` and waits for its confirm; a refusal keeps it in the event outbox
+    /// for another attempt. An error only when even that fails (the registry is away too).
+    pub async fn publish(&self, event: &Event) -> Result<()> {
+        let outcome = match self.publisher.start_event(event, SERVICE).await {
+            Ok(pending) => pending.confirmed_within(CONFIRM_WAIT).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => self.defer(event, &e).await,
+        }
+    }
+
+    async fn defer(&self, event: &Event, why: &dfe_shared::Error) -> Result<()> {
+        tracing::warn!(event = %event.event, job_id = ?event.job_id, error = %why, "event not confirmed; it is kept and retried on its own");
+        self.registry.defer_event(event, &why.to_string(), backoff(1).as_secs_f64()).await?;
+        self.metrics.event_deferred();
+        Ok(())
+    }
+
+    /// Waits for the confirms of the sub-events published so far; refused ones are deferred.
+    pub async fn settle(&self, meta: &JobMeta) -> Result<()> {
+        let pending = std::mem::take(&mut *meta.pending.lock().await);
+        let waits =
+            pending.into_iter().map(|(event, p)| async move { (event, p.confirmed_within(CONFIRM_WAIT).await) });
+        for (event, outcome) in futures::future::join_all(waits).await {
+            if let Err(e) = outcome {
+                self.defer(&event, &e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes event `name` of the job after the job's earlier sub-events are settled.
     pub async fn emit(
         &self,
         meta: &JobMeta,
@@ -69,25 +128,27 @@ impl Events {
         result: serde_json::Value,
         error: Option<EventError>,
     ) -> Result<()> {
+        self.settle(meta).await?;
         let event = Self::event(meta, name, result, error);
-        let pending = self.publisher.start_event(&event, SERVICE).await?;
-        meta.settle().await?;
-        pending.confirmed().await?;
+        self.publish(&event).await?;
         tracing::debug!(job_id = %meta.job_id, event = name, "event published");
         Ok(())
     }
 
     /// Publishes a sub-event of a step without waiting for its confirm: the job goes on
-    /// with its next step, and the confirm is awaited with the final event's (before the
-    /// message is acknowledged). Order is kept: one channel delivers in publication order.
+    /// with its next step, and the confirm is awaited with the final event's. Order is
+    /// kept: one channel delivers in publication order.
     pub async fn emit_step(&self, meta: &JobMeta, name: &str, result: serde_json::Value) -> Result<()> {
         let event = Self::event(meta, name, result, None);
-        let pending = self.publisher.start_event(&event, SERVICE).await?;
-        meta.pending.lock().await.push(pending);
+        match self.publisher.start_event(&event, SERVICE).await {
+            Ok(pending) => meta.pending.lock().await.push((event, pending)),
+            Err(e) => self.defer(&event, &e).await?,
+        }
         Ok(())
     }
 
-    fn event(meta: &JobMeta, name: &str, result: serde_json::Value, error: Option<EventError>) -> Event {
+    /// The event `name` of a job.
+    pub fn event(meta: &JobMeta, name: &str, result: serde_json::Value, error: Option<EventError>) -> Event {
         Event {
             event_id: Event::id_for(&meta.job_id, name),
             event: name.to_owned(),
@@ -108,10 +169,89 @@ impl Events {
         let (name, error) = if record.state == JobState::Succeeded {
             (names::succeeded(record.kind), None)
         } else {
-            let error = record.error.clone().and_then(|e| serde_json::from_value::<EventError>(e).ok());
-            (names::failed(record.kind), error)
+            (names::failed(record.kind), record.error.clone())
         };
         let result = record.result.clone().unwrap_or_else(|| serde_json::json!({}));
         self.emit(meta, &name, result, error).await
+    }
+}
+
+/// The delay before attempt `attempt + 1` of a deferred event: 2 s doubling, at most a minute.
+fn backoff(attempt: i32) -> Duration {
+    let exp = u32::try_from(attempt.clamp(1, 6) - 1).unwrap_or(0);
+    Duration::from_secs(2u64 << exp).min(Duration::from_secs(60))
+}
+
+/// Publishes deferred events that are due, every second, until `shutdown`. Each event is
+/// tried until it is confirmed or `max_attempts` attempts are spent; then it is kept as
+/// abandoned (`event_outbox.abandoned_at`), counted in the metrics and logged.
+pub async fn relay(
+    registry: Registry,
+    broker: BrokerHandle,
+    metrics: Arc<Metrics>,
+    max_attempts: u32,
+    shutdown: CancellationToken,
+) {
+    let max_attempts = i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = relay_once(&registry, &broker, &metrics, max_attempts).await {
+            tracing::debug!(error = %e, "event relay pass failed; will retry");
+        }
+    }
+}
+
+async fn relay_once(registry: &Registry, broker: &BrokerHandle, metrics: &Metrics, max_attempts: i32) -> Result<()> {
+    let due = registry.due_events(100).await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let publisher = broker.publisher().await?;
+    let mut waits = Vec::with_capacity(due.len());
+    for d in due {
+        let started = publisher.start_event(&d.event, SERVICE).await;
+        waits.push(async move {
+            let outcome = match started {
+                Ok(p) => p.confirmed_within(CONFIRM_WAIT).await,
+                Err(e) => Err(e),
+            };
+            (d, outcome)
+        });
+    }
+    let mut delivered = Vec::new();
+    for (d, outcome) in futures::future::join_all(waits).await {
+        match outcome {
+            Ok(()) => delivered.push(d.event.event_id),
+            Err(e) => {
+                let abandon = d.attempts + 1 >= max_attempts;
+                if abandon {
+                    metrics.event_abandoned();
+                    tracing::error!(
+                        event = %d.event.event, event_id = %d.event.event_id, attempts = d.attempts + 1, error = %e,
+                        "event given up after its last attempt; it stays in the registry's event_outbox"
+                    );
+                }
+                registry
+                    .event_refused(d.event.event_id, &e.to_string(), backoff(d.attempts + 1).as_secs_f64(), abandon)
+                    .await?;
+            }
+        }
+    }
+    metrics.events_redelivered(delivered.len());
+    registry.events_delivered(&delivered).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_events_back_off_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

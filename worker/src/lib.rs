@@ -1,40 +1,44 @@
 //! dfe-worker: consumes jobs from `dfe.jobs.*` and carries them out.
 //!
 //! Module map:
-//! - [`consumer`]: AMQP consumption, acks, locks, the job life cycle in the registry.
-//! - [`deadletter`]: invalid messages to `dfe.jobs.dead` with their reason.
-//! - [`jobs`]: one body per job kind (provision, deprovision, …), free of AMQP.
-//! - [`manager`]: provisioners by guest location, built from the configuration.
-//! - [`provisioners`]: the storage, database and instance sub-provisioners.
+//! - [`runner`]: the generic job machinery: consumption, acks, locks, retries, dead letters,
+//!   the registry life cycle of a job. It knows nothing of provisioning.
+//! - [`jobs`]: one file per job kind (provision, deprovision, import, export), free of AMQP.
+//! - [`manager`]: provisioners by guest location, and plans from an instance's claim.
+//! - [`fleet`]: the Docker hosts and database servers of the configuration.
+//! - [`provisioners`]: the storage, database and instance sub-provisioners, each with the
+//!   inventory the reconciler compares against.
 //! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
-//! - [`reconcile`]: registry against Docker hosts and database servers: orphans, stuck jobs.
-//! - [`events`]: sub-events and final events on `dfe.events`.
-//! - [`metrics`]: Prometheus counters and step histograms, served on `worker.metrics-listen`.
+//! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
+//! - [`events`]: sub-events and final events on `dfe.events`, with the event outbox relay.
+//! - [`metrics`], [`http`]: Prometheus metrics, served on `worker.metrics-listen`.
+//! - [`timings`]: step durations of a run.
 //! - [`fault`]: the test-only hook that holds a job after a step.
 //! - [`error`]: the crate's error type.
 
-pub mod consumer;
-pub mod deadletter;
 pub mod error;
 pub mod events;
 pub mod fault;
+pub mod fleet;
+pub mod http;
 pub mod jobs;
 pub mod manager;
 pub mod metrics;
 pub mod provisioners;
 pub mod reconcile;
+pub mod runner;
 pub mod snapshot;
+pub mod timings;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfe_registry::{LockPool, Registry};
 use dfe_shared::broker::BrokerHandle;
 use dfe_shared::config::Config;
-use dfe_shared::registry::{LockPool, Registry};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use consumer::{Consumer, Ended};
+use runner::{Ended, Kinds, Runner};
 
 /// Pause between reconnection attempts to the broker or the registry.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
@@ -44,25 +48,15 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 pub struct Options {
     /// Unique name of this worker.
     pub worker_id: String,
-    /// Seconds running jobs get to finish after shutdown is asked for.
+    /// How long running jobs get to finish after shutdown is asked for.
     pub grace: Duration,
 }
 
-/// Runs a worker until `shutdown` completes, then lets running jobs finish (up to the grace
-/// period) and returns. Broker and registry outages are ridden out by reconnecting.
-pub async fn run(
-    config: Config,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Runs a worker until `shutdown` is cancelled, then lets running jobs finish (up to the
+/// grace period) and returns. Broker and registry outages are ridden out by reconnecting.
+pub async fn run(config: Config, options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let manager = Arc::new(manager::Manager::new(config.clone())?);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-
     let registry = loop {
         match Registry::connect(&config.registry.url, config.registry.pool_size).await {
             Ok(r) => break r,
@@ -70,55 +64,81 @@ pub async fn run(
                 tracing::warn!(error = %e, "registry not reachable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
-                    _ = stop_rx.changed() => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                 }
             }
         }
     };
     let concurrency = config.worker.concurrency.max(1);
     let locks = LockPool::new(&config.registry.url, usize::from(concurrency) * 4 + 2)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    // Background tasks stop with a child token once the runner has drained, so that the
+    // jobs still finishing in the grace period can have their events relayed.
+    let background = CancellationToken::new();
 
     // The outbox relay runs here too, so accepted jobs get published even when no api runs.
     let relay_broker = BrokerHandle::new(&config.amqp.url, &format!("{} outbox", options.worker_id));
-    tokio::spawn(dfe_shared::outbox::relay(registry.clone(), relay_broker, options.worker_id.clone(), stop_rx.clone()));
-
-    let metrics = Arc::new(metrics::Metrics::default());
+    tokio::spawn(dfe_registry::outbox::relay(
+        registry.clone(),
+        relay_broker,
+        options.worker_id.clone(),
+        background.clone(),
+    ));
+    let event_broker = BrokerHandle::new(&config.amqp.url, &format!("{} events", options.worker_id));
+    tokio::spawn(events::relay(
+        registry.clone(),
+        event_broker,
+        metrics.clone(),
+        config.worker.event_attempts,
+        background.clone(),
+    ));
     if let Some(listener) = metrics_listener(&config.worker.metrics_listen).await? {
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
+        tokio::spawn(http::serve(listener, metrics.clone(), background.clone()));
     }
 
-    let consumer = Arc::new(Consumer {
+    let context = jobs::Env { registry: registry.clone(), manager: manager.clone(), config: config.clone() };
+    let reconciler = reconcile::Reconciler {
+        worker_id: options.worker_id.clone(),
+        manager: manager.clone(),
+        registry: registry.clone(),
+        kinds: Arc::new(Kinds::new(jobs::kinds())),
+        broker: BrokerHandle::new(&config.amqp.url, &format!("{} reconciler", options.worker_id)),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(reconciler.clone().on_request(background.clone()));
+    if config.worker.reconcile_interval_secs > 0 {
+        let interval = Duration::from_secs(config.worker.reconcile_interval_secs);
+        tokio::spawn(reconciler.periodic(interval, config.worker.reconcile_fix, background.clone()));
+    }
+
+    let runner = Arc::new(Runner {
         worker_id: options.worker_id.clone(),
         amqp_url: config.amqp.url.clone(),
         concurrency,
         grace: options.grace,
-        registry: registry.clone(),
+        deadline: Duration::from_secs(config.worker.job_timeout_secs),
+        retry: runner::retry::RetryPolicy::from_config(&config.worker),
+        registry,
         locks,
-        manager,
-        config: config.clone(),
+        kinds: Kinds::new(jobs::kinds()),
+        context,
         metrics,
     });
-
-    if config.worker.reconcile_interval_secs > 0 {
-        let (manager, registry, stop) = (consumer.manager.clone(), consumer.registry.clone(), stop_rx.clone());
-        let broker = BrokerHandle::new(&config.amqp.url, &format!("{} reconciler", options.worker_id));
-        tokio::spawn(periodic_reconcile(manager, registry, broker, config.worker.clone(), stop));
-    }
-
     loop {
-        match consumer.session(&mut stop_rx).await {
+        match runner.session(&shutdown).await {
             Ok(Ended::Shutdown) => break,
             Ok(Ended::ConnectionLost) => tracing::warn!("broker connection lost; reconnecting"),
             Err(e) => tracing::warn!(error = %e.chain(), "broker session failed; reconnecting"),
         }
-        if *stop_rx.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
-            _ = stop_rx.changed() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
+    background.cancel();
     tracing::info!(worker = %options.worker_id, "worker stopped");
     Ok(())
 }
@@ -139,49 +159,19 @@ async fn metrics_listener(listen: &str) -> anyhow::Result<Option<tokio::net::Tcp
     Ok(Some(listener))
 }
 
-/// Reconciles every `reconcile-interval-secs`, logging what it finds (and fixing it with
-/// `reconcile-fix`), until shutdown.
-async fn periodic_reconcile(
-    manager: Arc<manager::Manager>,
-    registry: Registry,
-    broker: BrokerHandle,
-    cfg: dfe_shared::config::WorkerConfig,
-    mut stop: watch::Receiver<bool>,
-) {
-    let interval = Duration::from_secs(cfg.reconcile_interval_secs);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-        let events = match broker.publisher().await {
-            Ok(p) => Some(events::Events::new(p)),
-            Err(_) => None,
-        };
-        match reconcile::reconcile(&manager, &registry, events.as_ref(), cfg.reconcile_fix).await {
-            Ok(report) if report.is_clean() => tracing::debug!("reconciliation: registry and resources agree"),
-            Ok(report) => tracing::warn!(
-                orphans = report.orphans.len(),
-                missing = report.missing.len(),
-                stuck = report.stuck.len(),
-                unreachable = ?report.unreachable,
-                fixed = cfg.reconcile_fix,
-                "reconciliation found differences: {}",
-                serde_json::to_string(&report).unwrap_or_default()
-            ),
-            Err(e) => tracing::warn!(error = %e.chain(), "reconciliation failed"),
-        }
-    }
-}
-
-/// Runs one reconciliation (`dfe-worker --reconcile`): the report as JSON.
-pub async fn reconcile_once(config: Config, fix: bool) -> anyhow::Result<reconcile::Report> {
+/// Runs one reconciliation here (`dfe-worker --reconcile`), with this worker's clients.
+pub async fn reconcile_once(config: Config, fix: bool) -> anyhow::Result<dfe_shared::records::ReconcileReport> {
     let config = Arc::new(config);
-    let manager = manager::Manager::new(config.clone())?;
-    let registry = Registry::connect(&config.registry.url, 2).await?;
-    let broker = BrokerHandle::new(&config.amqp.url, "dfe reconcile");
-    let events = if fix { broker.publisher().await.ok().map(events::Events::new) } else { None };
-    Ok(reconcile::reconcile(&manager, &registry, events.as_ref(), fix).await?)
+    let metrics = Arc::new(metrics::Metrics::default());
+    let reconciler = reconcile::Reconciler {
+        worker_id: "dfe-worker --reconcile".into(),
+        manager: Arc::new(manager::Manager::new(config.clone())?),
+        registry: Registry::connect(&config.registry.url, 2).await?,
+        kinds: Arc::new(Kinds::new(jobs::kinds())),
+        broker: BrokerHandle::new(&config.amqp.url, "dfe-worker --reconcile"),
+        metrics,
+    };
+    Ok(reconciler.run_once(fix).await?)
 }
 
-pub use dfe_shared::telemetry::shutdown_signal;
+pub use dfe_shared::telemetry::shutdown_token;

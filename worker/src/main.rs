@@ -42,5 +42,5 @@ async fn main() -> anyhow::Result<()> {
         format!("dfe-worker-{}-{}", host.trim(), std::process::id())
     });
     let options = dfe_worker::Options { worker_id, grace: Duration::from_secs(args.grace_secs) };
-    dfe_worker::run(config, options, dfe_worker::shutdown_signal()).await
+    dfe_worker::run(config, options, dfe_worker::shutdown_token()).await
 }

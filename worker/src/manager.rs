@@ -1,23 +1,22 @@
-//! The provisioning manager: builds the sub-provisioners of every configured provisioner
-//! host (DFE's `config/provisioners.php`) once at start, and plans each job by its
-//! guest location, cluster and offerings.
+//! The provisioning manager: builds the fleet and every configured sub-provisioner once at
+//! start, and plans each job from what its instance's claim recorded (provisioner, offering
+//! items, Docker host, database server), so a job always works where its instance lives.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dfe_shared::config::{Config, ProvisionerHost};
 use dfe_shared::ids::InstanceId;
-use dfe_shared::job::ProvisionJob;
-use dfe_shared::registry::InstanceRecord;
+use dfe_shared::placement;
+use dfe_shared::records::InstanceRecord;
 
 use crate::error::{Error, Result};
-use crate::provisioners::docker::DockerCluster;
+use crate::fleet::Fleet;
 use crate::provisioners::{
-    build_database, build_instance, build_storage, BuildContext, DatabaseProvisioner, InstanceContext,
-    InstanceProvisioner, Names, StorageProvisioner,
+    BuildContext, DatabaseProvisioner, Implementations, InstanceContext, InstanceProvisioner, Names, StorageProvisioner,
 };
 
-/// One provisioner host with its built sub-provisioners.
+/// One provisioner host with its sub-provisioners.
 pub struct Provisioner {
     /// Its tag (the guest location).
     pub tag: String,
@@ -37,74 +36,38 @@ pub struct Plan<'a> {
     pub provisioner: &'a Provisioner,
     /// What the sub-provisioners are told.
     pub ctx: InstanceContext,
-    /// The Docker cluster chosen, if any.
-    pub cluster_id: Option<String>,
 }
 
 /// Resolves provisioners for jobs.
 pub struct Manager {
     config: Arc<Config>,
+    fleet: Arc<Fleet>,
+    implementations: Implementations,
     provisioners: BTreeMap<String, Provisioner>,
-    clusters: BTreeMap<String, Arc<DockerCluster>>,
 }
 
 impl Manager {
-    /// Builds every configured provisioner; an unknown implementation name is an error here,
-    /// at start, not in the middle of a job.
+    /// Builds the fleet and every configured provisioner; an unknown implementation name is
+    /// an error here, at start, not in the middle of a job.
     pub fn new(config: Arc<Config>) -> Result<Manager> {
-        let clusters =
-            config.clusters.iter().map(|(id, c)| (id.clone(), Arc::new(DockerCluster::new(id, c.clone())))).collect();
+        let fleet = Arc::new(Fleet::new(&config));
+        let implementations = Implementations::build(&BuildContext { config: &config, fleet: &fleet })?;
         let mut provisioners = BTreeMap::new();
         for (tag, host) in &config.provisioners.hosts {
-            let database = match &host.database {
-                Some(id) => Some(
-                    config
-                        .databases
-                        .get_key_value(id)
-                        .map(|(k, v)| (k.as_str(), v))
-                        .ok_or_else(|| Error::Config(format!("provisioner {tag}: no [databases.{id}]")))?,
-                ),
-                None => None,
-            };
-            let b = BuildContext { database, health_timeout_secs: config.worker.health_timeout_secs };
-            let built = (|| -> Result<Provisioner> {
-                Ok(Provisioner {
+            let p = &host.provides;
+            let missing = || Error::Config(format!("provisioners.hosts.{tag}: an implementation was not built"));
+            provisioners.insert(
+                tag.clone(),
+                Provisioner {
                     tag: tag.clone(),
                     host: host.clone(),
-                    storage: build_storage(&host.provides.storage, &b)?,
-                    db: build_database(&host.provides.db, &b)?,
-                    instance: build_instance(&host.provides.instance, &b)?,
-                })
-            })()
-            .map_err(|e| Error::Config(format!("provisioners.hosts.{tag}: {e}")))?;
-            provisioners.insert(tag.clone(), built);
+                    storage: implementations.storage.get(p.storage.as_str()).cloned().ok_or_else(missing)?,
+                    db: implementations.database.get(p.db.as_str()).cloned().ok_or_else(missing)?,
+                    instance: implementations.instance.get(p.instance.as_str()).cloned().ok_or_else(missing)?,
+                },
+            );
         }
-        Ok(Manager { config, provisioners, clusters })
-    }
-
-    fn provisioner(&self, guest_location: Option<&str>) -> Result<&Provisioner> {
-        let tag = guest_location.unwrap_or(&self.config.provisioners.default);
-        self.provisioners
-            .get(tag)
-            .ok_or_else(|| Error::Invalid(format!("guest-location {tag:?} names no configured provisioner")))
-    }
-
-    fn cluster(&self, requested: Option<&str>, p: &Provisioner) -> Result<Option<(String, Arc<DockerCluster>)>> {
-        let id = match requested.or(p.host.cluster.as_deref()) {
-            Some(id) => id.to_owned(),
-            None if self.clusters.len() == 1 => self.clusters.keys().next().cloned().unwrap_or_default(),
-            None => return Ok(None),
-        };
-        let cluster = self
-            .clusters
-            .get(&id)
-            .ok_or_else(|| Error::Invalid(format!("cluster-id {id:?} names no configured cluster")))?;
-        Ok(Some((id, cluster.clone())))
-    }
-
-    /// The configured Docker clusters.
-    pub fn clusters(&self) -> impl Iterator<Item = &Arc<DockerCluster>> {
-        self.clusters.values()
+        Ok(Manager { config, fleet, implementations, provisioners })
     }
 
     /// The configuration.
@@ -112,56 +75,83 @@ impl Manager {
         &self.config
     }
 
-    /// Plans a provision.
-    pub fn plan_provision(&self, job: &ProvisionJob, job_id: &str) -> Result<Plan<'_>> {
-        let provisioner = self.provisioner(job.guest_location.as_ref().map(|g| g.as_str()))?;
-        let offering =
-            provisioner.host.resolve_offerings(job.offerings.as_ref()).map_err(|e| Error::Invalid(e.to_string()))?;
-        let cluster = self.cluster(job.cluster_id.as_ref().map(|c| c.as_str()), provisioner)?;
-        Ok(self.plan(provisioner, &job.instance_id, job.owner_id.as_text(), job_id, offering, cluster))
+    /// The fleet.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
-    /// Plans work on an instance the registry knows (deprovision, export).
-    pub fn plan_existing(&self, record: &InstanceRecord, job_id: &str, cluster_id: Option<&str>) -> Result<Plan<'_>> {
+    /// Every built implementation (for the reconciler).
+    pub fn implementations(&self) -> &Implementations {
+        &self.implementations
+    }
+
+    /// The provisioner of a guest location (the default when empty).
+    pub fn provisioner(&self, guest_location: &str) -> Result<&Provisioner> {
+        let tag = Some(guest_location).filter(|g| !g.is_empty()).unwrap_or(&self.config.provisioners.default);
+        self.provisioners
+            .get(tag)
+            .ok_or_else(|| Error::Invalid(format!("guest-location {tag:?} names no configured provisioner")))
+    }
+
+    /// Where a new instance goes (recorded when its job claims it).
+    pub fn place(&self, request: placement::Request<'_>) -> Result<placement::Placement> {
+        placement::place(&self.config, request).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Plans work on an instance from what its claim recorded. `cluster_id` overrides the
+    /// recorded cluster (a deprovision may name one).
+    pub fn plan(
+        &self,
+        record: &InstanceRecord,
+        job_id: &str,
+        attempt: u32,
+        cluster_id: Option<&str>,
+    ) -> Result<Plan<'_>> {
         let instance_id = InstanceId::parse(&record.instance_id)
             .map_err(|e| Error::Invalid(format!("registry instance id {:?}: {e}", record.instance_id)))?;
-        let guest = Some(record.guest_location.as_str()).filter(|g| !g.is_empty());
-        let provisioner = self.provisioner(guest)?;
-        let cluster = self.cluster(cluster_id.or(record.cluster_id.as_deref()), provisioner)?;
-        let owner = match &record.owner_id {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
+        let provisioner = self.provisioner(&record.guest_location)?;
+        // The items chosen when the instance was claimed; an instance recorded before
+        // choices were kept gets the suggested ones.
+        let items = if record.offerings.is_empty() {
+            placement::chosen_items(&provisioner.host, None).unwrap_or_default()
+        } else {
+            record.offerings.clone()
         };
-        let offering = provisioner.host.resolve_offerings(None).unwrap_or_default();
-        Ok(self.plan(provisioner, &instance_id, owner, job_id, offering, cluster))
-    }
-
-    fn plan<'a>(
-        &self,
-        provisioner: &'a Provisioner,
-        instance_id: &InstanceId,
-        owner_id: String,
-        job_id: &str,
-        offering: BTreeMap<String, serde_json::Value>,
-        cluster: Option<(String, Arc<DockerCluster>)>,
-    ) -> Plan<'a> {
-        let (cluster_id, docker) = match cluster {
-            Some((id, c)) => (Some(id), Some(c)),
-            None => (None, None),
+        let offering = placement::attributes(&provisioner.host, &items);
+        let host_id = cluster_id.or(record.host_id.as_deref()).or(record.cluster_id.as_deref());
+        let docker = match host_id {
+            Some(id) => Some(
+                self.fleet
+                    .host(id)
+                    .cloned()
+                    .ok_or_else(|| Error::Invalid(format!("Docker host {id:?} is not configured")))?,
+            ),
+            None => None,
         };
-        Plan {
+        let server_id = record.database_server.as_deref().or(provisioner.host.database.as_deref());
+        let database = match server_id {
+            Some(id) => Some(
+                self.fleet
+                    .server(id)
+                    .cloned()
+                    .ok_or_else(|| Error::Invalid(format!("database server {id:?} is not configured")))?,
+            ),
+            None => None,
+        };
+        Ok(Plan {
             provisioner,
             ctx: InstanceContext {
-                instance_id: instance_id.clone(),
-                owner_id,
+                owner_id: record.owner_id.as_text(),
                 job_id: job_id.to_owned(),
-                names: Names::new(&self.config.naming.prefix, instance_id),
+                attempt,
+                names: Names::new(&self.config.naming.prefix, &instance_id),
+                instance_id,
                 deployment: self.config.naming.deployment.clone(),
                 offering,
                 resource_uri: provisioner.host.resource_uri.clone(),
                 docker,
+                database,
             },
-            cluster_id,
-        }
+        })
     }
 }

@@ -58,6 +58,10 @@ pub struct Manifest {
     pub owner_type: Option<serde_json::Value>,
     /// The provisioner tag it ran on.
     pub guest_location: String,
+    /// The engine of `database.sql` (`postgres`, `mysql`, `none`); absent in archives
+    /// written before it was recorded, which are all `postgres` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_engine: Option<String>,
     /// Its Docker cluster.
     #[serde(default)]
     pub cluster_id: Option<String>,
@@ -126,10 +130,15 @@ fn append_file<W: Write>(builder: &mut tar::Builder<W>, name: &str, path: &Path)
 /// a temporary file renamed into place, so a crash never leaves a half archive under the
 /// snapshot's name. Returns the path and the archive's own size and SHA-256.
 pub fn write_archive(dir: &Path, manifest: &Manifest, database: &Path, storage: &Path) -> Result<(PathBuf, Member)> {
-    let name = dfe_shared::config::snapshot_file_name(&manifest.snapshot_id);
+    let name = dfe_shared::snapshot_store::file_name(&manifest.snapshot_id);
     let final_path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.partial"));
-    let file = File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
+    // Removed when dropped, so a failure part-way leaves nothing behind in the store.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(Error::io(format!("creating a temporary archive in {}", dir.display())))?;
+    let (file, tmp) = tmp.into_parts();
     let hashing = Hashing::new(BufWriter::new(file));
     let gz = flate2::write::GzEncoder::new(hashing, flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
@@ -149,7 +158,8 @@ pub fn write_archive(dir: &Path, manifest: &Manifest, database: &Path, storage: 
     let (writer, member) = hashing.finish();
     let file = writer.into_inner().map_err(|e| Error::io("flushing the archive")(e.into_error()))?;
     file.sync_all().map_err(Error::io("syncing the archive"))?;
-    std::fs::rename(&tmp, &final_path).map_err(Error::io(format!("moving the archive to {}", final_path.display())))?;
+    tmp.persist(&final_path)
+        .map_err(|e| Error::io(format!("moving the archive to {}", final_path.display()))(e.error))?;
     Ok((final_path, member))
 }
 
@@ -328,6 +338,7 @@ mod tests {
             owner_id: serde_json::json!(1),
             owner_type: None,
             guest_location: "docker".into(),
+            database_engine: Some("postgres".into()),
             cluster_id: None,
             offerings: BTreeMap::new(),
             created_at: OffsetDateTime::now_utc(),

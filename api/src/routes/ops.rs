@@ -4,72 +4,227 @@
 //! client has its 202 the job cannot be lost: if the broker is unreachable now, the outbox
 //! relay publishes it when the broker is back.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+use dfe_registry::{SubmitOutcome, Submitter};
 use dfe_shared::ids::{FieldError, Tag};
-use dfe_shared::job::{Job, JobKind};
-use dfe_shared::registry::jobs::Submitter;
-use dfe_shared::registry::SubmitOutcome;
-use serde_json::json;
+use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob};
+use dfe_shared::placement::{self, Placement};
+use dfe_shared::records::JobState;
+use serde::Serialize;
 
 use crate::auth::Client;
-use crate::problem::Problem;
+use crate::extract::JobBody;
+use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
+use crate::routes::openapi::text;
+use crate::routes::SelfLink;
 use crate::AppState;
 
 /// How long the request waits for the broker before leaving the job to the outbox.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The handler of `POST /api/v1/ops/<kind>`: one for each job kind.
-pub fn route(kind: JobKind) -> axum::routing::MethodRouter<AppState> {
-    axum::routing::post(move |state: State<AppState>, client: Client, headers: HeaderMap, body: Bytes| {
-        submit(state, client, headers, body, kind)
-    })
+/// The answer to an accepted job.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+#[schema(example = json!({"job-id": "4b0f3c4e-8a43-4a8e-9d51-2f0c8d1f6a10", "status": "queued",
+    "links": {"self": "/api/v1/ops/jobs/4b0f3c4e-8a43-4a8e-9d51-2f0c8d1f6a10"}}))]
+pub struct Accepted {
+    /// The job's id: the client's `job-id`, or a UUID assigned here.
+    pub job_id: String,
+    /// The job's state now: `queued` for a new job; for a resubmission (the same `job-id`
+    /// or `Idempotency-Key`), the state the original has reached.
+    pub status: JobState,
+    /// Where to follow it.
+    pub links: SelfLink,
+}
+
+/// The `Idempotency-Key` header of a job submission.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// The same key from the same client returns the job it first submitted (202, with that
+    /// job's id and state) instead of submitting another; the key reused for a different
+    /// request is a 409. 1 to 255 printable ASCII characters (`!` to `~`, no spaces);
+    /// anything else is a 422 naming `Idempotency-Key`.
+    #[param(
+        rename = "Idempotency-Key",
+        required = false,
+        pattern = "^[!-~]{1,255}$",
+        min_length = 1,
+        max_length = 255
+    )]
+    pub key: String,
+}
+
+/// `POST /api/v1/ops/provision`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/provision",
+    tag = "ops",
+    summary = "Provision an instance",
+    description = "Records the job, with its claim on `instance-id` and where the instance goes \
+        (provisioner, cluster, offerings), then publishes it to the workers. Once answered 202 \
+        the job is never lost: if the broker is away, it is published when the broker is back.",
+    params(IdempotencyKey),
+    request_body(content = ProvisionJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "The instance exists (`urn:dfe:problem:instance-exists`) or is mid-operation \
+            (`…:instance-busy`), or the `job-id` or `Idempotency-Key` names another request (`…:conflict`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn provision(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Provision).await
+}
+
+/// `POST /api/v1/ops/deprovision`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/deprovision",
+    tag = "ops",
+    summary = "Deprovision an instance",
+    description = "Records the job, with its claim on `instance-id`, then publishes it to the workers.",
+    params(IdempotencyKey),
+    request_body(content = DeprovisionJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn deprovision(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Deprovision).await
+}
+
+/// `POST /api/v1/ops/import`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/import",
+    tag = "ops",
+    summary = "Import a snapshot into an instance",
+    description = "Records the job, with its claim on `instance-id` (an instance that does not exist is made \
+        as the snapshot's was, unless the job names a `guest-location`), then publishes it to the workers.",
+    params(IdempotencyKey),
+    request_body(content = ImportJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "The snapshot is not in the snapshot store (`urn:dfe:problem:not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn import(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Import).await
+}
+
+/// `POST /api/v1/ops/export`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/export",
+    tag = "ops",
+    summary = "Export a snapshot of an instance",
+    description = "Records the job, with its claim on `instance-id`, then publishes it to the workers; the \
+        snapshot is written to the default store or the named `destination`.",
+    params(IdempotencyKey),
+    request_body(content = ExportJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn export(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Export).await
 }
 
 async fn submit(
     State(state): State<AppState>,
     client: Client,
     headers: HeaderMap,
-    body: Bytes,
+    JobBody(body): JobBody,
     kind: JobKind,
 ) -> Result<Response, Problem> {
     let idempotency_key = idempotency_key(&headers)?;
-    // The body is read as JSON whatever its Content-Type says (curl -d sends a form type);
-    // a body that is not JSON gets a 400 that mentions the declared type.
-    let mut job = Job::parse(kind, &body).map_err(|e| match (e, headers.get(header::CONTENT_TYPE)) {
-        (dfe_shared::Error::Json(j), Some(ct)) if !ct.to_str().unwrap_or_default().contains("json") => {
-            Problem::malformed(format!("the body is not valid JSON ({j}); send it as application/json"))
-        }
-        (e, _) => Problem::from(e),
-    })?;
-    check_against_config(&state, &job)?;
-    if let Job::Import(i) = &job {
-        let id = i.snapshot.as_str();
-        let known = state.registry.snapshot(id).await?.is_some() || state.config.snapshots.locate(id).is_some();
-        if !known {
-            return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
-        }
-    }
+    let mut job = Job::parse(kind, &body)?;
+    let placement = plan(&state, &job).await?;
     if job.job_id().is_none() {
         let id = uuid::Uuid::new_v4().to_string();
         job.set_job_id(Tag::parse(&id).map_err(|e| Problem::invalid_field(FieldError::new("job-id", e)))?);
     }
     let by = Submitter {
         source: "api",
-        client_id: Some(&client.id),
+        requested_by: &client.id,
         idempotency_key: idempotency_key.as_deref(),
         fingerprint: None,
     };
     let recording = std::time::Instant::now();
-    let outcome =
-        state.registry.submit(&job, &by).await.map_err(|e| {
+    let outcome = state.registry.submit(&job, &by, placement.as_ref()).await.map_err(|e| {
+        if e.is_transient() {
             Problem::unavailable("the job could not be recorded; nothing was accepted, retry later", &e)
-        })?;
+        } else {
+            Problem::from(e)
+        }
+    })?;
     let record = match outcome {
         SubmitOutcome::Created(record) => {
             if die_before_publish() {
@@ -86,14 +241,10 @@ async fn submit(
         }
         SubmitOutcome::Existing(record) => record,
         SubmitOutcome::Conflict(why) => return Err(Problem::conflict(why)),
-        SubmitOutcome::NotFound(why) => return Err(Problem::not_found(why)),
+        SubmitOutcome::Refused(refusal) => return Err(Problem::refused(&refusal)),
     };
     let link = format!("/api/v1/ops/jobs/{}", record.job_id);
-    let body = json!({
-        "job-id": record.job_id,
-        "status": record.state,
-        "links": { "self": link },
-    });
+    let body = Accepted { job_id: record.job_id, status: record.state, links: SelfLink { this: link.clone() } };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&link) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -129,7 +280,8 @@ async fn publish(state: &AppState, job: &Job, job_id: &str) {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+/// The `Idempotency-Key` header, checked as [`IdempotencyKey`] documents it.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -143,44 +295,70 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_owned()))
 }
 
-/// What the configuration can tell now rather than as a failure event later.
-fn check_against_config(state: &AppState, job: &Job) -> Result<(), Problem> {
+/// What the configuration and the registry can tell now rather than as a failure event
+/// later, and, for a job that creates its instance, where it goes (recorded with the claim).
+async fn plan(state: &AppState, job: &Job) -> Result<Option<Placement>, Problem> {
     let cfg = &state.config;
-    let (guest, cluster, offerings) = match job {
-        Job::Provision(p) => (p.guest_location.as_ref(), p.cluster_id.as_ref(), Some(p.offerings.as_ref())),
-        Job::Import(i) => (i.guest_location.as_ref(), i.cluster_id.as_ref(), None),
-        Job::Deprovision(d) => (None, d.cluster_id.as_ref(), None),
-        Job::Export(_) => (None, None, None),
-    };
-    let host = match cfg.provisioner(guest.map(|g| g.as_str())) {
-        Some((_, host)) => host,
-        None => {
-            let known: Vec<&str> = cfg.provisioners.hosts.keys().map(String::as_str).collect();
-            return Err(Problem::invalid_field(FieldError::new(
-                "guest-location",
-                format!("names no configured provisioner (known: {})", known.join(", ")),
-            )));
-        }
-    };
-    if let Some(c) = cluster {
-        if !cfg.clusters.contains_key(c.as_str()) {
-            return Err(Problem::invalid_field(FieldError::new("cluster-id", "names no configured cluster")));
-        }
-    }
-    if let Some(chosen) = offerings {
-        host.resolve_offerings(chosen).map_err(Problem::invalid_field)?;
-    }
-    if let Job::Export(e) = job {
-        if let Some(d) = &e.destination {
-            if cfg.snapshots.dir(Some(d.as_str())).is_none() {
-                return Err(Problem::invalid_field(FieldError::new(
-                    "destination",
-                    "names no configured snapshot destination ([snapshots.destinations.<name>])",
-                )));
+    match job {
+        Job::Provision(p) => placement::place(
+            cfg,
+            placement::Request {
+                guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
+                cluster_id: p.cluster_id.as_ref().map(|c| c.as_str()),
+                offerings: p.offerings.as_ref(),
+            },
+        )
+        .map(Some)
+        .map_err(Problem::invalid_field),
+        Job::Import(i) => {
+            let id = i.snapshot.as_str();
+            let record = state.registry.snapshot(id).await?;
+            if record.is_none() && cfg.snapshots.locate(id).is_none() {
+                return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
             }
+            // A new instance is made as the snapshot's was (its provisioner and offerings),
+            // unless the job names a guest location; the manifest is read from the record.
+            let manifest = record.map(|r| r.manifest);
+            let from_manifest = |key: &str| manifest.as_ref().and_then(|m| m.get(key)).cloned();
+            let snapshot_guest = from_manifest("guest-location")
+                .and_then(|g| g.as_str().map(str::to_owned))
+                .filter(|g| cfg.provisioners.hosts.contains_key(g));
+            let snapshot_offerings: Option<BTreeMap<String, String>> =
+                from_manifest("offerings").and_then(|o| serde_json::from_value(o).ok());
+            let guest = i.guest_location.as_ref().map(|g| g.as_str().to_owned()).or(snapshot_guest);
+            let request = placement::Request {
+                guest_location: guest.as_deref(),
+                cluster_id: i.cluster_id.as_ref().map(|c| c.as_str()),
+                offerings: None,
+            };
+            let mut placed = placement::place(cfg, request).map_err(Problem::invalid_field)?;
+            // The snapshot's items where this provisioner still offers them.
+            if let (Some(items), Some((_, host))) = (snapshot_offerings, cfg.provisioner(Some(&placed.guest_location)))
+            {
+                if let Ok(items) = placement::chosen_items(host, Some(&items)) {
+                    placed.offerings = items;
+                }
+            }
+            Ok(Some(placed))
+        }
+        Job::Deprovision(d) => {
+            if d.cluster_id.as_ref().is_some_and(|c| !cfg.clusters.contains_key(c.as_str())) {
+                return Err(Problem::invalid_field(FieldError::new("cluster-id", "names no configured cluster")));
+            }
+            Ok(None)
+        }
+        Job::Export(e) => {
+            if let Some(d) = &e.destination {
+                if cfg.snapshots.dir(Some(d.as_str())).is_none() {
+                    return Err(Problem::invalid_field(FieldError::new(
+                        "destination",
+                        "names no configured snapshot destination ([snapshots.destinations.<name>])",
+                    )));
+                }
+            }
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Test hook `DFE_TEST_API_DIE_BEFORE_PUBLISH`, read once (this is on every submission's path).

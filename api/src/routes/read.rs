@@ -1,114 +1,412 @@
-//! Read-only views: jobs, instances, provisioners.
+//! Read-only views: jobs, instances, snapshots, provisioners.
 
-use axum::extract::{Path, Query, State};
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+
+use dfe_registry::JobFilter;
+use dfe_shared::ids::{InstanceId, OwnerId, Tag};
+use dfe_shared::job::JobKind;
+use dfe_shared::records::{InstanceRecord, JobRecord, JobState, SnapshotRecord};
 
 use crate::auth::Client;
-use crate::problem::Problem;
+use crate::extract::{instance_path, job_path, snapshot_path, ListParams};
+use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
+use crate::routes::openapi::text;
 use crate::AppState;
 
-/// Query of list endpoints.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ListQuery {
-    /// Only this instance's jobs.
-    instance_id: Option<String>,
-    /// Only this owner's snapshots.
-    owner_id: Option<String>,
-    /// Include deprovisioned instances.
-    #[serde(default)]
-    include_removed: bool,
-    /// At most this many (default 100, at most 1000).
-    limit: Option<i64>,
+/// The query parameters `GET /api/v1/ops/jobs` knows (besides `limit`).
+pub const JOBS_FILTERS: &[&str] = &["instance-id", "owner-id", "state", "type"];
+/// The query parameters `GET /api/v1/instances` knows (besides `limit`).
+pub const INSTANCES_FILTERS: &[&str] = &["include-removed"];
+/// The query parameters `GET /api/v1/snapshots` knows (besides `limit`).
+pub const SNAPSHOTS_FILTERS: &[&str] = &["instance-id", "owner-id"];
+
+/// The query of `GET /api/v1/ops/jobs` (read by [`ListParams`], described here).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Only the jobs of this instance.
+    #[param(rename = "instance-id")]
+    pub instance_id: Option<InstanceId>,
+    /// Only the jobs naming this owner (digits are a numeric owner id).
+    #[param(rename = "owner-id")]
+    pub owner_id: Option<OwnerId>,
+    /// Only the jobs in this state.
+    pub state: Option<JobState>,
+    /// Only the jobs of this kind.
+    #[param(rename = "type")]
+    pub kind: Option<JobKind>,
+    /// How many jobs at most, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<i64>,
 }
 
-impl ListQuery {
-    fn limit(&self) -> i64 {
-        self.limit.unwrap_or(100).clamp(1, 1000)
-    }
+/// The query of `GET /api/v1/instances`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstancesQuery {
+    /// Also list deprovisioned instances (`true`/`false`; `1`/`0` and an empty value are
+    /// accepted too).
+    #[param(rename = "include-removed", default = false)]
+    pub include_removed: Option<bool>,
+    /// How many instances at most, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<i64>,
 }
+
+/// The query of `GET /api/v1/snapshots`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotsQuery {
+    /// Only the snapshots of this instance.
+    #[param(rename = "instance-id")]
+    pub instance_id: Option<InstanceId>,
+    /// Only the snapshots of this owner (digits are a numeric owner id).
+    #[param(rename = "owner-id")]
+    pub owner_id: Option<OwnerId>,
+    /// How many snapshots at most, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/ops/jobs`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// `GET /api/v1/instances`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceList {
+    /// Newest first.
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// `GET /api/v1/snapshots`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SnapshotList {
+    /// Newest first.
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+/// `GET /api/v1/snapshots/{snapshot-id}`: the record and where to download the archive.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    /// The record.
+    #[serde(flatten)]
+    pub record: SnapshotRecord,
+    /// Where to download it.
+    pub links: DownloadLink,
+}
+
+/// `links` of a snapshot.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DownloadLink {
+    /// The path of its archive.
+    pub download: String,
+}
+
+/// `GET /api/v1/ops/provisioners`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProvisionerList {
+    /// The `guest-location` of a job that names none.
+    pub default: String,
+    /// Every configured provisioner, by `guest-location`.
+    pub provisioners: Vec<Provisioner>,
+}
+
+/// A configured provisioner (`[provisioners.hosts.<guest-location>]`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Provisioner {
+    /// Its tag: the `guest-location` a job names.
+    pub guest_location: String,
+    /// Whether it is the default.
+    pub default: bool,
+    /// The implementations that make an instance's container, storage and database.
+    pub provides: Provides,
+    /// Where the console talks to an instance.
+    pub resource_uri: String,
+    /// The Docker cluster its instances go to when a job names none.
+    pub cluster: Option<String>,
+    /// What a provision job may choose (`offerings`), by offering id.
+    pub offerings: BTreeMap<String, Offering>,
+}
+
+/// The sub-provisioners of a provisioner, by implementation name.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Provides {
+    /// e.g. `docker-container` or `noop`.
+    pub instance: String,
+    /// e.g. `docker-volume` or `noop`.
+    pub storage: String,
+    /// e.g. `postgres` or `noop`.
+    pub db: String,
+}
+
+/// A choice a provision job makes (e.g. the image version), with its items.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Offering {
+    /// Display name.
+    pub name: String,
+    /// Display description.
+    pub description: String,
+    /// The item chosen when the job does not choose.
+    pub suggested: Option<String>,
+    /// Items by value; each holds attributes such as `image`, `memory`, `cpus`.
+    pub items: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+}
+
+/// The body of `GET /api/v1/snapshots/{snapshot-id}/download` (streamed from the store).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary, content_media_type = "application/gzip")]
+pub struct SnapshotArchive(pub Vec<u8>);
 
 /// GET /api/v1/ops/jobs/{job-id}
-pub async fn job(State(state): State<AppState>, _c: Client, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
-    let record = state.registry.job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    Ok(Json(json!(record)))
+#[utoipa::path(
+    get,
+    path = "/api/v1/ops/jobs/{job-id}",
+    operation_id = "getJob",
+    tag = "ops",
+    summary = "A job",
+    params(("job-id" = Tag, Path, description = "The job id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The job", body = JobRecord),
+        (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn job(
+    State(state): State<AppState>,
+    _c: Client,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, Problem> {
+    let id = job_path(&id)?;
+    let record = state.registry.job(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    Ok(Json(record))
 }
 
 /// GET /api/v1/ops/jobs
-pub async fn jobs(
-    State(state): State<AppState>,
-    _c: Client,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
-    let records = state.registry.jobs(q.instance_id.as_deref(), q.limit()).await?;
-    Ok(Json(json!({ "jobs": records })))
+#[utoipa::path(
+    get,
+    path = "/api/v1/ops/jobs",
+    operation_id = "listJobs",
+    tag = "ops",
+    summary = "List jobs, newest first",
+    params(JobsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The jobs", body = JobList),
+        (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn jobs(State(state): State<AppState>, _c: Client, q: ListParams) -> Result<Json<JobList>, Problem> {
+    q.only(JOBS_FILTERS)?;
+    let instance = q.instance_id("instance-id")?;
+    let owner = q.owner_id("owner-id")?;
+    let filter = JobFilter {
+        instance_id: instance.as_ref().map(|i| i.as_str()),
+        owner_id: owner.as_deref(),
+        state: q.parsed::<JobState>("state")?,
+        kind: q.parsed::<JobKind>("type")?,
+    };
+    let jobs = state.registry.jobs(&filter, q.limit()?).await?;
+    Ok(Json(JobList { jobs }))
 }
 
 /// GET /api/v1/instances/{instance-id}
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{instance-id}",
+    operation_id = "getInstance",
+    tag = "registry",
+    summary = "An instance",
+    params(("instance-id" = InstanceId, Path, description = "The instance id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The instance (also a deprovisioned one)", body = InstanceRecord),
+        (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance", body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
 pub async fn instance(
     State(state): State<AppState>,
     _c: Client,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    let record = state.registry.instance(&id).await?.ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
-    Ok(Json(json!(record)))
+) -> Result<Json<InstanceRecord>, Problem> {
+    let id = instance_path(&id)?;
+    let record =
+        state.registry.instance(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
+    Ok(Json(record))
 }
 
 /// GET /api/v1/instances
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances",
+    operation_id = "listInstances",
+    tag = "registry",
+    summary = "List instances, newest first",
+    params(InstancesQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The instances", body = InstanceList),
+        (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
 pub async fn instances(
     State(state): State<AppState>,
     _c: Client,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
-    let records = state.registry.instances(q.include_removed, q.limit()).await?;
-    Ok(Json(json!({ "instances": records })))
+    q: ListParams,
+) -> Result<Json<InstanceList>, Problem> {
+    q.only(INSTANCES_FILTERS)?;
+    let instances = state.registry.instances(q.flag("include-removed")?, q.limit()?).await?;
+    Ok(Json(InstanceList { instances }))
 }
 
 /// GET /api/v1/ops/provisioners
-pub async fn provisioners(State(state): State<AppState>, _c: Client) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/ops/provisioners",
+    operation_id = "listProvisioners",
+    tag = "ops",
+    summary = "Configured provisioners and their offerings",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The provisioners", body = ProvisionerList),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn provisioners(State(state): State<AppState>, _c: Client) -> Json<ProvisionerList> {
     let cfg = &state.config.provisioners;
-    let list: Vec<Value> = cfg
+    let provisioners = cfg
         .hosts
         .iter()
-        .map(|(tag, host)| {
-            json!({
-                "guest-location": tag,
-                "default": *tag == cfg.default,
-                "provides": host.provides,
-                "resource-uri": host.resource_uri,
-                "cluster": host.cluster,
-                "offerings": host.offerings,
-            })
+        .map(|(tag, host)| Provisioner {
+            guest_location: tag.clone(),
+            default: *tag == cfg.default,
+            provides: Provides {
+                instance: host.provides.instance.clone(),
+                storage: host.provides.storage.clone(),
+                db: host.provides.db.clone(),
+            },
+            resource_uri: host.resource_uri.clone(),
+            cluster: host.cluster.clone(),
+            offerings: host
+                .offerings
+                .iter()
+                .map(|(id, o)| {
+                    let offering = Offering {
+                        name: o.name.clone(),
+                        description: o.description.clone(),
+                        suggested: o.suggested.clone(),
+                        items: o.items.clone(),
+                    };
+                    (id.clone(), offering)
+                })
+                .collect(),
         })
         .collect();
-    Json(json!({ "default": cfg.default, "provisioners": list }))
+    Json(ProvisionerList { default: cfg.default.clone(), provisioners })
 }
 
 /// GET /api/v1/snapshots
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots",
+    operation_id = "listSnapshots",
+    tag = "registry",
+    summary = "List snapshots, newest first",
+    params(SnapshotsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The snapshots", body = SnapshotList),
+        (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
 pub async fn snapshots(
     State(state): State<AppState>,
     _c: Client,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
-    let records = state.registry.snapshots(q.instance_id.as_deref(), q.owner_id.as_deref(), q.limit()).await?;
-    Ok(Json(json!({ "snapshots": records })))
+    q: ListParams,
+) -> Result<Json<SnapshotList>, Problem> {
+    q.only(SNAPSHOTS_FILTERS)?;
+    let instance = q.instance_id("instance-id")?;
+    let owner = q.owner_id("owner-id")?;
+    let snapshots =
+        state.registry.snapshots(instance.as_ref().map(|i| i.as_str()), owner.as_deref(), q.limit()?).await?;
+    Ok(Json(SnapshotList { snapshots }))
 }
 
-/// GET /api/v1/snapshots/{id}
+/// GET /api/v1/snapshots/{snapshot-id}
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots/{snapshot-id}",
+    operation_id = "getSnapshot",
+    tag = "registry",
+    summary = "A snapshot",
+    params(("snapshot-id" = Tag, Path, description = "The snapshot id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The snapshot, with the link to its archive", body = Snapshot),
+        (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such snapshot in the registry", body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
 pub async fn snapshot(
     State(state): State<AppState>,
     _c: Client,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    let record = state.registry.snapshot(&id).await?.ok_or_else(|| Problem::not_found(format!("no snapshot {id}")))?;
-    let mut body = json!(record);
-    body["links"] = json!({ "download": format!("/api/v1/snapshots/{id}/download") });
-    Ok(Json(body))
+) -> Result<Json<Snapshot>, Problem> {
+    let id = snapshot_path(&id)?;
+    let record =
+        state.registry.snapshot(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no snapshot {id}")))?;
+    let links = DownloadLink { download: format!("/api/v1/snapshots/{id}/download") };
+    Ok(Json(Snapshot { record, links }))
 }
 
-/// GET /api/v1/snapshots/{id}/download: streams the archive.
+/// GET /api/v1/snapshots/{snapshot-id}/download: streams the archive.
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots/{snapshot-id}/download",
+    operation_id = "downloadSnapshot",
+    tag = "registry",
+    summary = "Download a snapshot archive (streamed)",
+    description = "The archive as the export wrote it, from the snapshot store (also a snapshot copied \
+        into the store by hand, that the registry does not know).",
+    params(("snapshot-id" = Tag, Path, description = "The snapshot id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The `.snapshot.tar.gz`, as an attachment", content_type = "application/gzip",
+            body = inline(SnapshotArchive),
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<file name>\"`"))),
+        (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "The snapshot is not in the snapshot store", body = ProblemBody,
+            content_type = PROBLEM),
+        (status = 500, description = "The archive is in the store but cannot be read (see the dfe-api log)",
+            body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
 pub async fn download(
     State(state): State<AppState>,
     _c: Client,
@@ -116,16 +414,18 @@ pub async fn download(
 ) -> Result<axum::response::Response, Problem> {
     use axum::http::header;
     use axum::response::IntoResponse;
+    let id = snapshot_path(&id)?;
+    let id = id.as_str();
     // The registry's path when it is recorded here, else the store (snapshots copied in).
     let (_, path) = state
         .config
         .snapshots
-        .locate(&id)
+        .locate(id)
         .ok_or_else(|| Problem::not_found(format!("snapshot {id} is not in the snapshot store")))?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| Problem::internal(&e))?;
     let len = file.metadata().await.map_err(|e| Problem::internal(&e))?.len();
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let name = dfe_shared::config::snapshot_file_name(&id);
+    let name = dfe_shared::snapshot_store::file_name(id);
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_owned()),

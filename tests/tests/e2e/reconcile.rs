@@ -23,8 +23,8 @@ async fn the_reconciler_finds_orphans_and_stuck_jobs_and_fixes_them() {
     registry.execute("DELETE FROM instances WHERE instance_id = $1", &[&lost]).await.expect("delete");
     registry
         .execute(
-            "INSERT INTO jobs (job_id, kind, state, attempts, instance_id, request, source, deadline_at)
-             VALUES ('stuck-job', 'export', 'running', 1, $1, $2, 'api', now() - interval '1 hour')",
+            "INSERT INTO jobs (job_id, kind, state, attempts, instance_id, request, source, requested_by, deadline_at)
+             VALUES ('stuck-job', 'export', 'running', 1, $1, $2, 'api', 'tests', now() - interval '1 hour')",
             &[&kept, &json!({"job-id": "stuck-job", "instance-id": kept})],
         )
         .await
@@ -73,16 +73,20 @@ async fn the_reconciler_finds_orphans_and_stuck_jobs_and_fixes_them() {
     // The test configuration's deliberately refusing server is the only thing it cannot see.
     let unreachable = again["unreachable"].as_array().expect("list");
     assert!(unreachable.iter().all(|u| u.as_str().unwrap_or_default().contains("refusing")), "{again}");
-    // The same on demand through the CLI.
-    let config = env.config_path.display().to_string();
-    let deployment = format!("test-{}", env.id);
-    let overrides =
-        [("DFE__REGISTRY__URL", Some(env.registry())), ("DFE__NAMING__DEPLOYMENT", Some(deployment.as_str()))];
-    let (code, out, err) =
-        env.cli_with_env(&["--config", &config, "reconcile", "--json"], &overrides).await.expect("dfe");
-    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    // The same on demand through the CLI, which asks the workers through the API: it needs
+    // no configuration, only the API and a token.
+    let (code, out, err) = env.cli(&["reconcile", "--json"]).await.expect("dfe");
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(answer["state"], "done", "{answer}");
+    assert!(
+        answer["worker"].as_str().is_some_and(|w| w.contains(&env.id)),
+        "a worker of this environment ran it: {answer}"
+    );
+    let report = &answer["report"];
     assert_eq!(code, 3, "the refusing server keeps it from saying all agree: {report}");
     assert_eq!((&report["orphans"], &report["stuck"]), (&json!([]), &json!([])), "{report}");
+    let (status, last) = env.get("/api/v1/reconcile").await.expect("last");
+    assert_eq!((status, &last["id"]), (200, &answer["id"]), "GET /api/v1/reconcile answers the last one: {last}");
 
     let job = env.submit("deprovision", json!({"instance-id": kept})).await.expect("202");
     assert_eq!(events.wait_final(&job, JOB_TIMEOUT).await.expect("final")["event"], "dfe.deprovisioned");

@@ -44,13 +44,15 @@ image = "dfe/test-instance:latest"
     )
 }
 
-/// A loopback proxy to PostgreSQL that drops every connection until `outage` has passed.
+/// A loopback proxy to PostgreSQL that drops every connection until `outage` has passed
+/// since the first one (so the outage does not depend on how fast the services start).
 async fn flaky_postgres(outage: Duration) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let until = tokio::time::Instant::now() + outage;
+    let mut until = None;
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
+            let until = *until.get_or_insert_with(|| tokio::time::Instant::now() + outage);
             if tokio::time::Instant::now() < until {
                 drop(client);
                 continue;
@@ -68,7 +70,12 @@ async fn flaky_postgres(outage: Duration) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_provision_rides_out_a_database_outage_by_retrying_with_backoff() {
     let port = flaky_postgres(Duration::from_secs(3)).await;
-    let options = Options { workers: 2, worker_env: fast_retries(), extra_config: db_server("flaky", port) };
+    let options = Options {
+        workers: 2,
+        worker_env: fast_retries(),
+        extra_config: db_server("flaky", port),
+        ..Default::default()
+    };
     let env = TestEnv::start_with(options).await.expect("environment");
     let events = env.events().await.expect("subscribe");
     let instance = env.instance_id("flaky");
@@ -109,7 +116,12 @@ async fn a_provision_rides_out_a_database_outage_by_retrying_with_backoff() {
 async fn a_job_out_of_attempts_fails_once_and_lands_in_the_dead_queue() {
     // Nothing listens on this port: every attempt is refused, a transient fault.
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
-    let options = Options { workers: 1, worker_env: fast_retries(), extra_config: db_server("gone", closed) };
+    let options = Options {
+        workers: 1,
+        worker_env: fast_retries(),
+        extra_config: db_server("gone", closed),
+        ..Default::default()
+    };
     let env = TestEnv::start_with(options).await.expect("environment");
     let events = env.events().await.expect("subscribe");
     let instance = env.instance_id("gone");

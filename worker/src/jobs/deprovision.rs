@@ -1,61 +1,59 @@
 //! Deprovision: instance → database → storage, the reverse of provision; each removal of
-//! something absent succeeds, so a redelivered deprovision finishes what an earlier run began.
+//! something absent succeeds, so a redelivered deprovision finishes what an earlier run
+//! began. A failure or an abort leaves the instance `failed`; deprovisioning it again
+//! finishes the removal.
 
 use std::time::Instant;
 
+use async_trait::async_trait;
+use dfe_registry::Transition;
 use dfe_shared::event::{names, Component};
-use dfe_shared::job::{DeprovisionJob, JobKind};
-use dfe_shared::registry::instances::InstanceChange;
-use dfe_shared::registry::InstanceState;
+use dfe_shared::job::{Job, JobKind};
 use serde_json::json;
 
 use super::{Env, Outcome};
-use crate::error::{Error, Result};
-use crate::events::JobMeta;
+use crate::error::Result;
+use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
+use crate::runner::JobSpec;
 
-pub(super) async fn run(env: &Env, job: &DeprovisionJob, meta: &JobMeta) -> Outcome {
-    let id = job.instance_id.as_str();
-    let record = match env.registry.instance(id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return Outcome::failed(&Error::NotFound(format!("instance {id} does not exist")), InstanceChange::None)
-        }
-        Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
-    };
-    match record.state {
-        InstanceState::Provisioned | InstanceState::Failed => {}
-        // A run of this same job that died half-way: go on.
-        InstanceState::Deprovisioning if record.job_id == meta.job_id => {}
-        InstanceState::Deprovisioned => {
-            return Outcome::failed(
-                &Error::NotFound(format!("instance {id} was already deprovisioned")),
-                InstanceChange::None,
-            )
-        }
-        state => {
-            let e = Error::Conflict(format!("instance {id} is mid-operation ({state:?})"));
-            return Outcome::failed_with("instance-busy", e.to_string(), InstanceChange::None);
-        }
+/// The deprovision job kind.
+pub struct Deprovision;
+
+#[async_trait]
+impl JobSpec<Env> for Deprovision {
+    fn kind(&self) -> JobKind {
+        JobKind::Deprovision
     }
-    let plan = match env.manager.plan_existing(&record, &meta.job_id, job.cluster_id.as_ref().map(|c| c.as_str())) {
-        Ok(plan) => plan,
-        Err(e) => return Outcome::failed(&e, InstanceChange::None),
-    };
-    if let Err(e) = env.registry.begin_deprovision(id, &meta.job_id).await {
-        return Outcome::failed(&e.into(), InstanceChange::None);
+
+    fn aborted(&self) -> Transition {
+        Transition::Failed
     }
-    let deadline = env.deadline();
-    let keep_database = job.keep_database.unwrap_or(false);
-    match tokio::time::timeout(deadline, steps(env, &plan, meta, keep_database)).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => Outcome::failed(&e, InstanceChange::Failed),
-        Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), InstanceChange::Failed),
+
+    async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
+        let Job::Deprovision(d) = job else { return super::wrong_kind("deprovision") };
+        let record = match env.registry.claim(job, &meta.job_id, None).await {
+            Ok(Ok(claimed)) => claimed.instance,
+            Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::None),
+            Err(e) => return Outcome::failed(&e.into(), Transition::None),
+        };
+        let cluster = d.cluster_id.as_ref().map(|c| c.as_str());
+        let plan = match env.manager.plan(&record, &meta.job_id, meta.attempt, cluster) {
+            Ok(plan) => plan,
+            Err(e) => return Outcome::failed(&e, Transition::Failed),
+        };
+        let deadline = env.deadline();
+        let keep_database = d.keep_database.unwrap_or(false);
+        match tokio::time::timeout(deadline, steps(&plan, meta, events, keep_database)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome::failed(&e, Transition::Failed),
+            Err(_) => Outcome::failed(&crate::error::Error::Timeout(deadline.as_secs()), Transition::Failed),
+        }
     }
 }
 
-async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta, keep_database: bool) -> Result<Outcome> {
+async fn steps(plan: &Plan<'_>, meta: &JobMeta, events: &Events, keep_database: bool) -> Result<Outcome> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
 
@@ -69,27 +67,15 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta, keep_database: bool) 
         p.db.deprovision(ctx).await?;
     }
     meta.timings.record("database", t.elapsed());
-    env.events
-        .emit(
-            meta,
-            &names::component(Component::Database, JobKind::Deprovision),
-            json!({ "database": ctx.names.database, "kept": keep_database }),
-            None,
-        )
-        .await?;
+    let name = names::component(Component::Database, JobKind::Deprovision);
+    events.emit(meta, &name, json!({ "database": ctx.names.database, "kept": keep_database }), None).await?;
     hold_after("database").await;
 
     let t = Instant::now();
     p.storage.deprovision(ctx).await?;
     meta.timings.record("storage", t.elapsed());
-    env.events
-        .emit(
-            meta,
-            &names::component(Component::Storage, JobKind::Deprovision),
-            json!({ "volume": ctx.names.volume }),
-            None,
-        )
-        .await?;
+    let name = names::component(Component::Storage, JobKind::Deprovision);
+    events.emit(meta, &name, json!({ "volume": ctx.names.volume }), None).await?;
     hold_after("storage").await;
 
     let result = json!({
@@ -98,6 +84,8 @@ async fn steps(env: &Env, plan: &Plan<'_>, meta: &JobMeta, keep_database: bool) 
         "volume": ctx.names.volume,
         "database": ctx.names.database,
         "database-kept": keep_database,
+        "host-id": ctx.docker.as_ref().map(|h| h.id.clone()),
+        "database-server": ctx.database.as_ref().map(|s| s.id.clone()),
     });
-    Ok(Outcome::succeeded(result, InstanceChange::Deprovisioned))
+    Ok(Outcome::succeeded(result, Transition::Deprovisioned))
 }

@@ -7,33 +7,51 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
+use dfe_registry::Transition;
 use dfe_shared::event::{names, Component};
-use dfe_shared::job::{ExportJob, JobKind};
-use dfe_shared::registry::instances::InstanceChange;
-use dfe_shared::registry::{InstanceState, SnapshotRecord};
+use dfe_shared::job::{ExportJob, Job, JobKind};
+use dfe_shared::records::SnapshotRecord;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
-use crate::events::JobMeta;
+use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
+use crate::runner::JobSpec;
 use crate::snapshot::{self, Manifest, FORMAT_VERSION};
 
 /// Namespace of snapshot ids (UUID v5 of the export's job id).
 const SNAPSHOT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6466_652e_736e_6170_7368_6f74_2d76_0001);
 
-pub(super) async fn run(env: &Env, job: &ExportJob, meta: &JobMeta) -> Outcome {
-    let deadline = env.deadline();
-    let work = work_dir(env, job, meta);
-    let result = tokio::time::timeout(deadline, export(env, job, meta, &work)).await;
-    if let Ok(work) = &work {
-        let _ = tokio::fs::remove_dir_all(work).await;
+/// The export job kind. It changes nothing of the instance, so an abort leaves nothing to
+/// repair (a half-written archive stays in the job's work directory, never under its name).
+pub struct Export;
+
+#[async_trait]
+impl JobSpec<Env> for Export {
+    fn kind(&self) -> JobKind {
+        JobKind::Export
     }
-    match result {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => Outcome::failed(&e, InstanceChange::None),
-        Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), InstanceChange::None),
+
+    fn aborted(&self) -> Transition {
+        Transition::None
+    }
+
+    async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
+        let Job::Export(e) = job else { return super::wrong_kind("export") };
+        let deadline = env.deadline();
+        let work = work_dir(env, e, meta);
+        let result = tokio::time::timeout(deadline, export(env, job, e, meta, events, &work)).await;
+        if let Ok(work) = &work {
+            let _ = tokio::fs::remove_dir_all(work).await;
+        }
+        match result {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome::failed(&e, Transition::None),
+            Err(_) => Outcome::failed(&Error::Timeout(deadline.as_secs()), Transition::None),
+        }
     }
 }
 
@@ -54,17 +72,23 @@ fn work_dir(env: &Env, job: &ExportJob, meta: &JobMeta) -> Result<PathBuf> {
     Ok(dir.join(format!(".work-{}", meta.job_id)))
 }
 
-async fn export(env: &Env, job: &ExportJob, meta: &JobMeta, work: &Result<PathBuf>) -> Result<Outcome> {
+async fn export(
+    env: &Env,
+    any: &Job,
+    job: &ExportJob,
+    meta: &JobMeta,
+    events: &Events,
+    work: &Result<PathBuf>,
+) -> Result<Outcome> {
     let id = job.instance_id.as_str();
-    let record =
-        env.registry.instance(id).await?.ok_or_else(|| Error::NotFound(format!("instance {id} does not exist")))?;
-    if record.state != InstanceState::Provisioned {
-        return Err(Error::Conflict(format!("instance {id} is not provisioned ({:?})", record.state)));
-    }
+    let record = match env.registry.claim(any, &meta.job_id, None).await? {
+        Ok(claimed) => claimed.instance,
+        Err(refusal) => return Ok(Outcome::failed_with(refusal.code, refusal.message, Transition::None)),
+    };
     let (destination, dir) = store_dir(env, job)?;
     let work = work.as_ref().map_err(|e| Error::Invalid(e.to_string()))?;
     tokio::fs::create_dir_all(work).await.map_err(Error::io(format!("creating {}", work.display())))?;
-    let plan = env.manager.plan_existing(&record, &meta.job_id, None)?;
+    let plan = env.manager.plan(&record, &meta.job_id, meta.attempt, None)?;
     let (p, ctx) = (plan.provisioner, &plan.ctx);
     let snapshot_id = uuid::Uuid::new_v5(&SNAPSHOT_NAMESPACE, meta.job_id.as_bytes()).to_string();
 
@@ -72,7 +96,7 @@ async fn export(env: &Env, job: &ExportJob, meta: &JobMeta, work: &Result<PathBu
     p.db.export(ctx, &database).await?;
     let db_member = hashed(&database).await?;
     let result = json!({ "database": ctx.names.database, "size": db_member.size, "sha256": db_member.sha256 });
-    env.events.emit(meta, &names::component(Component::Database, JobKind::Export), result, None).await?;
+    events.emit(meta, &names::component(Component::Database, JobKind::Export), result, None).await?;
     hold_after("database").await;
 
     let storage = work.join(snapshot::STORAGE);
@@ -81,17 +105,18 @@ async fn export(env: &Env, job: &ExportJob, meta: &JobMeta, work: &Result<PathBu
     let result = json!({
         "volume": ctx.names.volume, "size": st_member.size, "sha256": st_member.sha256, "skipped-entries": skipped,
     });
-    env.events.emit(meta, &names::component(Component::Storage, JobKind::Export), result, None).await?;
+    events.emit(meta, &names::component(Component::Storage, JobKind::Export), result, None).await?;
     hold_after("storage").await;
 
-    let offerings: BTreeMap<String, String> =
-        serde_json::from_value(record.resources.get("offerings").cloned().unwrap_or_default()).unwrap_or_default();
+    // The items the instance was made with, as its claim recorded them.
+    let offerings: BTreeMap<String, String> = record.offerings.clone();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         snapshot_id: snapshot_id.clone(),
         instance_id: id.to_owned(),
-        owner_id: record.owner_id.clone(),
-        owner_type: record.owner_type.clone(),
+        owner_id: serde_json::to_value(&record.owner_id).unwrap_or_default(),
+        owner_type: record.owner_type.as_ref().map(|o| serde_json::to_value(o).unwrap_or_default()),
+        database_engine: Some(p.db.engine().to_owned()),
         guest_location: record.guest_location.clone(),
         cluster_id: record.cluster_id.clone(),
         offerings,
@@ -129,7 +154,7 @@ async fn export(env: &Env, job: &ExportJob, meta: &JobMeta, work: &Result<PathBu
         "size": member.size,
         "sha256": member.sha256,
     });
-    Ok(Outcome::succeeded(result, InstanceChange::None))
+    Ok(Outcome::succeeded(result, Transition::None))
 }
 
 async fn hashed(path: &Path) -> Result<snapshot::Member> {

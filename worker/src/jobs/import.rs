@@ -2,62 +2,73 @@
 //! exist. The archive is verified completely before anything is touched; the database is
 //! restored beside the current one and swapped in; the storage is saved before it is
 //! loaded. A failure puts both back (or, when the import created the instance, removes it),
-//! so the target is left as it was before the import began.
+//! so the target is left as it was before the import began. An abort leaves an instance the
+//! import was creating `failed`; an existing one is left to the import's own undo.
 
 use std::path::Path;
 
+use async_trait::async_trait;
+use dfe_registry::{Admission, Transition};
 use dfe_shared::event::{names, Component};
-use dfe_shared::ids::Tag;
-use dfe_shared::job::{ImportJob, JobKind, ProvisionJob};
-use dfe_shared::registry::instances::InstanceChange;
-use dfe_shared::registry::{InstanceRecord, InstanceState};
+use dfe_shared::job::{ImportJob, Job, JobKind};
+use dfe_shared::placement;
+use dfe_shared::records::InstanceRecord;
 use serde_json::json;
 
 use super::provision::{self, Created};
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
-use crate::events::JobMeta;
+use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
+use crate::runner::JobSpec;
 use crate::snapshot::{self, Verified};
 
-pub(super) async fn run(env: &Env, job: &ImportJob, meta: &JobMeta) -> Outcome {
-    let id = job.instance_id.as_str();
-    let record = match env.registry.instance(id).await {
-        Ok(r) => r,
-        Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
-    };
-    // The API claims a new instance's id at submission; a refusal before the instance is
-    // made must hand that claim back.
-    let claimed_by_us =
-        record.as_ref().is_some_and(|r| r.state == InstanceState::Provisioning && r.job_id == meta.job_id);
-    let refused =
-        |e: &Error| Outcome::failed(e, if claimed_by_us { InstanceChange::Released } else { InstanceChange::None });
+/// The import job kind.
+pub struct Import;
 
-    let Some((_, archive)) = env.config.snapshots.locate(job.snapshot.as_str()) else {
-        return refused(&Error::SnapshotNotFound(job.snapshot.to_string()));
-    };
-    let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
-    if let Err(e) = tokio::fs::create_dir_all(&work).await {
-        return refused(&Error::io(format!("creating {}", work.display()))(e));
+#[async_trait]
+impl JobSpec<Env> for Import {
+    fn kind(&self) -> JobKind {
+        JobKind::Import
     }
-    // The deadline is applied inside, around each part that changes something, so that a
-    // timeout is undone like any other failure instead of abandoning a half-made import.
-    let outcome = import(env, job, meta, record, &archive, &work, refused).await;
-    let _ = tokio::fs::remove_dir_all(&work).await;
-    outcome
+
+    fn aborted(&self) -> Transition {
+        // Applies only to an instance this import claimed (the registry checks it owns it).
+        Transition::Failed
+    }
+
+    async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
+        let Job::Import(i) = job else { return super::wrong_kind("import") };
+        // The API claims a new instance's id at submission; a refusal before the instance is
+        // made hands that claim back (Released changes nothing of an instance this job does
+        // not own).
+        let refused = |e: &Error| Outcome::failed(e, Transition::Released);
+        let Some((_, archive)) = env.config.snapshots.locate(i.snapshot.as_str()) else {
+            return refused(&Error::SnapshotNotFound(i.snapshot.to_string()));
+        };
+        let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
+        if let Err(e) = tokio::fs::create_dir_all(&work).await {
+            return refused(&Error::io(format!("creating {}", work.display()))(e));
+        }
+        // The deadline is applied inside, around each part that changes something, so that a
+        // timeout is undone like any other failure instead of abandoning a half-made import.
+        let outcome = import(env, job, i, meta, events, &archive, &work).await;
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        outcome
+    }
 }
 
 async fn import(
     env: &Env,
+    any: &Job,
     job: &ImportJob,
     meta: &JobMeta,
-    record: Option<InstanceRecord>,
+    events: &Events,
     archive: &Path,
     work: &Path,
-    refused: impl Fn(&Error) -> Outcome,
 ) -> Outcome {
-    let id = job.instance_id.as_str();
+    let refused = |e: &Error| Outcome::failed(e, Transition::Released);
     let verified = {
         let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
         match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
@@ -66,67 +77,61 @@ async fn import(
             Err(e) => return refused(&Error::Invalid(format!("verifying the snapshot: {e}"))),
         }
     };
-    let must_create = match record.as_ref().map(|r| r.state) {
-        None | Some(InstanceState::Deprovisioned) => match env.registry.claim_instance(&job.into(), &meta.job_id).await
-        {
-            Ok(true) => true,
-            Ok(false) => {
-                return Outcome::failed_with(
-                    "conflict",
-                    format!("instance {id} was claimed by another job"),
-                    InstanceChange::None,
-                )
+    // A new instance is made as the snapshot's was: its provisioner (unless the job names
+    // one) and its offering items where that provisioner still has them.
+    let manifest = &verified.manifest;
+    let guest =
+        job.guest_location.as_ref().map(|g| g.as_str().to_owned()).or_else(|| {
+            Some(manifest.guest_location.clone()).filter(|g| env.config.provisioners.hosts.contains_key(g))
+        });
+    let placed = env.manager.place(placement::Request {
+        guest_location: guest.as_deref(),
+        cluster_id: job.cluster_id.as_ref().map(|c| c.as_str()),
+        offerings: None,
+    });
+    let placed = placed.map(|mut p| {
+        if let Some((_, host)) = env.config.provisioner(Some(&p.guest_location)) {
+            if let Ok(items) = placement::chosen_items(host, Some(&manifest.offerings)) {
+                p.offerings = items;
             }
-            Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
-        },
-        Some(InstanceState::Provisioning) if record.as_ref().is_some_and(|r| r.job_id == meta.job_id) => true,
-        Some(InstanceState::Provisioned) => false,
-        Some(state) => {
-            let e = Error::Conflict(format!(
-                "instance {id} is {state:?}; only a provisioned instance can be imported into"
-            ));
-            return Outcome::failed_with("instance-busy", e.to_string(), InstanceChange::None);
+        }
+        p
+    });
+    let (admission, record) = match env.registry.claim(any, &meta.job_id, placed.as_ref().ok()).await {
+        Ok(Ok(claimed)) => (claimed.admission, claimed.instance),
+        Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::Released),
+        Err(e) => {
+            return match &placed {
+                Err(pe) => refused(pe),
+                Ok(_) => refused(&e.into()),
+            }
         }
     };
-
-    // Target of a new instance: what the job says, else what the snapshot recorded.
-    let new_instance = ProvisionJob {
-        job_id: Tag::parse(&meta.job_id).ok(),
-        owner_id: job.owner_id.clone(),
-        instance_id: job.instance_id.clone(),
-        guest_location: job.guest_location.clone().or_else(|| {
-            let g = &verified.manifest.guest_location;
-            env.config.provisioners.hosts.contains_key(g).then(|| Tag::parse(g).ok()).flatten()
-        }),
-        cluster_id: job.cluster_id.clone(),
-        owner_type: job.owner_type.clone(),
-        offerings: Some(verified.manifest.offerings.clone()).filter(|o| !o.is_empty()),
-        packages: None,
+    let must_create = matches!(admission, Admission::Create | Admission::Continue);
+    let plan = match env.manager.plan(&record, &meta.job_id, meta.attempt, None) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
     };
+    // A dump of one engine does not restore into another: refused before anything is made.
+    let ours = plan.provisioner.db.engine();
+    let theirs = verified.manifest.database_engine.as_deref().unwrap_or("postgres");
+    if theirs != ours && theirs != "none" && ours != "none" {
+        return refused(&Error::EngineMismatch { snapshot: theirs.to_owned(), target: ours.to_owned() });
+    }
+
     let created = if must_create {
-        match provision::create(env, &new_instance, meta, false).await {
+        match provision::create(env, &record, meta, events, false).await {
             Ok(created) => Some(created),
             Err(failed) => return failed,
         }
     } else {
         None
     };
-    let plan = match (&created, &record) {
-        (Some(_), _) => env.manager.plan_provision(&new_instance, &meta.job_id),
-        (None, Some(r)) => env.manager.plan_existing(r, &meta.job_id, None),
-        (None, None) => Err(Error::NotFound(format!("instance {id} does not exist"))),
-    };
-    let plan = match plan {
-        Ok(p) => p,
-        Err(e) => {
-            return Outcome::failed(&e, if created.is_some() { InstanceChange::Released } else { InstanceChange::None })
-        }
-    };
 
     let backup = work.join("storage-before-import.tar");
     let deadline = env.deadline();
     let swapped = std::sync::atomic::AtomicBool::new(false);
-    let restoring = restore(env, job, meta, &plan, &verified, &backup, &swapped);
+    let restoring = restore(job, meta, events, &plan, &verified, &backup, &swapped);
     let restored = match tokio::time::timeout(deadline, restoring).await {
         Ok(r) => r,
         Err(_) => {
@@ -146,27 +151,14 @@ async fn import(
             Err(Error::Timeout(deadline.as_secs()))
         }
     };
-    match restored {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(job_id = %meta.job_id, error = %e.chain(), "import failed; the target is put back");
-            if created.is_some() {
-                return match provision::rollback(&plan).await {
-                    Ok(()) => Outcome::failed(&e, InstanceChange::Released),
-                    Err(r) => Outcome::failed_with(
-                        e.code(),
-                        format!("{}; removing the new instance failed: {}", e.chain(), r.chain()),
-                        InstanceChange::Failed,
-                    ),
-                };
-            }
-            return Outcome::failed(&e, InstanceChange::None);
-        }
+    if let Err(e) = restored {
+        tracing::warn!(job_id = %meta.job_id, error = %e.chain(), "import failed; the target is put back");
+        return undo_created(&plan, created.is_some(), e).await;
     }
 
-    let (mut result, change) = match created {
-        Some(Created { result, change }) => (result, change),
-        None => (record.as_ref().map(|r| r.resources.clone()).unwrap_or_default(), InstanceChange::None),
+    let (mut result, transition) = match created {
+        Some(Created { result, transition }) => (result, transition),
+        None => (record_resources(&record), Transition::None),
     };
     if let Some(r) = result.as_object_mut() {
         r.insert("snapshot".into(), json!(job.snapshot));
@@ -174,14 +166,34 @@ async fn import(
         r.insert("clean".into(), json!(job.clean.unwrap_or(false)));
         r.insert("source-instance-id".into(), json!(verified.manifest.instance_id));
     }
-    Outcome::succeeded(result, change)
+    Outcome::succeeded(result, transition)
+}
+
+fn record_resources(record: &InstanceRecord) -> serde_json::Value {
+    record.resources.clone()
+}
+
+/// The failure of an import after its target was settled: a new instance it made is
+/// removed again (and its claim handed back); an existing one was put back by the restore.
+async fn undo_created(plan: &Plan<'_>, created: bool, e: Error) -> Outcome {
+    if !created {
+        return Outcome::failed(&e, Transition::None);
+    }
+    match provision::rollback(plan).await {
+        Ok(()) => Outcome::failed(&e, Transition::Released),
+        Err(r) => Outcome::failed_with(
+            e.code(),
+            format!("{}; removing the new instance failed: {}", e.chain(), r.chain()),
+            Transition::Failed,
+        ),
+    }
 }
 
 /// Database, then storage; each undone when a later step fails.
 async fn restore(
-    env: &Env,
     job: &ImportJob,
     meta: &JobMeta,
+    events: &Events,
     plan: &Plan<'_>,
     v: &Verified,
     backup: &Path,
@@ -192,7 +204,7 @@ async fn restore(
     swapped.store(true, std::sync::atomic::Ordering::SeqCst);
     let storage = async {
         let result = json!({ "database": ctx.names.database, "snapshot": job.snapshot });
-        env.events.emit(meta, &names::component(Component::Database, JobKind::Import), result, None).await?;
+        events.emit(meta, &names::component(Component::Database, JobKind::Import), result, None).await?;
         hold_after("database").await;
         p.storage.import(ctx, &v.storage, job.clean.unwrap_or(false), backup).await
     };
@@ -203,7 +215,7 @@ async fn restore(
         return Err(e);
     }
     let result = json!({ "volume": ctx.names.volume, "snapshot": job.snapshot, "clean": job.clean.unwrap_or(false) });
-    if let Err(e) = env.events.emit(meta, &names::component(Component::Storage, JobKind::Import), result, None).await {
+    if let Err(e) = events.emit(meta, &names::component(Component::Storage, JobKind::Import), result, None).await {
         if let Err(r) = p.storage.restore(ctx, backup).await {
             tracing::error!(error = %r.chain(), "putting the storage back failed");
         }

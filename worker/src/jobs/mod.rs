@@ -1,6 +1,8 @@
-//! Job bodies: one file per job kind. A body knows nothing of AMQP: it gets the parsed job
-//! and an [`Env`], does its work through the manager's sub-provisioners, publishes its
-//! sub-events, and returns an [`Outcome`] that the consumer records and announces.
+//! The job kinds: one file each, declaring its name, its body and what an abort leaves
+//! behind ([`crate::runner::JobSpec`]). A body knows nothing of AMQP: it claims its
+//! instance through the registry's state machine, works through the manager's
+//! sub-provisioners, publishes its sub-events, and returns an [`Outcome`] that the runner
+//! records and announces.
 
 mod deprovision;
 mod export;
@@ -10,16 +12,12 @@ mod provision;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfe_registry::Registry;
 use dfe_shared::config::Config;
-use dfe_shared::event::EventError;
-use dfe_shared::job::Job;
-use dfe_shared::registry::instances::InstanceChange;
-use dfe_shared::registry::{JobState, Registry};
-use serde_json::{json, Value};
 
-use crate::error::Error;
-use crate::events::{Events, JobMeta};
 use crate::manager::Manager;
+use crate::runner::JobSpec;
+pub use crate::runner::Outcome;
 
 /// What job bodies work with.
 #[derive(Clone)]
@@ -28,8 +26,6 @@ pub struct Env {
     pub registry: Registry,
     /// Provisioners by guest location.
     pub manager: Arc<Manager>,
-    /// Event publisher.
-    pub events: Events,
     /// The configuration.
     pub config: Arc<Config>,
 }
@@ -41,50 +37,21 @@ impl Env {
     }
 }
 
-/// How a job ended.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// `succeeded` or `failed`.
-    pub state: JobState,
-    /// What was made.
-    pub result: Value,
-    /// Why it failed.
-    pub error: Option<EventError>,
-    /// What happens to the instance's registry row.
-    pub change: InstanceChange,
-    /// The failure may pass by itself: the job is worth another attempt.
-    pub transient: bool,
+/// Every job kind the worker serves: the one line to add for a new kind.
+pub fn kinds() -> Vec<Arc<dyn JobSpec<Env>>> {
+    vec![
+        Arc::new(provision::Provision),
+        Arc::new(deprovision::Deprovision),
+        Arc::new(import::Import),
+        Arc::new(export::Export),
+    ]
 }
 
-impl Outcome {
-    /// Success.
-    pub fn succeeded(result: Value, change: InstanceChange) -> Outcome {
-        Outcome { state: JobState::Succeeded, result, error: None, change, transient: false }
-    }
-
-    /// Failure with `error`'s code and message (with its causes).
-    pub fn failed(error: &Error, change: InstanceChange) -> Outcome {
-        Outcome { transient: error.is_transient(), ..Outcome::failed_with(error.code(), error.chain(), change) }
-    }
-
-    /// Failure with an explicit code and message.
-    pub fn failed_with(code: &str, message: String, change: InstanceChange) -> Outcome {
-        Outcome {
-            state: JobState::Failed,
-            result: json!({}),
-            error: Some(EventError { code: code.to_owned(), message }),
-            change,
-            transient: false,
-        }
-    }
-}
-
-/// Runs a job body.
-pub async fn run(env: &Env, job: &Job, meta: &JobMeta) -> Outcome {
-    match job {
-        Job::Provision(p) => provision::run(env, p, meta).await,
-        Job::Deprovision(d) => deprovision::run(env, d, meta).await,
-        Job::Import(i) => import::run(env, i, meta).await,
-        Job::Export(e) => export::run(env, e, meta).await,
-    }
+/// The failure of a body handed a job of another kind (a bug in the dispatch).
+fn wrong_kind(expected: &str) -> Outcome {
+    Outcome::failed_with(
+        "internal-error",
+        format!("the {expected} body was handed another kind of job"),
+        dfe_registry::Transition::None,
+    )
 }

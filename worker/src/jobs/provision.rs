@@ -1,79 +1,134 @@
-//! Provision: claim the instance id, then storage → database → instance, each followed by
-//! its event. On any failure (or the deadline) everything is removed in reverse order, so a
-//! failed provision leaves no container, volume, database or role behind.
+//! Provision: claim the instance id (recording where it goes and what it is made of), then
+//! storage → database → instance, each followed by its event. On any failure (or the
+//! deadline) everything is removed in reverse order, so a failed provision leaves no
+//! container, volume, database or role behind. An abort (a panic) leaves the instance
+//! `failed`, for a deprovision or the reconciler to finish.
 
 use std::time::Instant;
 
+use async_trait::async_trait;
+use dfe_registry::Transition;
 use dfe_shared::event::{names, Component};
-use dfe_shared::job::{JobKind, ProvisionJob};
-use dfe_shared::registry::instances::InstanceChange;
+use dfe_shared::job::{Job, JobKind};
+use dfe_shared::placement;
+use dfe_shared::records::InstanceRecord;
 use serde_json::{json, Value};
 
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
-use crate::events::JobMeta;
+use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
+use crate::runner::JobSpec;
 
-pub(super) async fn run(env: &Env, job: &ProvisionJob, meta: &JobMeta) -> Outcome {
-    match env.registry.claim_instance(&job.into(), &meta.job_id).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let e = Error::Conflict(format!("instance {} already exists", job.instance_id));
-            return Outcome::failed_with("instance-exists", e.to_string(), InstanceChange::None);
-        }
-        Err(e) => return Outcome::failed(&e.into(), InstanceChange::None),
+/// The provision job kind.
+pub struct Provision;
+
+#[async_trait]
+impl JobSpec<Env> for Provision {
+    fn kind(&self) -> JobKind {
+        JobKind::Provision
     }
-    match create(env, job, meta, true).await {
-        Ok(created) => Outcome::succeeded(created.result, created.change),
-        Err(failed) => failed,
+
+    fn aborted(&self) -> Transition {
+        Transition::Failed
+    }
+
+    async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
+        let Job::Provision(p) = job else { return super::wrong_kind("provision") };
+        let placed = env.manager.place(placement::Request {
+            guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
+            cluster_id: p.cluster_id.as_ref().map(|c| c.as_str()),
+            offerings: p.offerings.as_ref(),
+        });
+        let claimed = match claim(env, job, meta, &placed).await {
+            Ok(c) => c,
+            Err(failed) => return failed,
+        };
+        match create(env, &claimed, meta, events, true).await {
+            Ok(created) => Outcome::succeeded(created.result, created.transition),
+            Err(failed) => failed,
+        }
     }
 }
 
-/// A made instance: the job result and the registry change that records it.
+/// Claims the job's instance for a job that creates it: `Ok` with the instance as claimed,
+/// or the failure to end the job with (a refusal, or the placement that could not be made).
+pub(super) async fn claim(
+    env: &Env,
+    job: &Job,
+    meta: &JobMeta,
+    placed: &Result<placement::Placement>,
+) -> Result<InstanceRecord, Outcome> {
+    match env.registry.claim(job, &meta.job_id, placed.as_ref().ok()).await {
+        Ok(Ok(claimed)) => Ok(claimed.instance),
+        Ok(Err(refusal)) => Err(Outcome::failed_with(refusal.code, refusal.message, Transition::None)),
+        Err(e) => Err(match placed {
+            // The claim needed a placement this job cannot have (an unknown provisioner,
+            // offering or cluster): that is the failure to report.
+            Err(placement_error) => Outcome::failed(placement_error, Transition::None),
+            Ok(_) => Outcome::failed(&e.into(), Transition::None),
+        }),
+    }
+}
+
+/// A made instance: the job result and the transition that records it.
 pub(super) struct Created {
     pub result: Value,
-    pub change: InstanceChange,
+    pub transition: Transition,
 }
 
 /// Makes the three parts of a claimed instance (`announce`: publish the provision
 /// sub-events). On failure everything is removed again and the failure is returned.
-pub(super) async fn create(env: &Env, job: &ProvisionJob, meta: &JobMeta, announce: bool) -> Result<Created, Outcome> {
-    let plan = match env.manager.plan_provision(job, &meta.job_id) {
+pub(super) async fn create(
+    env: &Env,
+    record: &InstanceRecord,
+    meta: &JobMeta,
+    events: &Events,
+    announce: bool,
+) -> Result<Created, Outcome> {
+    let plan = match env.manager.plan(record, &meta.job_id, meta.attempt, None) {
         Ok(plan) => plan,
-        Err(e) => return Err(Outcome::failed(&e, InstanceChange::Released)),
+        Err(e) => return Err(Outcome::failed(&e, Transition::Released)),
     };
     let deadline = env.deadline();
-    let error = match tokio::time::timeout(deadline, steps(env, job, &plan, meta, announce)).await {
+    let error = match tokio::time::timeout(deadline, steps(record, &plan, meta, events, announce)).await {
         Ok(Ok(created)) => return Ok(created),
         Ok(Err(e)) => e,
         Err(_) => Error::Timeout(deadline.as_secs()),
     };
-    tracing::warn!(job_id = %meta.job_id, instance = %job.instance_id, error = %error.chain(), "provision failed; rolling back");
+    tracing::warn!(job_id = %meta.job_id, instance = %record.instance_id, error = %error.chain(), "provision failed; rolling back");
     Err(match rollback(&plan).await {
-        Ok(()) => Outcome::failed(&error, InstanceChange::Released),
+        Ok(()) => Outcome::failed(&error, Transition::Released),
         Err(r) => {
             // What could not be removed stays visible: the instance is marked failed, and a
             // deprovision (or the reconciler) finishes the removal.
             let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
             Outcome {
                 transient: error.is_transient(),
-                ..Outcome::failed_with(error.code(), message, InstanceChange::Failed)
+                ..Outcome::failed_with(error.code(), message, Transition::Failed)
             }
         }
     })
 }
 
-async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, announce: bool) -> Result<Created> {
+async fn steps(
+    record: &InstanceRecord,
+    plan: &Plan<'_>,
+    meta: &JobMeta,
+    events: &Events,
+    announce: bool,
+) -> Result<Created> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
+    let placement = json!({ "cluster-id": record.cluster_id, "host-id": record.host_id, "database-server": record.database_server });
 
     let t = Instant::now();
     let storage = p.storage.provision(ctx).await?;
     meta.timings.record("storage", t.elapsed());
     if announce {
         let name = names::component(Component::Storage, JobKind::Provision);
-        env.events.emit_step(meta, &name, json!({ "volume": storage.volume })).await?;
+        events.emit_step(meta, &name, json!({ "volume": storage.volume })).await?;
     }
     hold_after("storage").await;
 
@@ -86,7 +141,7 @@ async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, a
     });
     if announce {
         let name = names::component(Component::Database, JobKind::Provision);
-        env.events.emit_step(meta, &name, db_result.clone()).await?;
+        events.emit_step(meta, &name, db_result.clone()).await?;
     }
     hold_after("database").await;
 
@@ -98,30 +153,36 @@ async fn steps(env: &Env, job: &ProvisionJob, plan: &Plan<'_>, meta: &JobMeta, a
     }
     hold_after("instance").await;
 
-    let mut result = json!({
-        "instance-id": ctx.instance_id,
-        "guest-location": p.tag,
-        "cluster-id": plan.cluster_id,
-        "host": instance.host,
-        "container": instance.container,
-        "container-id": instance.container_id,
-        "volume": storage.volume,
-        "resource-uri": instance.resource_uri,
-        // The effective choice of each offering (the job's, else the suggested item), so an
-        // export can recreate the instance with the same ones.
-        "offerings": chosen_offerings(&p.host, job),
-    });
-    if let (Some(r), Some(d)) = (result.as_object_mut(), db_result.as_object()) {
-        r.extend(d.clone());
+    let result = with(
+        &placement,
+        with(
+            &db_result,
+            json!({
+                "instance-id": ctx.instance_id,
+                "guest-location": p.tag,
+                "host": instance.host,
+                "container": instance.container,
+                "container-id": instance.container_id,
+                "volume": storage.volume,
+                "resource-uri": instance.resource_uri,
+                // The choice of each offering recorded at the claim, so an export can
+                // recreate the instance with the same ones.
+                "offerings": record.offerings,
+            }),
+        ),
+    );
+    let transition = Transition::Provisioned { resource_uri: instance.resource_uri.clone(), resources: result.clone() };
+    Ok(Created { result, transition })
+}
+
+/// `extra` with the members of `base` it does not have.
+fn with(base: &Value, mut extra: Value) -> Value {
+    if let (Some(e), Some(b)) = (extra.as_object_mut(), base.as_object()) {
+        for (k, v) in b {
+            e.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
-    let change = InstanceChange::Provisioned {
-        guest_location: p.tag.clone(),
-        cluster_id: plan.cluster_id.clone(),
-        host: instance.host.clone(),
-        resource_uri: instance.resource_uri.clone(),
-        resources: result.clone(),
-    };
-    Ok(Created { result, change })
+    extra
 }
 
 /// Removes all three parts by their deterministic names, in reverse order. The claim makes
@@ -141,18 +202,4 @@ pub(super) async fn rollback(plan: &Plan<'_>) -> Result<()> {
         first_error.get_or_insert(e);
     }
     first_error.map_or(Ok(()), Err)
-}
-
-/// The item chosen for each offering of `host`: the job's choice, else the suggested one.
-fn chosen_offerings(
-    host: &dfe_shared::config::ProvisionerHost,
-    job: &ProvisionJob,
-) -> std::collections::BTreeMap<String, String> {
-    host.offerings
-        .iter()
-        .filter_map(|(id, offering)| {
-            let pick = job.offerings.as_ref().and_then(|o| o.get(id)).or(offering.suggested.as_ref())?;
-            Some((id.clone(), pick.clone()))
-        })
-        .collect()
 }

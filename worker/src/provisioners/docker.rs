@@ -1,70 +1,11 @@
-//! A Docker cluster: one engine reached over its socket or TCP, with the API version
-//! negotiated on first use (Debian's engine speaks 1.41, older than bollard's default).
+//! What the Docker sub-provisioners share: reading the engine's errors, and finding what a
+//! deployment made on its hosts by their labels. The hosts themselves, and how each is
+//! reached, are the fleet's ([`crate::fleet::DockerHost`]).
 
-use bollard::{Docker, API_DEFAULT_VERSION};
-use dfe_shared::config::ClusterConfig;
-use tokio::sync::OnceCell;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-
-/// Seconds a single Docker API call may take.
-const REQUEST_TIMEOUT_SECS: u64 = 120;
-
-/// A configured Docker engine.
-pub struct DockerCluster {
-    /// The cluster id from the configuration.
-    pub id: String,
-    /// Its settings.
-    pub config: ClusterConfig,
-    /// The negotiated client and the engine's name, made on first use so a worker starts
-    /// even while the engine is down.
-    client: OnceCell<(Docker, String)>,
-}
-
-impl DockerCluster {
-    /// A cluster that connects on first use.
-    pub fn new(id: &str, config: ClusterConfig) -> DockerCluster {
-        DockerCluster { id: id.to_owned(), config, client: OnceCell::new() }
-    }
-
-    /// The client, connecting and negotiating the API version the first time.
-    pub async fn client(&self) -> Result<&Docker> {
-        let (docker, _) = self.client.get_or_try_init(|| self.connect()).await?;
-        Ok(docker)
-    }
-
-    /// The engine's name (its host name), for the registry's `host`.
-    pub async fn host_name(&self) -> Result<&str> {
-        let (_, name) = self.client.get_or_try_init(|| self.connect()).await?;
-        Ok(name)
-    }
-
-    async fn connect(&self) -> Result<(Docker, String)> {
-        let host = &self.config.docker_host;
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            if self.config.tls_cert_path.is_some() {
-                return Err(Error::Config(format!(
-                    "cluster {}: TLS to Docker engines is not built in yet; use an SSH tunnel or a TLS-terminating proxy",
-                    self.id
-                )));
-            }
-            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        } else {
-            return Err(Error::Config(format!("cluster {}: docker-host {host:?} must start with unix:// or tcp://", self.id)));
-        }
-        .map_err(Error::docker(format!("connecting to {host}")))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(Error::docker(format!("negotiating the API version with {host}")))?;
-        let info = docker.info().await.map_err(Error::docker(format!("reading engine info of {host}")))?;
-        let name = info.name.unwrap_or_else(|| self.id.clone());
-        tracing::info!(cluster = %self.id, engine = %name, version = ?docker.client_version(), "connected to Docker");
-        Ok((docker, name))
-    }
-}
+use crate::fleet::DockerHost;
 
 /// Whether a bollard error is the engine's 404.
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -74,4 +15,61 @@ pub fn is_not_found(e: &bollard::errors::Error) -> bool {
 /// Whether a bollard error is the engine's 409 (conflict, e.g. removal already in progress).
 pub fn is_conflict(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })
+}
+
+/// The label filter of everything `deployment` made.
+fn deployment_filter(deployment: &str) -> std::collections::HashMap<String, Vec<String>> {
+    std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec!["dfe.managed=true".to_owned(), format!("dfe.deployment={deployment}")],
+    )])
+}
+
+/// Containers or volumes `deployment` made on each of `hosts`, by their labels.
+pub async fn labelled<'a>(
+    hosts: impl Iterator<Item = &'a Arc<DockerHost>>,
+    deployment: &str,
+    kind: &'static str,
+) -> super::Found {
+    use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
+    let filters = deployment_filter(deployment);
+    let mut found = super::Found::default();
+    for host in hosts {
+        let listed: Result<Vec<(String, String)>> = async {
+            let docker = host.client().await?;
+            if kind == "container" {
+                let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+                let containers =
+                    docker.list_containers(Some(opts)).await.map_err(Error::docker("listing containers"))?;
+                Ok(containers
+                    .into_iter()
+                    .filter_map(|c| {
+                        let instance = c.labels.as_ref()?.get("dfe.instance-id")?.clone();
+                        let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_owned();
+                        Some((instance, name))
+                    })
+                    .collect())
+            } else {
+                let opts = ListVolumesOptionsBuilder::default().filters(&filters).build();
+                let volumes = docker.list_volumes(Some(opts)).await.map_err(Error::docker("listing volumes"))?;
+                Ok(volumes
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| Some((v.labels.get("dfe.instance-id")?.clone(), v.name)))
+                    .collect())
+            }
+        }
+        .await;
+        match listed {
+            Ok(items) => found.parts.extend(items.into_iter().map(|(instance_id, name)| super::Part {
+                kind,
+                name,
+                instance_id,
+                location: host.id.clone(),
+            })),
+            Err(e) => found.unreachable.push(format!("host {}: {}", host.id, e.chain())),
+        }
+    }
+    found
 }

@@ -14,10 +14,14 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
 };
 
-use super::docker::{is_conflict, is_not_found, DockerCluster};
+use super::docker::{is_conflict, is_not_found};
 use super::docker_volume::labels;
-use super::{DatabaseInfo, InstanceContext, InstanceInfo, InstanceProvisioner, StorageInfo};
+use super::{
+    BuildContext, DatabaseInfo, Found, InstanceContext, InstanceInfo, InstanceProvisioner, Inventory, Part, StorageInfo,
+};
 use crate::error::{Error, Result};
+use crate::fleet::DockerHost;
+use crate::fleet::Fleet;
 
 /// Default pids limit: enough for an application, not enough for a fork bomb.
 const DEFAULT_PIDS: i64 = 512;
@@ -28,13 +32,57 @@ const DEFAULT_PORT: u64 = 80;
 pub struct DockerContainer {
     health_timeout: Duration,
     http: reqwest::Client,
+    fleet: std::sync::Arc<Fleet>,
 }
 
-impl DockerContainer {
-    /// A provisioner that waits up to `health_timeout_secs` for the resource-uri.
-    pub fn new(health_timeout_secs: u64) -> DockerContainer {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).no_proxy().build().unwrap_or_default();
-        DockerContainer { health_timeout: Duration::from_secs(health_timeout_secs), http }
+/// Builds it (see the tables in [`super`]): it waits up to `worker.health-timeout-secs`
+/// for the resource-uri.
+pub fn build(b: &BuildContext<'_>) -> Result<std::sync::Arc<dyn InstanceProvisioner>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(|e| Error::Config(format!("building the HTTP client for health checks: {e}")))?;
+    Ok(std::sync::Arc::new(DockerContainer {
+        health_timeout: Duration::from_secs(b.config.worker.health_timeout_secs),
+        http,
+        fleet: b.fleet.clone(),
+    }))
+}
+
+#[async_trait]
+impl Inventory for DockerContainer {
+    fn name(&self) -> &'static str {
+        "docker-container"
+    }
+
+    fn parts(&self) -> &'static [&'static str] {
+        &["container"]
+    }
+
+    async fn inventory(&self, deployment: &str) -> Found {
+        super::docker::labelled(self.fleet.hosts(), deployment, "container").await
+    }
+
+    async fn remove_part(&self, part: &Part) -> Result<()> {
+        let host = self
+            .fleet
+            .host(&part.location)
+            .ok_or_else(|| Error::Config(format!("no Docker host {}", part.location)))?;
+        remove(host, &part.name).await
+    }
+}
+
+/// Whether the container `name` on the engine carries `instance`'s label (`Ok(None)`: there
+/// is no such container).
+async fn owned_by(docker: &bollard::Docker, name: &str, instance: &str) -> Result<Option<bool>> {
+    match docker.inspect_container(name, None::<InspectContainerOptions>).await {
+        Ok(existing) => {
+            let owner = existing.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get("dfe.instance-id"));
+            Ok(Some(owner.map(String::as_str) == Some(instance)))
+        }
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(Error::docker(format!("inspecting container {name}"))(e)),
     }
 }
 
@@ -92,7 +140,7 @@ fn parse_bytes(s: &str) -> Option<i64> {
     digits.trim().parse::<i64>().ok()?.checked_mul(mult)
 }
 
-async fn remove(cluster: &DockerCluster, name: &str) -> Result<()> {
+async fn remove(cluster: &DockerHost, name: &str) -> Result<()> {
     let docker = cluster.client().await?;
     let opts = RemoveContainerOptionsBuilder::default().force(true).v(false).build();
     match docker.remove_container(name, Some(opts)).await {
@@ -129,20 +177,15 @@ impl InstanceProvisioner for DockerContainer {
 
         // A container left by an earlier run of this job is replaced: the database step has
         // just issued a fresh password, which only a new container can carry.
-        match docker.inspect_container(name, None::<InspectContainerOptions>).await {
-            Ok(existing) => {
-                let owner =
-                    existing.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get("dfe.instance-id"));
-                if owner.map(String::as_str) != Some(ctx.instance_id.as_str()) {
-                    return Err(Error::Conflict(format!(
-                        "container {name} exists and does not belong to instance {}",
-                        ctx.instance_id
-                    )));
-                }
-                remove(cluster, name).await?;
+        match owned_by(docker, name, ctx.instance_id.as_str()).await? {
+            Some(true) => remove(cluster, name).await?,
+            Some(false) => {
+                return Err(Error::Conflict(format!(
+                    "container {name} exists and does not belong to instance {}",
+                    ctx.instance_id
+                )))
             }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::docker(format!("inspecting container {name}"))(e)),
+            None => {}
         }
         match docker.inspect_image(&image).await {
             Ok(_) => {}
@@ -199,10 +242,21 @@ impl InstanceProvisioner for DockerContainer {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let created = docker
-            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), config)
-            .await
-            .map_err(Error::docker(format!("creating container {name}")))?;
+        let options = || Some(CreateContainerOptionsBuilder::default().name(name).build());
+        let created = match docker.create_container(options(), config.clone()).await {
+            Ok(created) => created,
+            // 409: the name was taken between the look and the create, by a dead worker's run
+            // of this job whose request the engine finished after all. Ours: replace it once.
+            Err(e) if is_conflict(&e) && owned_by(docker, name, ctx.instance_id.as_str()).await? == Some(true) => {
+                tracing::warn!(container = %name, "the container appeared while it was being created; replacing it");
+                remove(cluster, name).await?;
+                docker
+                    .create_container(options(), config)
+                    .await
+                    .map_err(Error::docker(format!("creating container {name}")))?
+            }
+            Err(e) => return Err(Error::docker(format!("creating container {name}"))(e)),
+        };
         docker
             .start_container(name, None::<StartContainerOptions>)
             .await
@@ -222,7 +276,7 @@ impl InstanceProvisioner for DockerContainer {
         Ok(InstanceInfo {
             container: Some(name.clone()),
             container_id: Some(created.id),
-            host: Some(cluster.host_name().await?.to_owned()),
+            host: Some(cluster.id.clone()),
             resource_uri: Some(url),
             health_wait,
         })
@@ -234,7 +288,7 @@ impl InstanceProvisioner for DockerContainer {
 }
 
 /// The host port Docker chose for `port_key`.
-async fn published_port(cluster: &DockerCluster, name: &str, port_key: &str) -> Result<String> {
+async fn published_port(cluster: &DockerHost, name: &str, port_key: &str) -> Result<String> {
     let docker = cluster.client().await?;
     for _ in 0..20 {
         let info = docker
@@ -256,7 +310,7 @@ async fn published_port(cluster: &DockerCluster, name: &str, port_key: &str) -> 
 
 impl DockerContainer {
     /// Polls `url` until it answers 2xx, failing early when the container stops.
-    async fn wait_healthy(&self, cluster: &DockerCluster, name: &str, url: &str) -> Result<()> {
+    async fn wait_healthy(&self, cluster: &DockerHost, name: &str, url: &str) -> Result<()> {
         let docker = cluster.client().await?;
         let deadline = tokio::time::Instant::now() + self.health_timeout;
         let mut last: String;

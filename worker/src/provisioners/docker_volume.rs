@@ -14,11 +14,47 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::docker::is_not_found;
-use super::{InstanceContext, StorageInfo, StorageProvisioner};
+use super::{BuildContext, Found, InstanceContext, Inventory, Part, StorageInfo, StorageProvisioner};
 use crate::error::{Error, Result};
+use crate::fleet::Fleet;
 
 /// The Docker volume storage provisioner.
-pub struct DockerVolume;
+pub struct DockerVolume {
+    fleet: std::sync::Arc<Fleet>,
+}
+
+/// Builds it (see the tables in [`super`]).
+pub fn build(b: &BuildContext<'_>) -> Result<std::sync::Arc<dyn StorageProvisioner>> {
+    Ok(std::sync::Arc::new(DockerVolume { fleet: b.fleet.clone() }))
+}
+
+#[async_trait]
+impl Inventory for DockerVolume {
+    fn name(&self) -> &'static str {
+        "docker-volume"
+    }
+
+    fn parts(&self) -> &'static [&'static str] {
+        &["volume"]
+    }
+
+    async fn inventory(&self, deployment: &str) -> Found {
+        super::docker::labelled(self.fleet.hosts(), deployment, "volume").await
+    }
+
+    async fn remove_part(&self, part: &Part) -> Result<()> {
+        let host = self
+            .fleet
+            .host(&part.location)
+            .ok_or_else(|| Error::Config(format!("no Docker host {}", part.location)))?;
+        let docker = host.client().await?;
+        match docker.remove_volume(&part.name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::docker(format!("removing volume {}", part.name))(e)),
+        }
+    }
+}
 
 /// The labels every resource of an instance carries.
 pub fn labels(ctx: &InstanceContext) -> HashMap<String, String> {
@@ -102,9 +138,16 @@ impl StorageProvisioner for DockerVolume {
     async fn import(&self, ctx: &InstanceContext, tar: &Path, clean: bool, backup: &Path) -> Result<()> {
         // The backup appears under its name only once complete: a caller that finds it may
         // put it back, never a half-written one.
-        let partial = backup.with_extension("partial");
+        let dir = backup.parent().unwrap_or(Path::new("."));
+        let partial = tempfile::Builder::new()
+            .prefix(".storage-backup-")
+            .tempfile_in(dir)
+            .map_err(Error::io(format!("creating a temporary backup in {}", dir.display())))?
+            .into_temp_path();
         self.export(ctx, &partial).await?;
-        tokio::fs::rename(&partial, backup).await.map_err(Error::io(format!("moving {}", partial.display())))?;
+        partial
+            .persist(backup)
+            .map_err(|e| Error::io(format!("moving the backup to {}", backup.display()))(e.error))?;
         match load(ctx, tar, clean).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -1,9 +1,14 @@
-//! Sub-provisioners: one trait per part of an instance, one file per implementation. The
-//! manager builds them by the names in `provisioners.hosts.<tag>.provides`; adding an
-//! implementation is one file here and one line in the `build_*` functions below.
+//! Sub-provisioners: one trait per part of an instance, one file per implementation.
 //!
-//! Every step looks before it makes (shuttle's rule): provisioning twice yields one of each
-//! resource, and removing what does not exist succeeds, so a redelivered job simply goes on.
+//! Each implementation owns the whole life of what it makes: making it, removing it, and
+//! the inventory the reconciler compares against the registry ([`Inventory`]). The manager
+//! builds each implementation named in `provisioners.hosts.<tag>.provides` once, from the
+//! tables below; the reconciler, snapshots and metrics iterate what was built. Adding an
+//! implementation is one file here and one line in a table.
+//!
+//! Every step looks before it makes (shuttle's rule), and making what already exists counts
+//! as found: provisioning twice yields one of each resource, and removing what does not
+//! exist succeeds, so a redelivered job simply goes on.
 
 pub mod docker;
 pub mod docker_container;
@@ -16,12 +21,33 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dfe_shared::config::Config;
 use dfe_shared::ids::InstanceId;
 use dfe_shared::secret::Secret;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use docker::DockerCluster;
+use crate::fleet::{DatabaseServer, DockerHost, Fleet};
+
+/// The storage implementations, by name: the one line to add for a new one.
+const STORAGE: &[(&str, BuildStorage)] = &[("docker-volume", docker_volume::build), ("noop", noop::build_storage)];
+/// The database implementations, by name.
+const DATABASE: &[(&str, BuildDatabase)] = &[("postgres", postgres::build), ("noop", noop::build_database)];
+/// The instance implementations, by name.
+const INSTANCE: &[(&str, BuildInstance)] =
+    &[("docker-container", docker_container::build), ("noop", noop::build_instance)];
+
+type BuildStorage = fn(&BuildContext<'_>) -> Result<Arc<dyn StorageProvisioner>>;
+type BuildDatabase = fn(&BuildContext<'_>) -> Result<Arc<dyn DatabaseProvisioner>>;
+type BuildInstance = fn(&BuildContext<'_>) -> Result<Arc<dyn InstanceProvisioner>>;
+
+/// What implementations are built from.
+pub struct BuildContext<'a> {
+    /// The whole configuration.
+    pub config: &'a Config,
+    /// The Docker hosts and database servers.
+    pub fleet: &'a Arc<Fleet>,
+}
 
 /// Deterministic names of what an instance is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,20 +66,21 @@ impl Names {
         Names {
             container: format!("{prefix}-{instance}"),
             volume: format!("{prefix}-{instance}-storage"),
-            database: pg_name(prefix, instance),
+            database: db_name(prefix, instance, 63),
         }
     }
 }
 
-/// PostgreSQL truncates identifiers past 63 bytes, which could make two instances share a
+/// `<prefix>_<instance_id>`, at most `limit` bytes: database servers truncate (PostgreSQL,
+/// past 63 bytes) or refuse long identifiers, which could make two instances share a
 /// database; long names keep a prefix and get a hash of the full id instead.
-fn pg_name(prefix: &str, instance: &InstanceId) -> String {
+pub fn db_name(prefix: &str, instance: &InstanceId, limit: usize) -> String {
     let full = format!("{prefix}_{}", instance.snake());
-    if full.len() <= 63 {
+    if full.len() <= limit {
         return full;
     }
     let digest = hex::encode(Sha256::digest(instance.as_str().as_bytes()));
-    format!("{}_{}", &full[..54], &digest[..8])
+    format!("{}_{}", &full[..limit - 9], &digest[..8])
 }
 
 /// What every sub-provisioner is told about the instance it works on.
@@ -65,6 +92,9 @@ pub struct InstanceContext {
     pub owner_id: String,
     /// The job doing the work (a label).
     pub job_id: String,
+    /// Which run of the job this is (1 for the first): a later run may find what an earlier,
+    /// dead one left running, and ends it first.
+    pub attempt: u32,
     /// The deployment (a label), see `naming.deployment`.
     pub deployment: String,
     /// Names of its parts.
@@ -73,15 +103,24 @@ pub struct InstanceContext {
     pub offering: BTreeMap<String, serde_json::Value>,
     /// Path on the instance where the console talks to it.
     pub resource_uri: String,
-    /// The Docker cluster it lives on, when the provisioner uses Docker.
-    pub docker: Option<Arc<DockerCluster>>,
+    /// The Docker host it lives on, when the provisioner uses Docker.
+    pub docker: Option<Arc<DockerHost>>,
+    /// The database server of its database, when the provisioner makes one.
+    pub database: Option<Arc<DatabaseServer>>,
 }
 
 impl InstanceContext {
-    /// The Docker cluster, or a configuration error naming the implementation that needs it.
-    pub fn docker(&self, who: &str) -> Result<&DockerCluster> {
+    /// The Docker host, or a configuration error naming the implementation that needs it.
+    pub fn docker(&self, who: &str) -> Result<&DockerHost> {
         self.docker.as_deref().ok_or_else(|| {
-            Error::Config(format!("{who} needs a Docker cluster: set [clusters.<id>] and the provisioner's cluster"))
+            Error::Config(format!("{who} needs a Docker host: set [clusters.<id>] and the provisioner's cluster"))
+        })
+    }
+
+    /// The database server, or a configuration error naming the implementation that needs it.
+    pub fn database(&self, who: &str) -> Result<&DatabaseServer> {
+        self.database.as_deref().ok_or_else(|| {
+            Error::Config(format!("{who} needs a database server: set the provisioner's `database = \"<server id>\"`"))
         })
     }
 
@@ -124,7 +163,7 @@ pub struct InstanceInfo {
     pub container: Option<String>,
     /// Container id.
     pub container_id: Option<String>,
-    /// Docker host (engine name).
+    /// Docker host id.
     pub host: Option<String>,
     /// Full URL of the resource-uri.
     pub resource_uri: Option<String>,
@@ -132,9 +171,46 @@ pub struct InstanceInfo {
     pub health_wait: Option<std::time::Duration>,
 }
 
+/// Something of this deployment an implementation found on a host or server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// `container`, `volume`, `database`, `role`, …: one of the implementation's
+    /// [`Inventory::parts`].
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// The instance its label or comment names.
+    pub instance_id: String,
+    /// The host or server it is on.
+    pub location: String,
+}
+
+/// What an implementation found: the parts, and the hosts or servers it could not see
+/// (nothing about those is concluded).
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// The parts of this deployment.
+    pub parts: Vec<Part>,
+    /// Hosts or servers that could not be inspected, with why.
+    pub unreachable: Vec<String>,
+}
+
+/// What the reconciler asks of every implementation.
+#[async_trait]
+pub trait Inventory: Send + Sync {
+    /// The implementation's name in `provides` (`docker-volume`, `postgres`, …).
+    fn name(&self) -> &'static str;
+    /// The kinds of part it makes for every instance (none for `noop`).
+    fn parts(&self) -> &'static [&'static str];
+    /// Everything of `deployment` on every host or server it knows.
+    async fn inventory(&self, deployment: &str) -> Found;
+    /// Removes a part found by [`Inventory::inventory`] (an orphan).
+    async fn remove_part(&self, part: &Part) -> Result<()>;
+}
+
 /// Makes, removes, exports and imports an instance's storage.
 #[async_trait]
-pub trait StorageProvisioner: Send + Sync {
+pub trait StorageProvisioner: Inventory {
     /// Ensures the storage exists.
     async fn provision(&self, ctx: &InstanceContext) -> Result<StorageInfo>;
     /// Removes the storage; absent storage is success.
@@ -152,7 +228,9 @@ pub trait StorageProvisioner: Send + Sync {
 
 /// Makes, removes, exports and imports an instance's database and role.
 #[async_trait]
-pub trait DatabaseProvisioner: Send + Sync {
+pub trait DatabaseProvisioner: Inventory {
+    /// The engine, as recorded in a snapshot's manifest (`postgres`, `mysql`, `none`).
+    fn engine(&self) -> &'static str;
     /// Ensures the role and database exist, with a fresh password.
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo>;
     /// Ends open sessions, drops the database and the role; absent ones are success.
@@ -172,55 +250,62 @@ pub trait DatabaseProvisioner: Send + Sync {
 
 /// Makes and removes the instance itself.
 #[async_trait]
-pub trait InstanceProvisioner: Send + Sync {
+pub trait InstanceProvisioner: Inventory {
     /// Ensures the instance runs with the given storage and database, and answers.
     async fn provision(&self, ctx: &InstanceContext, storage: &StorageInfo, db: &DatabaseInfo) -> Result<InstanceInfo>;
     /// Removes the instance; an absent one is success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
 }
 
-/// Settings the implementations are built from.
-pub struct BuildContext<'a> {
-    /// The database server of the provisioner, if it names one.
-    pub database: Option<(&'a str, &'a dfe_shared::config::DatabaseServerConfig)>,
-    /// Seconds to wait for the resource-uri.
-    pub health_timeout_secs: u64,
+/// Every implementation named by the configuration, built once.
+#[derive(Default)]
+pub struct Implementations {
+    /// Storage implementations by name.
+    pub storage: BTreeMap<&'static str, Arc<dyn StorageProvisioner>>,
+    /// Database implementations by name.
+    pub database: BTreeMap<&'static str, Arc<dyn DatabaseProvisioner>>,
+    /// Instance implementations by name.
+    pub instance: BTreeMap<&'static str, Arc<dyn InstanceProvisioner>>,
 }
 
-/// The storage implementation called `name`.
-pub fn build_storage(name: &str, _b: &BuildContext<'_>) -> Result<Arc<dyn StorageProvisioner>> {
-    Ok(match name {
-        "docker-volume" => Arc::new(docker_volume::DockerVolume),
-        "noop" => Arc::new(noop::Noop),
-        other => return Err(unknown("storage", other, &["docker-volume", "noop"])),
+fn pick<B: Copy>(table: &[(&'static str, B)], part: &str, name: &str) -> Result<(&'static str, B)> {
+    table.iter().find(|(n, _)| *n == name).copied().ok_or_else(|| {
+        let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        Error::Config(format!("provides.{part} = {name:?} is not a known implementation (known: {})", known.join(", ")))
     })
 }
 
-/// The database implementation called `name`.
-pub fn build_database(name: &str, b: &BuildContext<'_>) -> Result<Arc<dyn DatabaseProvisioner>> {
-    Ok(match name {
-        "postgres" => {
-            let (id, server) = b
-                .database
-                .ok_or_else(|| Error::Config("the postgres provisioner needs `database = \"<server id>\"`".into()))?;
-            Arc::new(postgres::Postgres::new(id, server)?)
+impl Implementations {
+    /// Builds each implementation a provisioner names; an unknown name is an error here,
+    /// at start, not in the middle of a job.
+    pub fn build(b: &BuildContext<'_>) -> Result<Implementations> {
+        let mut all = Implementations::default();
+        for (tag, host) in &b.config.provisioners.hosts {
+            let context = |e: Error| Error::Config(format!("provisioners.hosts.{tag}: {e}"));
+            let (name, build) = pick(STORAGE, "storage", &host.provides.storage).map_err(context)?;
+            if !all.storage.contains_key(name) {
+                all.storage.insert(name, build(b).map_err(context)?);
+            }
+            let (name, build) = pick(DATABASE, "db", &host.provides.db).map_err(context)?;
+            if !all.database.contains_key(name) {
+                all.database.insert(name, build(b).map_err(context)?);
+            }
+            let (name, build) = pick(INSTANCE, "instance", &host.provides.instance).map_err(context)?;
+            if !all.instance.contains_key(name) {
+                all.instance.insert(name, build(b).map_err(context)?);
+            }
         }
-        "noop" => Arc::new(noop::Noop),
-        other => return Err(unknown("db", other, &["postgres", "noop"])),
-    })
-}
+        Ok(all)
+    }
 
-/// The instance implementation called `name`.
-pub fn build_instance(name: &str, b: &BuildContext<'_>) -> Result<Arc<dyn InstanceProvisioner>> {
-    Ok(match name {
-        "docker-container" => Arc::new(docker_container::DockerContainer::new(b.health_timeout_secs)),
-        "noop" => Arc::new(noop::Noop),
-        other => return Err(unknown("instance", other, &["docker-container", "noop"])),
-    })
-}
-
-fn unknown(part: &str, name: &str, known: &[&str]) -> Error {
-    Error::Config(format!("provides.{part} = {name:?} is not a known implementation (known: {})", known.join(", ")))
+    /// Every implementation, for the reconciler: each once, whatever it makes.
+    pub fn inventories(&self) -> Vec<Arc<dyn Inventory>> {
+        let mut out: Vec<Arc<dyn Inventory>> = Vec::new();
+        out.extend(self.instance.values().map(|i| i.clone() as Arc<dyn Inventory>));
+        out.extend(self.storage.values().map(|i| i.clone() as Arc<dyn Inventory>));
+        out.extend(self.database.values().map(|i| i.clone() as Arc<dyn Inventory>));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +324,6 @@ mod tests {
         let (na, nb) = (Names::new("dfe", &a).database, Names::new("dfe", &b).database);
         assert!(na.len() <= 63 && nb.len() <= 63);
         assert_ne!(na, nb, "long ids must not collide after truncation");
+        assert_eq!(db_name("dfe", &a, 32).len(), 32);
     }
 }

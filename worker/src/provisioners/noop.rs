@@ -2,18 +2,51 @@
 //! are `noop` measures the pipeline alone (benchmarks, tests).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use dfe_shared::secret::Secret;
 
 use super::{
-    DatabaseInfo, DatabaseProvisioner, InstanceContext, InstanceInfo, InstanceProvisioner, StorageInfo,
-    StorageProvisioner,
+    BuildContext, DatabaseInfo, DatabaseProvisioner, Found, InstanceContext, InstanceInfo, InstanceProvisioner,
+    Inventory, Part, StorageInfo, StorageProvisioner,
 };
 use crate::error::Result;
 
 /// The no-op sub-provisioner.
 pub struct Noop;
+
+/// `noop` as the storage part.
+pub fn build_storage(_: &BuildContext<'_>) -> Result<Arc<dyn StorageProvisioner>> {
+    Ok(Arc::new(Noop))
+}
+
+/// `noop` as the database part.
+pub fn build_database(_: &BuildContext<'_>) -> Result<Arc<dyn DatabaseProvisioner>> {
+    Ok(Arc::new(Noop))
+}
+
+/// `noop` as the instance part.
+pub fn build_instance(_: &BuildContext<'_>) -> Result<Arc<dyn InstanceProvisioner>> {
+    Ok(Arc::new(Noop))
+}
+
+/// It makes nothing, so it has nothing to find or remove.
+#[async_trait]
+impl Inventory for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+    fn parts(&self) -> &'static [&'static str] {
+        &[]
+    }
+    async fn inventory(&self, _deployment: &str) -> Found {
+        Found::default()
+    }
+    async fn remove_part(&self, _part: &Part) -> Result<()> {
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl StorageProvisioner for Noop {
@@ -37,6 +70,9 @@ impl StorageProvisioner for Noop {
 
 #[async_trait]
 impl DatabaseProvisioner for Noop {
+    fn engine(&self) -> &'static str {
+        "none"
+    }
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
         Ok(DatabaseInfo {
             connection: "none".into(),

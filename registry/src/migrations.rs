@@ -77,36 +77,84 @@ CREATE INDEX snapshots_owner ON snapshots (owner_id);
 ALTER TABLE jobs ADD COLUMN next_retry_at timestamptz;
 ALTER TABLE jobs ADD COLUMN deadline_at timestamptz;
 "#,
+    // Placement and offerings are decided when an instance is claimed and recorded then, so
+    // a redelivered job goes on where it started; who asked for a job is kept as such.
+    r#"
+ALTER TABLE instances ADD COLUMN host_id text;
+ALTER TABLE instances ADD COLUMN database_server text;
+ALTER TABLE instances ADD COLUMN offerings jsonb NOT NULL DEFAULT '{}'::jsonb;
+UPDATE instances SET host_id = cluster_id WHERE host_id IS NULL;
+UPDATE instances SET database_server = resources->>'database-server' WHERE database_server IS NULL;
+UPDATE instances SET offerings = resources->'offerings'
+ WHERE jsonb_typeof(resources->'offerings') = 'object';
+CREATE INDEX instances_mid_operation ON instances (state) WHERE state IN ('provisioning', 'deprovisioning');
+
+ALTER TABLE jobs ADD COLUMN requested_by text;
+UPDATE jobs SET requested_by = coalesce(client_id, source);
+ALTER TABLE jobs ALTER COLUMN requested_by SET NOT NULL;
+
+-- Events a subscriber's queue refused (or whose confirm never came), retried on their own
+-- with a backoff so that no job waits for them.
+CREATE TABLE event_outbox (
+    event_id        uuid PRIMARY KEY,
+    routing_key     text NOT NULL,
+    body            jsonb NOT NULL,
+    job_id          text,
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    abandoned_at    timestamptz
+);
+CREATE INDEX event_outbox_due ON event_outbox (next_attempt_at) WHERE abandoned_at IS NULL;
+
+-- Reconciliations: asked for through the API (POST /api/v1/reconcile), or run periodically
+-- by the workers, which write their reports here for GET /api/v1/reconcile.
+CREATE TABLE reconciliations (
+    id            uuid PRIMARY KEY,
+    fix           boolean NOT NULL,
+    state         text NOT NULL,
+    requested_by  text NOT NULL,
+    worker        text,
+    requested_at  timestamptz NOT NULL DEFAULT now(),
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    report        jsonb,
+    error         text
+);
+CREATE INDEX reconciliations_pending ON reconciliations (requested_at) WHERE state = 'requested';
+CREATE INDEX reconciliations_finished ON reconciliations (finished_at DESC) WHERE state = 'done';
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.
 pub(super) async fn apply(client: &mut Object) -> Result<()> {
-    let tx = client.transaction().await.map_err(Error::registry("starting the migration"))?;
+    let tx = client.transaction().await.map_err(Error::query("starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(Error::registry("taking the migration lock"))?;
+        .map_err(Error::query("taking the migration lock"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS dfe_schema_migrations (
              version integer PRIMARY KEY,
              applied_at timestamptz NOT NULL DEFAULT now())",
     )
     .await
-    .map_err(Error::registry("creating dfe_schema_migrations"))?;
+    .map_err(Error::query("creating dfe_schema_migrations"))?;
     let row = tx
         .query_one("SELECT coalesce(max(version), 0) FROM dfe_schema_migrations", &[])
         .await
-        .map_err(Error::registry("reading the schema version"))?;
+        .map_err(Error::query("reading the schema version"))?;
     let current: i32 = row.get(0);
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         if version <= current {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(Error::registry("applying a migration"))?;
+        tx.batch_execute(sql).await.map_err(Error::query("applying a migration"))?;
         tx.execute("INSERT INTO dfe_schema_migrations (version) VALUES ($1)", &[&version])
             .await
-            .map_err(Error::registry("recording a migration"))?;
+            .map_err(Error::query("recording a migration"))?;
         tracing::info!(version, "registry migration applied");
     }
-    tx.commit().await.map_err(Error::registry("committing the migration"))
+    tx.commit().await.map_err(Error::query("committing the migration"))
 }

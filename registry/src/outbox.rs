@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use dfe_shared::broker::BrokerHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::broker::BrokerHandle;
-use crate::registry::Registry;
+use crate::Registry;
 
 /// How long a job may stay unpublished before the relay takes it (the submitting request
 /// normally publishes within milliseconds).
@@ -16,15 +16,12 @@ const MIN_AGE_SECS: f64 = 3.0;
 /// How often the relay looks.
 const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Publishes unpublished jobs until `shutdown` turns true.
-pub async fn relay(registry: Registry, broker: BrokerHandle, app_id: String, mut shutdown: watch::Receiver<bool>) {
+/// Publishes unpublished jobs until `shutdown` is cancelled.
+pub async fn relay(registry: Registry, broker: BrokerHandle, app_id: String, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
+            _ = shutdown.cancelled() => return,
         }
         if let Err(e) = relay_once(&registry, &broker, &app_id).await {
             tracing::warn!(error = %e, "outbox relay pass failed; will retry");
@@ -41,10 +38,10 @@ pub async fn relay_once(registry: &Registry, broker: &BrokerHandle, app_id: &str
     let publisher = broker.publisher().await?;
     let mut published = 0;
     for (job_id, kind, request) in pending {
-        let body = serde_json::to_vec(&request).map_err(crate::Error::Json)?;
+        let body = serde_json::to_vec(&request).unwrap_or_default();
         if let Err(e) = publisher.publish_job(kind, &job_id, &body, app_id).await {
             broker.reset().await;
-            return Err(e);
+            return Err(e.into());
         }
         registry.mark_published(&job_id).await?;
         tracing::info!(job_id, %kind, "outbox published a job");

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, RecyclingMethod};
 
-use crate::ids::InstanceId;
+use dfe_shared::ids::InstanceId;
+
 use crate::{Error, Result};
 
 /// First key of the two-key advisory lock space used for instances ("dfe").
@@ -36,19 +37,19 @@ pub struct InstanceLock {
 impl LockPool {
     /// A pool of `size` lock connections to the registry at `url`.
     pub fn new(url: &str, size: usize) -> Result<LockPool> {
-        Ok(LockPool { pool: super::pool(url, size, RecyclingMethod::Fast)? })
+        Ok(LockPool { pool: crate::pool(url, size, RecyclingMethod::Fast)? })
     }
 
     /// Waits up to `timeout` for the lock of `instance`. `Ok(None)` when it stayed busy.
     pub async fn acquire(&self, instance: &InstanceId, timeout: Duration) -> Result<Option<InstanceLock>> {
         let client = self.pool.get().await?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let try_lock = super::stmt(&client, "SELECT pg_try_advisory_lock($1, hashtext($2))").await?;
+        let try_lock = crate::stmt(&client, "SELECT pg_try_advisory_lock($1, hashtext($2))").await?;
         loop {
             let row = client
                 .query_one(&try_lock, &[&LOCK_SPACE, &instance.as_str()])
                 .await
-                .map_err(Error::registry("taking an instance lock"))?;
+                .map_err(Error::query("taking an instance lock"))?;
             if row.get::<_, bool>(0) {
                 return Ok(Some(InstanceLock { client: Some(client), instance: instance.as_str().to_owned() }));
             }
@@ -64,11 +65,11 @@ impl InstanceLock {
     /// Releases the lock.
     pub async fn release(mut self) -> Result<()> {
         let Some(client) = self.client.as_ref() else { return Ok(()) };
-        let unlock = super::stmt(client, "SELECT pg_advisory_unlock($1, hashtext($2))").await?;
+        let unlock = crate::stmt(client, "SELECT pg_advisory_unlock($1, hashtext($2))").await?;
         let row = client
             .query_one(&unlock, &[&LOCK_SPACE, &self.instance])
             .await
-            .map_err(Error::registry("releasing an instance lock"))?;
+            .map_err(Error::query("releasing an instance lock"))?;
         if row.get::<_, bool>(0) {
             // Released: the connection may serve the next lock. (On any error above, Drop
             // discards it instead.)

@@ -1,0 +1,275 @@
+//! Job rows: recording a message that arrived on a queue, starting a run, scheduling a
+//! retry, publication marks, and reading. What a job's end does to its instance lives in
+//! [`crate::transitions`].
+
+use dfe_shared::event::EventError;
+use dfe_shared::job::{Job, JobKind};
+use dfe_shared::records::{JobRecord, JobState};
+use tokio_postgres::Row;
+
+use crate::{parse_column, Error, Registry, Result};
+
+pub(crate) const JOB_COLUMNS: &str = "job_id, kind, state, attempts, instance_id, request, result, error, \
+     source, requested_by, created_at, updated_at, published_at, started_at, finished_at, next_retry_at, deadline_at";
+
+/// Reads a job row; an unknown kind or state is an error, not a guess.
+pub(crate) fn job_from_row(row: &Row) -> Result<JobRecord> {
+    let job_id: String = row.get("job_id");
+    let error: Option<serde_json::Value> = row.get("error");
+    let error = match error {
+        None => None,
+        Some(v) => Some(serde_json::from_value::<EventError>(v).map_err(|e| Error::Corrupt {
+            table: "jobs",
+            key: job_id.clone(),
+            message: format!("error: {e}"),
+        })?),
+    };
+    Ok(JobRecord {
+        kind: parse_column::<JobKind>(row, "jobs", &job_id, "kind")?,
+        state: parse_column::<JobState>(row, "jobs", &job_id, "state")?,
+        attempts: row.get("attempts"),
+        instance_id: row.get("instance_id"),
+        request: row.get("request"),
+        result: row.get("result"),
+        error,
+        source: row.get("source"),
+        requested_by: row.get("requested_by"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        published_at: row.get("published_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        next_retry_at: row.get("next_retry_at"),
+        deadline_at: row.get("deadline_at"),
+        job_id,
+    })
+}
+
+pub(crate) fn jobs_from_rows(rows: &[Row]) -> Result<Vec<JobRecord>> {
+    rows.iter().map(job_from_row).collect()
+}
+
+/// Who submits a job and how.
+#[derive(Debug, Clone, Default)]
+pub struct Submitter<'a> {
+    /// `api` or `queue`.
+    pub source: &'a str,
+    /// Who asked: the API client id, `queue`, `lifecycle`, `schedule:<name>`.
+    pub requested_by: &'a str,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<&'a str>,
+    /// SHA-256 of a queue message body that carried no id (to find it on redelivery).
+    pub fingerprint: Option<&'a str>,
+}
+
+/// Which jobs a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter<'a> {
+    /// Only this instance's.
+    pub instance_id: Option<&'a str>,
+    /// Only those naming this owner (as text).
+    pub owner_id: Option<&'a str>,
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only of this kind.
+    pub kind: Option<JobKind>,
+}
+
+impl Registry {
+    /// The job with `job_id`.
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
+        let row = client
+            .query_opt(&crate::stmt(&client, &sql).await?, &[&job_id])
+            .await
+            .map_err(Error::query("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// The newest jobs that pass `filter`.
+    pub async fn jobs(&self, filter: &JobFilter<'_>, limit: i64) -> Result<Vec<JobRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1::text IS NULL OR instance_id = $1)
+               AND ($2::text IS NULL OR owner_id #>> '{{}}' = $2)
+               AND ($3::text IS NULL OR state = $3)
+               AND ($4::text IS NULL OR kind = $4)
+             ORDER BY created_at DESC, job_id DESC LIMIT $5"
+        );
+        let state = filter.state.map(JobState::as_str);
+        let kind = filter.kind.map(JobKind::as_str);
+        let rows = client
+            .query(&sql, &[&filter.instance_id, &filter.owner_id, &state, &kind, &limit])
+            .await
+            .map_err(Error::query("listing jobs"))?;
+        jobs_from_rows(&rows)
+    }
+
+    /// A job still in progress that was recorded from a queue message with this body
+    /// fingerprint (a redelivered message that carries no id of its own).
+    pub async fn job_by_fingerprint(&self, kind: JobKind, fingerprint: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT job_id FROM jobs WHERE fingerprint = $1 AND kind = $2
+                   AND state NOT IN ('succeeded', 'failed')
+                 ORDER BY created_at DESC LIMIT 1",
+                &[&fingerprint, &kind.as_str()],
+            )
+            .await
+            .map_err(Error::query("finding a job by fingerprint"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Jobs running more than `running_grace_secs` past their deadline, or retrying more
+    /// than `retry_grace_secs` past their retry time.
+    pub async fn stuck_jobs(&self, running_grace_secs: f64, retry_grace_secs: f64) -> Result<Vec<JobRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (state = 'running' AND deadline_at < now() - make_interval(secs => $1))
+                OR (state = 'retrying' AND next_retry_at < now() - make_interval(secs => $2))
+             ORDER BY created_at"
+        );
+        let rows = client
+            .query(&sql, &[&running_grace_secs, &retry_grace_secs])
+            .await
+            .map_err(Error::query("listing stuck jobs"))?;
+        jobs_from_rows(&rows)
+    }
+
+    /// Marks a job published onto `dfe.jobs`.
+    pub async fn mark_published(&self, job_id: &str) -> Result<()> {
+        self.mark_published_many(&[job_id.to_owned()]).await
+    }
+
+    /// Marks jobs published onto `dfe.jobs`, in one statement.
+    pub async fn mark_published_many(&self, job_ids: &[String]) -> Result<()> {
+        let client = self.client().await?;
+        let sql = "UPDATE jobs SET published_at = now() WHERE job_id = ANY($1) AND published_at IS NULL";
+        client
+            .execute(&crate::stmt(&client, sql).await?, &[&job_ids])
+            .await
+            .map_err(Error::query("marking jobs published"))?;
+        Ok(())
+    }
+
+    /// Starts a run of a job: `running`, one more attempt. `None` when the job has already
+    /// ended (a duplicate delivery).
+    pub async fn start_job(&self, job_id: &str, worker: &str, deadline_secs: f64) -> Result<Option<JobRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
+                    updated_at = now(), worker = $2, published_at = coalesce(published_at, now()),
+                    next_retry_at = NULL, deadline_at = now() + make_interval(secs => $3)
+             WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
+             RETURNING {JOB_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&crate::stmt(&client, &sql).await?, &[&job_id, &worker, &deadline_secs])
+            .await
+            .map_err(Error::query("starting a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Records that a job failed transiently and runs again after `delay_secs`: `retrying`,
+    /// with the error of the attempt and the time of the next one.
+    pub async fn schedule_retry(&self, job_id: &str, delay_secs: f64, error: &EventError) -> Result<()> {
+        let client = self.client().await?;
+        let error = serde_json::to_value(error).unwrap_or_default();
+        client
+            .execute(
+                "UPDATE jobs SET state = 'retrying', error = $3, updated_at = now(), deadline_at = NULL,
+                        next_retry_at = now() + make_interval(secs => $2)
+                 WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
+                &[&job_id, &delay_secs, &error],
+            )
+            .await
+            .map_err(Error::query("scheduling a retry"))?;
+        Ok(())
+    }
+
+    /// Jobs recorded but not published for at least `min_age_secs`, oldest first: what
+    /// the outbox must (re)publish. A row whose kind this version cannot read is skipped
+    /// (and logged) rather than published under a guessed kind.
+    pub async fn unpublished(
+        &self,
+        min_age_secs: f64,
+        limit: i64,
+    ) -> Result<Vec<(String, JobKind, serde_json::Value)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT job_id, kind, request FROM jobs
+                 WHERE published_at IS NULL AND state = 'queued'
+                   AND created_at < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2",
+                &[&min_age_secs, &limit],
+            )
+            .await
+            .map_err(Error::query("listing unpublished jobs"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let job_id: String = r.get(0);
+            match parse_column::<JobKind>(r, "jobs", &job_id, "kind") {
+                Ok(kind) => out.push((job_id, kind, r.get(2))),
+                Err(e) => tracing::error!(error = %e, "the outbox skips a job it cannot read"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a job that arrived straight on a queue (no claim: the worker claims when it
+    /// runs, so a refusal becomes a failure event). Returns the job as recorded, which is
+    /// the earlier record when the job id is already known.
+    pub async fn record(&self, job: &Job, by: &Submitter<'_>) -> Result<JobRecord> {
+        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
+        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
+        let client = self.client().await?;
+        // One round trip whether the job is new or known (the api recorded it, or this is a
+        // redelivery): the CTE inserts, and the second branch reads the existing row.
+        let sql = format!(
+            "WITH ins AS (
+                INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
+                                  fingerprint, published_at)
+                VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, now())
+                ON CONFLICT (job_id) DO NOTHING
+                RETURNING {JOB_COLUMNS})
+             SELECT {JOB_COLUMNS} FROM ins
+             UNION ALL
+             SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+        );
+        let inserted = client
+            .query_opt(
+                &crate::stmt(&client, &sql).await?,
+                &[
+                    &job_id,
+                    &job.kind().as_str(),
+                    &job.instance_id().as_str(),
+                    &owner,
+                    &job.to_value(),
+                    &by.source,
+                    &by.requested_by,
+                    &by.fingerprint,
+                ],
+            )
+            .await
+            .map_err(Error::query("recording a queued job"))?;
+        if let Some(row) = inserted {
+            return job_from_row(&row);
+        }
+        // Inserted concurrently by another delivery (invisible to the statement's snapshot):
+        // read it now, on the same connection, so a job never holds two pool connections.
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
+        let row = client
+            .query_opt(&crate::stmt(&client, &sql).await?, &[&job_id])
+            .await
+            .map_err(Error::query("reading a job"))?;
+        row.as_ref()
+            .map(job_from_row)
+            .transpose()?
+            .ok_or_else(|| Error::Inconsistent(format!("job {job_id} vanished right after it was recorded")))
+    }
+}

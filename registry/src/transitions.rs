@@ -1,0 +1,464 @@
+//! The state machine that spans jobs and instances, in one place.
+//!
+//! A job *claims* its instance before it does anything ([`admit`] decides, from the kind
+//! and the instance's state, whether and how), and its *end* moves the instance on in the
+//! same transaction that ends the job ([`Transition`]). The API claims at submission
+//! ([`Registry::submit`]), a worker claims a job that arrived straight on the queue when it
+//! runs it ([`Registry::claim`]); both use the same rule, so a job refused at one door is
+//! refused at the other with the same code.
+//!
+//! ```text
+//!              provision / import (new)                 deprovision
+//!   (none) ─────────────────────────────► provisioning ──────┐
+//!  deprovisioned ◄───── released ──────────┘   │ ok           │
+//!        ▲                                     ▼              │
+//!        │            deprovision ◄─────── provisioned ◄──────┘ (export, import: used as is)
+//!        │   ok         │                      ▲
+//!        └──────── deprovisioning ──failed──► failed ──deprovision──► deprovisioning
+//! ```
+
+use dfe_shared::event::EventError;
+use dfe_shared::job::{Job, JobKind};
+use dfe_shared::placement::Placement;
+use dfe_shared::records::{InstanceRecord, InstanceState, JobRecord, JobState};
+
+use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
+use crate::jobs::{job_from_row, Submitter, JOB_COLUMNS};
+use crate::{Error, Registry, Result};
+
+/// How a job may go on with its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The instance id is free (never used, or deprovisioned): the job claims it as
+    /// `provisioning`, with its placement.
+    Create,
+    /// This very job holds the claim already (a redelivery, or a claim the API took at
+    /// submission): nothing to write.
+    Continue,
+    /// The job moves the instance into this state and owns it.
+    Begin(InstanceState),
+    /// The job works on the instance as it is (an export; an import into a running instance).
+    Use,
+}
+
+/// Why a job may not go on with its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `instance-exists`, `instance-not-found` or `instance-busy`.
+    pub code: &'static str,
+    /// What a person reads.
+    pub message: String,
+}
+
+impl Refusal {
+    fn exists(id: &str) -> Refusal {
+        Refusal { code: "instance-exists", message: format!("instance {id} already exists") }
+    }
+    fn not_found(id: &str) -> Refusal {
+        Refusal { code: "instance-not-found", message: format!("instance {id} does not exist") }
+    }
+    fn busy(id: &str, why: impl std::fmt::Display) -> Refusal {
+        Refusal { code: "instance-busy", message: format!("instance {id} is mid-operation ({why})") }
+    }
+}
+
+/// The rule: may a job of `kind` (id `job_id`) go on with instance `id`, which is in
+/// `current` (state, owning job) or does not exist?
+pub fn admit(
+    kind: JobKind,
+    id: &str,
+    current: Option<(InstanceState, &str)>,
+    job_id: &str,
+) -> Result<Admission, Refusal> {
+    use InstanceState as S;
+    let mine = |owner: &str| owner == job_id;
+    match (kind, current) {
+        (JobKind::Provision | JobKind::Import, None | Some((S::Deprovisioned, _))) => Ok(Admission::Create),
+        (JobKind::Provision | JobKind::Import, Some((S::Provisioning, owner))) if mine(owner) => {
+            Ok(Admission::Continue)
+        }
+        (JobKind::Provision, Some(_)) => Err(Refusal::exists(id)),
+        (JobKind::Import, Some((S::Provisioned, _))) => Ok(Admission::Use),
+        (JobKind::Import, Some((S::Failed, _))) => Err(Refusal::busy(id, "failed; deprovision it first")),
+        (JobKind::Import, Some((state, _))) => Err(Refusal::busy(id, state)),
+        (JobKind::Deprovision, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
+        (JobKind::Deprovision, Some((S::Provisioned | S::Failed, _))) => Ok(Admission::Begin(S::Deprovisioning)),
+        (JobKind::Deprovision, Some((S::Deprovisioning, owner))) if mine(owner) => Ok(Admission::Continue),
+        (JobKind::Deprovision, Some((state, _))) => Err(Refusal::busy(id, state)),
+        (JobKind::Export, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
+        (JobKind::Export, Some((S::Provisioned, _))) => Ok(Admission::Use),
+        (JobKind::Export, Some((state, _))) => Err(Refusal::busy(id, state)),
+    }
+}
+
+/// What a job's end does to its instance. Every change but [`Transition::None`] applies
+/// only while the job still owns the instance, so a late or duplicate end changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// No change.
+    None,
+    /// A provision (or an import into a new instance) succeeded.
+    Provisioned {
+        /// Where the console talks to it.
+        resource_uri: Option<String>,
+        /// Names of what was made.
+        resources: serde_json::Value,
+    },
+    /// A provision failed and removed what it made: the claim is handed back.
+    Released,
+    /// A deprovision succeeded.
+    Deprovisioned,
+    /// The job ended part-way (a removal that failed, a rollback that could not finish, a
+    /// panic, a deadline): the instance is `failed`, and a deprovision finishes it.
+    Failed,
+}
+
+/// How a job ended, as recorded.
+#[derive(Debug, Clone)]
+pub struct Ending<'a> {
+    /// `succeeded` or `failed`.
+    pub state: JobState,
+    /// What was made.
+    pub result: &'a serde_json::Value,
+    /// Why it failed.
+    pub error: Option<&'a EventError>,
+    /// What it does to the instance.
+    pub transition: Transition,
+}
+
+/// What a submission came to.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// Recorded as a new job.
+    Created(JobRecord),
+    /// The same job was submitted before (same job id or idempotency key): that job.
+    Existing(JobRecord),
+    /// The id or the idempotency key names another request.
+    Conflict(String),
+    /// The instance is not in a state this job can start from.
+    Refused(Refusal),
+}
+
+/// A claim taken: how the job goes on, and the instance as it now stands.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// How the job may go on.
+    pub admission: Admission,
+    /// The instance after the claim.
+    pub instance: InstanceRecord,
+}
+
+/// The request without its job id, to compare a resubmission with the original.
+fn request_sans_id(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("job-id");
+    }
+    v
+}
+
+impl Registry {
+    /// Records `job` (which must carry its id) as queued, in one transaction with its claim
+    /// on the instance ([`admit`]) and a check that no other job of the instance is under
+    /// way. `placement` is what a job that creates its instance records with the claim.
+    pub async fn submit(&self, job: &Job, by: &Submitter<'_>, placement: Option<&Placement>) -> Result<SubmitOutcome> {
+        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
+        let request = job.to_value();
+        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::query("starting a submission"))?;
+        let insert = crate::stmt(
+            &tx,
+            "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
+                               client_id, idempotency_key, fingerprint)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $7, $8, $9)
+             ON CONFLICT DO NOTHING
+             RETURNING *",
+        )
+        .await?;
+        let inserted = tx
+            .query_opt(
+                &insert,
+                &[
+                    &job_id,
+                    &job.kind().as_str(),
+                    &job.instance_id().as_str(),
+                    &owner,
+                    &request,
+                    &by.source,
+                    &by.requested_by,
+                    &by.idempotency_key,
+                    &by.fingerprint,
+                ],
+            )
+            .await
+            .map_err(Error::query("recording a job"))?;
+        let Some(row) = inserted else {
+            drop(tx);
+            // The connection goes back first: waiting for a second one while holding this
+            // one could exhaust the pool under load.
+            drop(client);
+            return self.resubmission(job, by, &request).await;
+        };
+        let record = job_from_row(&row)?;
+        if let Err(refusal) = claim_in(&tx, job, &job_id, placement).await? {
+            // Dropping the transaction rolls back the job row too: a refused job is not recorded.
+            return Ok(SubmitOutcome::Refused(refusal));
+        }
+        let busy = crate::stmt(
+            &tx,
+            "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
+               AND state IN ('queued', 'running', 'retrying') LIMIT 1",
+        )
+        .await?;
+        let id = job.instance_id().as_str();
+        let busy = tx.query_opt(&busy, &[&id, &job_id]).await.map_err(Error::query("looking for jobs in progress"))?;
+        if let Some(other) = busy {
+            let other: String = other.get(0);
+            return Ok(SubmitOutcome::Refused(Refusal::busy(id, format!("job {other}"))));
+        }
+        tx.commit().await.map_err(Error::query("committing a submission"))?;
+        Ok(SubmitOutcome::Created(record))
+    }
+
+    /// The job an id or idempotency key already names, if the request is the same one.
+    async fn resubmission(&self, job: &Job, by: &Submitter<'_>, request: &serde_json::Value) -> Result<SubmitOutcome> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1
+             OR (idempotency_key IS NOT NULL AND client_id IS NOT DISTINCT FROM $2 AND idempotency_key = $3)
+             LIMIT 1"
+        );
+        let job_id = job.job_id().map(|j| j.as_str()).unwrap_or_default();
+        let row = client
+            .query_opt(&sql, &[&job_id, &by.requested_by, &by.idempotency_key])
+            .await
+            .map_err(Error::query("reading a resubmitted job"))?;
+        let Some(row) = row else {
+            return Err(Error::Inconsistent("job insert conflicted but no conflicting job was found".into()));
+        };
+        let existing = job_from_row(&row)?;
+        let same = existing.kind == job.kind()
+            && (by.idempotency_key.is_some() || existing.job_id == job_id)
+            && request_sans_id(&existing.request) == request_sans_id(request);
+        if same {
+            Ok(SubmitOutcome::Existing(existing))
+        } else if by.idempotency_key.is_some() && existing.job_id != job_id {
+            Ok(SubmitOutcome::Conflict("this Idempotency-Key was used for a different request".into()))
+        } else {
+            Ok(SubmitOutcome::Conflict(format!("job-id {job_id} is already used by another job")))
+        }
+    }
+
+    /// Takes (or finds already taken) the claim of job `job_id` on its instance, by the
+    /// same rule as a submission: for a job that arrived straight on the queue, and as the
+    /// first step of every job body (a redelivered job finds its own claim and goes on).
+    pub async fn claim(
+        &self,
+        job: &Job,
+        job_id: &str,
+        placement: Option<&Placement>,
+    ) -> Result<std::result::Result<Claimed, Refusal>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::query("starting a claim"))?;
+        let claimed = claim_in(&tx, job, job_id, placement).await?;
+        if claimed.is_ok() {
+            tx.commit().await.map_err(Error::query("committing a claim"))?;
+        }
+        Ok(claimed)
+    }
+
+    /// Ends job `job_id` and applies its transition to the instance, atomically. False when
+    /// the job had already ended (a duplicate run): then nothing changes.
+    pub async fn complete(&self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::query("starting a job completion"))?;
+        let finish = crate::stmt(
+            &tx,
+            "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
+             WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
+        )
+        .await?;
+        let error = ending.error.map(|e| serde_json::to_value(e).unwrap_or_default());
+        let n = tx
+            .execute(&finish, &[&job_id, &ending.state.as_str(), &ending.result, &error])
+            .await
+            .map_err(Error::query("finishing a job"))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let changed = match &ending.transition {
+            Transition::None => None,
+            Transition::Provisioned { resource_uri, resources } => Some(
+                tx.execute(
+                    &crate::stmt(
+                        &tx,
+                        "UPDATE instances SET state = 'provisioned', resource_uri = $3, resources = $4,
+                                provisioned_at = now(), updated_at = now()
+                         WHERE instance_id = $1 AND job_id = $2",
+                    )
+                    .await?,
+                    &[&instance_id, &job_id, resource_uri, resources],
+                )
+                .await,
+            ),
+            Transition::Released => Some(
+                tx.execute(
+                    "DELETE FROM instances WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning'",
+                    &[&instance_id, &job_id],
+                )
+                .await,
+            ),
+            Transition::Deprovisioned => Some(
+                tx.execute(
+                    "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
+                     WHERE instance_id = $1 AND job_id = $2",
+                    &[&instance_id, &job_id],
+                )
+                .await,
+            ),
+            Transition::Failed => Some(
+                tx.execute(
+                    "UPDATE instances SET state = 'failed', updated_at = now()
+                     WHERE instance_id = $1 AND job_id = $2 AND state IN ('provisioning', 'deprovisioning')",
+                    &[&instance_id, &job_id],
+                )
+                .await,
+            ),
+        };
+        if let Some(r) = changed {
+            r.map_err(Error::query("updating an instance"))?;
+        }
+        tx.commit().await.map_err(Error::query("committing a job completion"))?;
+        Ok(true)
+    }
+
+    /// Marks an instance that a job left mid-operation `failed` (the reconciler's repair of
+    /// an instance whose job ended without moving it on), so a deprovision can finish it.
+    pub async fn fail_abandoned(&self, instance_id: &str, job_id: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE instances SET state = 'failed', updated_at = now()
+                 WHERE instance_id = $1 AND job_id = $2 AND state IN ('provisioning', 'deprovisioning')",
+                &[&instance_id, &job_id],
+            )
+            .await
+            .map_err(Error::query("marking an abandoned instance failed"))?;
+        Ok(n > 0)
+    }
+}
+
+/// The claim inside a transaction: reads the instance for update, applies [`admit`], and
+/// writes what the admission says. `Ok(Err(_))` is a refusal (the caller rolls back).
+async fn claim_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: &Job,
+    job_id: &str,
+    placement: Option<&Placement>,
+) -> Result<std::result::Result<Claimed, Refusal>> {
+    let id = job.instance_id().as_str();
+    let select =
+        crate::stmt(tx, &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 FOR UPDATE")).await?;
+    let row = tx.query_opt(&select, &[&id]).await.map_err(Error::query("reading an instance"))?;
+    let current = row.as_ref().map(instance_from_row).transpose()?;
+    let admission = match admit(job.kind(), id, current.as_ref().map(|c| (c.state, c.job_id.as_str())), job_id) {
+        Ok(a) => a,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let written = match admission {
+        Admission::Create => {
+            let placement = placement.ok_or_else(|| {
+                Error::Inconsistent(format!("claiming new instance {id} for job {job_id} without a placement"))
+            })?;
+            let (owner, owner_type) = match job {
+                Job::Provision(p) => (&p.owner_id, p.owner_type.as_ref()),
+                Job::Import(i) => (&i.owner_id, i.owner_type.as_ref()),
+                Job::Deprovision(_) | Job::Export(_) => {
+                    return Err(Error::Inconsistent(format!("a {} job cannot create an instance", job.kind())))
+                }
+            };
+            let owner = serde_json::to_value(owner).unwrap_or_default();
+            let owner_type = owner_type.map(|o| serde_json::to_value(o).unwrap_or_default());
+            let offerings = serde_json::to_value(&placement.offerings).unwrap_or_default();
+            let sql = format!(
+                "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id,
+                                        host_id, database_server, offerings, job_id)
+                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (instance_id) DO UPDATE
+                    SET owner_id = EXCLUDED.owner_id, owner_type = EXCLUDED.owner_type,
+                        state = 'provisioning', guest_location = EXCLUDED.guest_location,
+                        cluster_id = EXCLUDED.cluster_id, host_id = EXCLUDED.host_id,
+                        database_server = EXCLUDED.database_server, offerings = EXCLUDED.offerings,
+                        job_id = EXCLUDED.job_id, host = NULL, resource_uri = NULL, resources = '{{}}'::jsonb,
+                        created_at = now(), updated_at = now(), provisioned_at = NULL, deprovisioned_at = NULL
+                    WHERE instances.state = 'deprovisioned'
+                 RETURNING {INSTANCE_COLUMNS}"
+            );
+            let row = tx
+                .query_opt(
+                    &crate::stmt(tx, &sql).await?,
+                    &[
+                        &id,
+                        &owner,
+                        &owner_type,
+                        &placement.guest_location,
+                        &placement.cluster_id,
+                        &placement.host_id,
+                        &placement.database_server,
+                        &offerings,
+                        &job_id,
+                    ],
+                )
+                .await
+                .map_err(Error::query("claiming an instance id"))?;
+            // The row was read FOR UPDATE (or did not exist: a concurrent insert then wins
+            // the conflict and this one returns nothing).
+            match row {
+                Some(row) => instance_from_row(&row)?,
+                None => return Ok(Err(Refusal::exists(id))),
+            }
+        }
+        Admission::Begin(state) => {
+            let sql = format!(
+                "UPDATE instances SET state = $2, job_id = $3, updated_at = now()
+                 WHERE instance_id = $1 RETURNING {INSTANCE_COLUMNS}"
+            );
+            let row = tx
+                .query_one(&crate::stmt(tx, &sql).await?, &[&id, &state.as_str(), &job_id])
+                .await
+                .map_err(Error::query("claiming an instance"))?;
+            instance_from_row(&row)?
+        }
+        Admission::Continue | Admission::Use => {
+            current.ok_or_else(|| Error::Inconsistent(format!("instance {id} admitted as existing but not found")))?
+        }
+    };
+    Ok(Ok(Claimed { admission, instance: written }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstanceState as S;
+
+    #[test]
+    fn every_kind_is_admitted_by_one_rule() {
+        let a = |kind, cur: Option<(S, &str)>| admit(kind, "acme", cur, "j1");
+        assert_eq!(a(JobKind::Provision, None), Ok(Admission::Create));
+        assert_eq!(a(JobKind::Provision, Some((S::Deprovisioned, "j0"))), Ok(Admission::Create));
+        assert_eq!(a(JobKind::Provision, Some((S::Provisioning, "j1"))), Ok(Admission::Continue));
+        assert_eq!(a(JobKind::Provision, Some((S::Provisioning, "j0"))).map_err(|r| r.code), Err("instance-exists"));
+        assert_eq!(a(JobKind::Provision, Some((S::Failed, "j0"))).map_err(|r| r.code), Err("instance-exists"));
+        assert_eq!(a(JobKind::Import, Some((S::Provisioned, "j0"))), Ok(Admission::Use));
+        assert_eq!(a(JobKind::Import, Some((S::Failed, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Deprovision, None).map_err(|r| r.code), Err("instance-not-found"));
+        assert_eq!(a(JobKind::Deprovision, Some((S::Failed, "j0"))), Ok(Admission::Begin(S::Deprovisioning)));
+        assert_eq!(a(JobKind::Deprovision, Some((S::Deprovisioning, "j1"))), Ok(Admission::Continue));
+        assert_eq!(a(JobKind::Deprovision, Some((S::Deprovisioning, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Deprovision, Some((S::Provisioning, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Export, Some((S::Provisioned, "j0"))), Ok(Admission::Use));
+        assert_eq!(a(JobKind::Export, Some((S::Deprovisioned, "j0"))).map_err(|r| r.code), Err("instance-not-found"));
+        assert_eq!(a(JobKind::Export, Some((S::Failed, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+    }
+}

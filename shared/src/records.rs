@@ -1,0 +1,438 @@
+//! The records the registry holds, as the API serializes them and its clients (the CLI, the
+//! tests, the console) deserialize them: one definition, so a state is never re-implemented
+//! as a string match on the other side.
+//!
+//! States parse strictly: an unknown value is an error, never a guess.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::event::EventError;
+use crate::ids::OwnerId;
+use crate::job::JobKind;
+
+/// A job's state: `queued → running → (retrying → running →) succeeded | failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Recorded, waiting for a worker.
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// Failed transiently, will run again.
+    Retrying,
+    /// Done.
+    Succeeded,
+    /// Ended without success.
+    Failed,
+}
+
+impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Retrying, JobState::Succeeded, JobState::Failed];
+
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+}
+
+/// A state name that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (known: {known})")]
+pub struct UnknownState {
+    /// Which kind of state.
+    pub what: &'static str,
+    /// The value found.
+    pub value: String,
+    /// The known values.
+    pub known: String,
+}
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
+        JobState::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownState {
+            what: "job state",
+            value: s.to_owned(),
+            known: JobState::ALL.map(JobState::as_str).join(", "),
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instance's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Claimed by a provision (or an import into a new instance) that has not ended.
+    Provisioning,
+    /// Running.
+    Provisioned,
+    /// A deprovision is removing it.
+    Deprovisioning,
+    /// Removed (kept as history; the id may be provisioned again).
+    Deprovisioned,
+    /// A job ended part-way (a failed removal, a rollback that could not finish, a job that
+    /// panicked or was abandoned): a deprovision, or the reconciler, finishes the removal.
+    Failed,
+}
+
+impl InstanceState {
+    /// Every state.
+    pub const ALL: [InstanceState; 5] = [
+        InstanceState::Provisioning,
+        InstanceState::Provisioned,
+        InstanceState::Deprovisioning,
+        InstanceState::Deprovisioned,
+        InstanceState::Failed,
+    ];
+
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Provisioning => "provisioning",
+            InstanceState::Provisioned => "provisioned",
+            InstanceState::Deprovisioning => "deprovisioning",
+            InstanceState::Deprovisioned => "deprovisioned",
+            InstanceState::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for InstanceState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
+        InstanceState::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownState {
+            what: "instance state",
+            value: s.to_owned(),
+            known: InstanceState::ALL.map(InstanceState::as_str).join(", "),
+        })
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as the registry holds it (and as `GET /api/v1/ops/jobs/{id}` shows it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct JobRecord {
+    /// The job id.
+    pub job_id: String,
+    /// `provision`, `deprovision`, `import` or `export`.
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    /// Where it is in its life cycle.
+    pub state: JobState,
+    /// How many times a worker started it.
+    pub attempts: i32,
+    /// The instance it is about.
+    pub instance_id: String,
+    /// The original job.
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    pub request: serde_json::Value,
+    /// What was made, once succeeded (and the step timings of its last run).
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Object>, required))]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed (or, while retrying, why its last attempt failed).
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub error: Option<EventError>,
+    /// How it arrived: `api` or `queue`.
+    pub source: String,
+    /// Who asked for it: the API client id, `queue`, `lifecycle` or `schedule:<name>`.
+    pub requested_by: String,
+    /// When it was recorded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When it was published onto `dfe.jobs` (None: not yet, the outbox will).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub published_at: Option<OffsetDateTime>,
+    /// When a worker last started it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub started_at: Option<OffsetDateTime>,
+    /// When it ended.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub finished_at: Option<OffsetDateTime>,
+    /// When a job that is `retrying` runs again.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub next_retry_at: Option<OffsetDateTime>,
+    /// When the running attempt must be over.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub deadline_at: Option<OffsetDateTime>,
+}
+
+/// The registry view of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct InstanceRecord {
+    /// The instance id.
+    pub instance_id: String,
+    /// Its owner, as the provision named it.
+    pub owner_id: OwnerId,
+    /// DFE's owner type, if given.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub owner_type: Option<OwnerId>,
+    /// Where it is in its life.
+    pub state: InstanceState,
+    /// Provisioner tag.
+    pub guest_location: String,
+    /// Docker cluster, chosen when the instance was claimed.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub cluster_id: Option<String>,
+    /// Docker host, chosen when the instance was claimed.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub host_id: Option<String>,
+    /// Database server, chosen when the instance was claimed.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub database_server: Option<String>,
+    /// The item chosen for each offering when the instance was claimed.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub offerings: BTreeMap<String, String>,
+    /// Where the console talks to it.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub resource_uri: Option<String>,
+    /// Names of what was made (container, volume, database, role).
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    pub resources: serde_json::Value,
+    /// The last job that changed it.
+    pub job_id: String,
+    /// When it was first claimed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When its provision succeeded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub provisioned_at: Option<OffsetDateTime>,
+    /// When its deprovision succeeded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub deprovisioned_at: Option<OffsetDateTime>,
+}
+
+/// A snapshot as the registry holds it (and `GET /api/v1/snapshots/{id}` shows it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct SnapshotRecord {
+    /// The snapshot id.
+    pub snapshot_id: String,
+    /// The exported instance.
+    pub instance_id: String,
+    /// Its owner.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub owner_id: Option<OwnerId>,
+    /// The export job.
+    pub job_id: String,
+    /// The store it is in (`default` or a named destination).
+    pub destination: String,
+    /// Size of the archive in bytes.
+    pub size: i64,
+    /// SHA-256 (hex) of the archive.
+    pub sha256: String,
+    /// The archive's `snapshot.json`.
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    pub manifest: serde_json::Value,
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Where the file is on the store's host (not shown to clients).
+    #[serde(skip)]
+    pub path: String,
+}
+
+/// A resource of this deployment without a live registry row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Orphan {
+    /// `container`, `volume`, `database` or `role`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The instance its label or comment names.
+    pub instance_id: String,
+    /// The host or database server it is on.
+    pub location: String,
+    /// Whether the reconciliation removed it.
+    pub removed: bool,
+}
+
+/// A part missing from an instance the registry says is provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Missing {
+    /// The instance.
+    pub instance_id: String,
+    /// `container`, `volume`, `database` or `role`.
+    pub kind: String,
+}
+
+/// A job past its deadline with no worker finishing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Stuck {
+    /// The job.
+    pub job_id: String,
+    /// Its kind.
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    /// Its state.
+    pub state: JobState,
+    /// Its instance.
+    pub instance_id: String,
+    /// Whether the reconciliation failed it.
+    pub failed: bool,
+}
+
+/// An instance left mid-operation by a job that has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Abandoned {
+    /// The instance.
+    pub instance_id: String,
+    /// The state it was left in.
+    pub state: InstanceState,
+    /// The job that left it.
+    pub job_id: String,
+    /// Whether the reconciliation marked it `failed` (so a deprovision can finish it).
+    pub failed: bool,
+}
+
+/// What a reconciliation found (and fixed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct ReconcileReport {
+    /// Resources without a live registry row.
+    pub orphans: Vec<Orphan>,
+    /// Parts missing from provisioned instances.
+    pub missing: Vec<Missing>,
+    /// Jobs past their deadline.
+    pub stuck: Vec<Stuck>,
+    /// Instances left mid-operation by jobs that ended.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub abandoned: Vec<Abandoned>,
+    /// Hosts or servers that could not be inspected (nothing about them is concluded).
+    pub unreachable: Vec<String>,
+}
+
+impl ReconcileReport {
+    /// Whether everything agreed.
+    pub fn is_clean(&self) -> bool {
+        self.orphans.is_empty()
+            && self.missing.is_empty()
+            && self.stuck.is_empty()
+            && self.abandoned.is_empty()
+            && self.unreachable.is_empty()
+    }
+}
+
+/// A reconciliation: asked for through the API, or run by a worker on its own schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Reconciliation {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// `requested`, `running`, `done` or `failed`.
+    #[cfg_attr(feature = "schema", schema(schema_with = schema::reconciliation_state))]
+    pub state: String,
+    /// Whether it removes orphans and fails stuck jobs, or only reports.
+    pub fix: bool,
+    /// The API client that asked, or `worker` for a periodic one.
+    pub requested_by: String,
+    /// The worker that ran it.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub worker: Option<String>,
+    /// When it was asked for.
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    /// When it finished.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub finished_at: Option<OffsetDateTime>,
+    /// What it found, once done.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub report: Option<ReconcileReport>,
+    /// Why it could not run, if it failed.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub error: Option<String>,
+}
+
+/// Schemas of the fields whose Rust type says less than their values do.
+#[cfg(feature = "schema")]
+mod schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+    /// [`super::Reconciliation::state`].
+    pub fn reconciliation_state() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["requested", "running", "done", "failed"]))
+            .description(Some("`requested`, `running`, `done` or `failed`."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_strictly() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>(), Ok(s));
+        }
+        for s in InstanceState::ALL {
+            assert_eq!(s.as_str().parse::<InstanceState>(), Ok(s));
+        }
+        let e = "done".parse::<JobState>().expect_err("unknown");
+        assert!(e.to_string().contains("\"done\"") && e.to_string().contains("succeeded"), "{e}");
+        assert!("removed".parse::<InstanceState>().is_err());
+        assert!(serde_json::from_str::<InstanceState>("\"removed\"").is_err());
+    }
+}

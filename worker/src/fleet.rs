@@ -1,0 +1,128 @@
+//! The fleet: the Docker hosts of every cluster and the database servers, as configured,
+//! each with the client it is reached through. A cluster in the single-engine form
+//! (`[clusters.<id>] docker-host = …`) is one host whose id is the cluster's. A Docker
+//! host is one engine reached over its socket or TCP, with the API version negotiated on
+//! first use (Debian's engine speaks 1.41, older than bollard's default).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bollard::{Docker, API_DEFAULT_VERSION};
+use dfe_shared::config::{ClusterConfig, Config, DatabaseServerConfig};
+use tokio::sync::OnceCell;
+
+use crate::error::{Error, Result};
+
+/// Seconds a single Docker API call may take.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// A configured Docker engine.
+pub struct DockerHost {
+    /// The host id (unique across clusters).
+    pub id: String,
+    /// The cluster it belongs to.
+    pub cluster_id: String,
+    /// Its settings.
+    pub config: ClusterConfig,
+    /// The negotiated client and the engine's name, made on first use so a worker starts
+    /// even while the engine is down.
+    client: OnceCell<(Docker, String)>,
+}
+
+impl DockerHost {
+    /// A host that connects on first use.
+    pub fn new(id: &str, cluster_id: &str, config: ClusterConfig) -> DockerHost {
+        DockerHost { id: id.to_owned(), cluster_id: cluster_id.to_owned(), config, client: OnceCell::new() }
+    }
+
+    /// The client, connecting and negotiating the API version the first time.
+    pub async fn client(&self) -> Result<&Docker> {
+        let (docker, _) = self.client.get_or_try_init(|| self.connect()).await?;
+        Ok(docker)
+    }
+
+    /// The engine's name (its host name, from `docker info`).
+    pub async fn engine_name(&self) -> Result<&str> {
+        let (_, name) = self.client.get_or_try_init(|| self.connect()).await?;
+        Ok(name)
+    }
+
+    async fn connect(&self) -> Result<(Docker, String)> {
+        let host = &self.config.docker_host;
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            if self.config.tls_cert_path.is_some() {
+                return Err(Error::Config(format!(
+                    "host {}: TLS to Docker engines is not built in yet; use an SSH tunnel or a TLS-terminating proxy",
+                    self.id
+                )));
+            }
+            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        } else {
+            return Err(Error::Config(format!(
+                "host {}: docker-host {host:?} must start with unix:// or tcp://",
+                self.id
+            )));
+        }
+        .map_err(Error::docker(format!("connecting to {host}")))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(Error::docker(format!("negotiating the API version with {host}")))?;
+        let info = docker.info().await.map_err(Error::docker(format!("reading engine info of {host}")))?;
+        let name = info.name.unwrap_or_else(|| self.id.clone());
+        tracing::info!(host = %self.id, engine = %name, version = ?docker.client_version(), "connected to Docker");
+        Ok((docker, name))
+    }
+}
+
+/// A configured database server.
+pub struct DatabaseServer {
+    /// Its id (`[databases.<id>]`).
+    pub id: String,
+    /// Its settings.
+    pub config: DatabaseServerConfig,
+}
+
+/// Every Docker host and database server of the configuration.
+#[derive(Default)]
+pub struct Fleet {
+    hosts: BTreeMap<String, Arc<DockerHost>>,
+    servers: BTreeMap<String, Arc<DatabaseServer>>,
+}
+
+impl Fleet {
+    /// The fleet of `config`; clients connect on first use, so a worker starts while an
+    /// engine or a server is down.
+    pub fn new(config: &Config) -> Fleet {
+        let hosts =
+            config.clusters.iter().map(|(id, c)| (id.clone(), Arc::new(DockerHost::new(id, id, c.clone())))).collect();
+        let servers = config
+            .databases
+            .iter()
+            .map(|(id, c)| (id.clone(), Arc::new(DatabaseServer { id: id.clone(), config: c.clone() })))
+            .collect();
+        Fleet { hosts, servers }
+    }
+
+    /// The Docker host `id`.
+    pub fn host(&self, id: &str) -> Option<&Arc<DockerHost>> {
+        self.hosts.get(id)
+    }
+
+    /// Every Docker host.
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<DockerHost>> {
+        self.hosts.values()
+    }
+
+    /// The database server `id`.
+    pub fn server(&self, id: &str) -> Option<&Arc<DatabaseServer>> {
+        self.servers.get(id)
+    }
+
+    /// Every database server of an engine (`postgres`, `mysql`).
+    pub fn servers_of<'a>(&'a self, engine: &'a str) -> impl Iterator<Item = &'a Arc<DatabaseServer>> + 'a {
+        self.servers.values().filter(move |s| s.config.engine == engine)
+    }
+}
