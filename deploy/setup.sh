@@ -29,7 +29,7 @@ DB_ADMIN_USER=dfe
 DB_ADMIN_PASSWORD=dfe
 DB_REGISTRY=dfe
 DOCKERD_LOG=/var/log/dfe-dockerd.log
-PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2)
+PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl)
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DOCKER_BUILDKIT=0   # docker.io 20.10 has no buildx; the legacy builder is what works
@@ -318,3 +318,4 @@ say "[6/6] smoke test: HTTP $hostport/api/v2/system ok, storage written, stopped
 say "OK: docker $docker_version (docker0 $DOCKER0_IP), postgresql $PG_VERSION on 127.0.0.1:$PG_PORT + $DOCKER0_IP:$PG_PORT" \
     "(superuser $DB_ADMIN_USER/$DB_ADMIN_PASSWORD, registry db $DB_REGISTRY), rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f," \
     "image $IMAGE ready"
+step "fleet" && "$SCRIPT_DIR/setup-fleet.sh" || die "deploy/setup-fleet.sh failed (the extra engines and servers of the fleet tests; see above)"

@@ -56,7 +56,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{health, openapi, ops, read, reconcile};
+    use routes::{fleet, health, openapi, ops, read, reconcile};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -72,6 +72,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::download))
         .routes(routes!(reconcile::last, reconcile::run))
         .routes(routes!(reconcile::one))
+        .routes(routes!(fleet::hosts))
+        .routes(routes!(fleet::host))
+        .routes(routes!(fleet::cordon))
+        .routes(routes!(fleet::uncordon))
+        .routes(routes!(fleet::database_servers))
         .routes(routes!(openapi::openapi))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -101,6 +106,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         tracing::warn!("no [[api.clients]] configured: every request needing a token will be refused");
     }
     let registry = Registry::connect(&config.registry.url, config.registry.pool_size).await?;
+    // The hosts' rows are what a placement locks: they exist before the first submission.
+    let (hosts, servers) = config.fleet_ids();
+    registry.sync_fleet(&hosts, &servers).await?;
     let broker = BrokerHandle::new(&config.amqp.url, "dfe-api");
     if let Err(e) = broker.publisher().await {
         tracing::warn!(error = %e, "broker not reachable at start; jobs are recorded and published once it is back");

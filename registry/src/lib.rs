@@ -6,6 +6,7 @@
 //! - [`jobs`]: job rows: recording a queue message, starting a run, retries, reading.
 //! - [`instances`]: instance rows: reading and listing.
 //! - [`snapshots`]: the snapshots written by exports.
+//! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod instances;
 pub mod jobs;
 pub mod lock;

@@ -125,6 +125,37 @@ CREATE TABLE reconciliations (
 CREATE INDEX reconciliations_pending ON reconciliations (requested_at) WHERE state = 'requested';
 CREATE INDEX reconciliations_finished ON reconciliations (finished_at DESC) WHERE state = 'done';
 "#,
+    // The fleet: the state of every Docker host and database server as the workers' probes
+    // see it (limits and labels stay in the configuration), and what each instance
+    // reserves, so that a claim can count what is placed where.
+    r#"
+CREATE TABLE hosts (
+    host_id       text PRIMARY KEY,
+    cluster_id    text NOT NULL,
+    reachability  text NOT NULL DEFAULT 'pending',
+    cordoned      boolean NOT NULL DEFAULT false,
+    failures      integer NOT NULL DEFAULT 0,
+    last_error    text,
+    last_probe_at timestamptz,
+    last_seen_at  timestamptz,
+    probe_due_at  timestamptz NOT NULL DEFAULT now(),
+    probed_by     text
+);
+CREATE TABLE database_servers (
+    server_id     text PRIMARY KEY,
+    engine        text NOT NULL,
+    reachability  text NOT NULL DEFAULT 'pending',
+    failures      integer NOT NULL DEFAULT 0,
+    last_error    text,
+    last_probe_at timestamptz,
+    last_seen_at  timestamptz,
+    probe_due_at  timestamptz NOT NULL DEFAULT now(),
+    probed_by     text
+);
+ALTER TABLE instances ADD COLUMN memory_reserved bigint NOT NULL DEFAULT 0;
+CREATE INDEX instances_placed_host ON instances (host_id) WHERE state <> 'deprovisioned';
+CREATE INDEX instances_placed_server ON instances (database_server) WHERE state <> 'deprovisioned';
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

@@ -19,7 +19,7 @@
 
 use dfe_shared::event::EventError;
 use dfe_shared::job::{Job, JobKind};
-use dfe_shared::placement::Placement;
+use dfe_shared::placement::Plan;
 use dfe_shared::records::{InstanceRecord, InstanceState, JobRecord, JobState};
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
@@ -44,7 +44,7 @@ pub enum Admission {
 /// Why a job may not go on with its instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `instance-exists`, `instance-not-found` or `instance-busy`.
+    /// `instance-exists`, `instance-not-found`, `instance-busy` or `no-capacity`.
     pub code: &'static str,
     /// What a person reads.
     pub message: String,
@@ -59,6 +59,9 @@ impl Refusal {
     }
     fn busy(id: &str, why: impl std::fmt::Display) -> Refusal {
         Refusal { code: "instance-busy", message: format!("instance {id} is mid-operation ({why})") }
+    }
+    pub(crate) fn no_capacity(message: String) -> Refusal {
+        Refusal { code: "no-capacity", message }
     }
 }
 
@@ -160,8 +163,9 @@ fn request_sans_id(v: &serde_json::Value) -> serde_json::Value {
 impl Registry {
     /// Records `job` (which must carry its id) as queued, in one transaction with its claim
     /// on the instance ([`admit`]) and a check that no other job of the instance is under
-    /// way. `placement` is what a job that creates its instance records with the claim.
-    pub async fn submit(&self, job: &Job, by: &Submitter<'_>, placement: Option<&Placement>) -> Result<SubmitOutcome> {
+    /// way. `plan` is what the configuration decides for a job that creates its instance;
+    /// the claim places it (host, database server) by the plan.
+    pub async fn submit(&self, job: &Job, by: &Submitter<'_>, plan: Option<&Plan>) -> Result<SubmitOutcome> {
         let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
         let request = job.to_value();
         let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
@@ -201,7 +205,7 @@ impl Registry {
             return self.resubmission(job, by, &request).await;
         };
         let record = job_from_row(&row)?;
-        if let Err(refusal) = claim_in(&tx, job, &job_id, placement).await? {
+        if let Err(refusal) = claim_in(&tx, job, &job_id, plan).await? {
             // Dropping the transaction rolls back the job row too: a refused job is not recorded.
             return Ok(SubmitOutcome::Refused(refusal));
         }
@@ -257,11 +261,27 @@ impl Registry {
         &self,
         job: &Job,
         job_id: &str,
-        placement: Option<&Placement>,
+        plan: Option<&Plan>,
     ) -> Result<std::result::Result<Claimed, Refusal>> {
+        // Usually the claim was taken already (by the api, or by an earlier run): then one
+        // read answers, without a transaction.
+        let client = self.client().await?;
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
+        let row = client
+            .query_opt(&crate::stmt(&client, &sql).await?, &[&job.instance_id().as_str()])
+            .await
+            .map_err(Error::query("reading an instance"))?;
+        if let Some(current) = row.as_ref().map(instance_from_row).transpose()? {
+            let admission =
+                admit(job.kind(), job.instance_id().as_str(), Some((current.state, &current.job_id)), job_id);
+            if let Ok(admission @ (Admission::Continue | Admission::Use)) = admission {
+                return Ok(Ok(Claimed { admission, instance: current }));
+            }
+        }
+        drop(client);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Error::query("starting a claim"))?;
-        let claimed = claim_in(&tx, job, job_id, placement).await?;
+        let claimed = claim_in(&tx, job, job_id, plan).await?;
         if claimed.is_ok() {
             tx.commit().await.map_err(Error::query("committing a claim"))?;
         }
@@ -333,6 +353,44 @@ impl Registry {
         Ok(true)
     }
 
+    /// Places a new instance again, away from `lost` (its host became unreachable before
+    /// any of its parts was made there): in one transaction with the cluster's hosts
+    /// locked, as a claim. `Ok(None)`: nowhere else fits (the refusal says why).
+    pub async fn replace(
+        &self,
+        instance_id: &str,
+        job_id: &str,
+        plan: &Plan,
+        lost: &str,
+    ) -> Result<std::result::Result<InstanceRecord, Refusal>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::query("starting a re-placement"))?;
+        tx.query(
+            "SELECT 1 FROM instances WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning' FOR UPDATE",
+            &[&instance_id, &job_id],
+        )
+        .await
+        .map_err(Error::query("locking an instance"))?;
+        let placement = match crate::fleet::place_in(&tx, plan, &[lost.to_owned()]).await? {
+            Ok(p) => p,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let sql = format!(
+            "UPDATE instances SET cluster_id = $3, host_id = $4, updated_at = now()
+             WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning' RETURNING {INSTANCE_COLUMNS}"
+        );
+        let row = tx
+            .query_opt(&sql, &[&instance_id, &job_id, &placement.cluster_id, &placement.host_id])
+            .await
+            .map_err(Error::query("placing an instance again"))?;
+        let Some(row) = row else {
+            return Err(Error::Inconsistent(format!("instance {instance_id} is no longer claimed by job {job_id}")));
+        };
+        let record = instance_from_row(&row)?;
+        tx.commit().await.map_err(Error::query("committing a re-placement"))?;
+        Ok(Ok(record))
+    }
+
     /// Marks an instance that a job left mid-operation `failed` (the reconciler's repair of
     /// an instance whose job ended without moving it on), so a deprovision can finish it.
     pub async fn fail_abandoned(&self, instance_id: &str, job_id: &str) -> Result<bool> {
@@ -355,7 +413,7 @@ async fn claim_in(
     tx: &deadpool_postgres::Transaction<'_>,
     job: &Job,
     job_id: &str,
-    placement: Option<&Placement>,
+    plan: Option<&Plan>,
 ) -> Result<std::result::Result<Claimed, Refusal>> {
     let id = job.instance_id().as_str();
     let select =
@@ -368,9 +426,13 @@ async fn claim_in(
     };
     let written = match admission {
         Admission::Create => {
-            let placement = placement.ok_or_else(|| {
+            let plan = plan.ok_or_else(|| {
                 Error::Inconsistent(format!("claiming new instance {id} for job {job_id} without a placement"))
             })?;
+            let placement = match crate::fleet::place_in(tx, plan, &[]).await? {
+                Ok(p) => p,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             let (owner, owner_type) = match job {
                 Job::Provision(p) => (&p.owner_id, p.owner_type.as_ref()),
                 Job::Import(i) => (&i.owner_id, i.owner_type.as_ref()),
@@ -383,13 +445,14 @@ async fn claim_in(
             let offerings = serde_json::to_value(&placement.offerings).unwrap_or_default();
             let sql = format!(
                 "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id,
-                                        host_id, database_server, offerings, job_id)
-                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9)
+                                        host_id, database_server, offerings, job_id, memory_reserved)
+                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (instance_id) DO UPDATE
                     SET owner_id = EXCLUDED.owner_id, owner_type = EXCLUDED.owner_type,
                         state = 'provisioning', guest_location = EXCLUDED.guest_location,
                         cluster_id = EXCLUDED.cluster_id, host_id = EXCLUDED.host_id,
                         database_server = EXCLUDED.database_server, offerings = EXCLUDED.offerings,
+                        memory_reserved = EXCLUDED.memory_reserved,
                         job_id = EXCLUDED.job_id, host = NULL, resource_uri = NULL, resources = '{{}}'::jsonb,
                         created_at = now(), updated_at = now(), provisioned_at = NULL, deprovisioned_at = NULL
                     WHERE instances.state = 'deprovisioned'
@@ -408,6 +471,7 @@ async fn claim_in(
                         &placement.database_server,
                         &offerings,
                         &job_id,
+                        &placement.memory,
                     ],
                 )
                 .await

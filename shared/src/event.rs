@@ -34,6 +34,12 @@ pub mod names {
     /// `dfe.job.rejected`: a message that could not be parsed or validated.
     pub const JOB_REJECTED: &str = "dfe.job.rejected";
 
+    /// `dfe.host.unreachable`: a Docker host failed its probes (once per outage).
+    pub const HOST_UNREACHABLE: &str = "dfe.host.unreachable";
+
+    /// `dfe.host.recovered`: a Docker host answers again after an outage.
+    pub const HOST_RECOVERED: &str = "dfe.host.recovered";
+
     /// `dfe.provisioned`, `dfe.deprovisioned`, `dfe.imported`, `dfe.exported`.
     pub fn succeeded(kind: JobKind) -> String {
         format!("dfe.{}", kind.done())

@@ -281,6 +281,75 @@ pub struct SnapshotRecord {
     pub path: String,
 }
 
+/// A Docker host as `GET /api/v1/hosts` shows it: configured limits, what is placed on it,
+/// and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct HostRecord {
+    /// Its id.
+    pub host_id: String,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// `pending` (not probed successfully yet), `active`, `cordoned` or `unreachable`.
+    pub state: String,
+    /// Whether an operator cordoned it (it takes no new instances); shown apart from the
+    /// reachability, which `state` shows when it is not cordoned.
+    pub cordoned: bool,
+    /// `pending`, `active` or `unreachable`, from the probes.
+    pub reachability: String,
+    /// Instances placed on it.
+    pub instances: i64,
+    /// `max-instances`, if set.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub max_instances: Option<u32>,
+    /// Bytes of memory its instances reserve (their offerings' `memory`).
+    pub memory_reserved: i64,
+    /// `memory-budget` in bytes, if set.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub memory_budget: Option<i64>,
+    /// When a probe last succeeded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub last_seen_at: Option<OffsetDateTime>,
+    /// When it was last probed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub last_probe_at: Option<OffsetDateTime>,
+    /// The last failed probe's error (cleared by a good one).
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub last_error: Option<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// How it is reached (`unix://…`, `tcp://…`, `ssh://…`; never a credential).
+    pub docker_host: String,
+}
+
+/// A database server as `GET /api/v1/database-servers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct DatabaseServerRecord {
+    /// Its id.
+    pub server_id: String,
+    /// `postgres` or `mysql`.
+    pub engine: String,
+    /// `pending`, `active` or `unreachable`, from the probes.
+    pub state: String,
+    /// Instance databases on it.
+    pub databases: i64,
+    /// `max-databases`, if set.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub max_databases: Option<u32>,
+    /// When a probe last succeeded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub last_seen_at: Option<OffsetDateTime>,
+    /// The last failed probe's error.
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub last_error: Option<String>,
+}
+
 /// A resource of this deployment without a live registry row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]

@@ -8,6 +8,7 @@
 //! with a message naming that command. Nothing here is a mock.
 
 pub mod events;
+pub mod fleet;
 pub mod probes;
 pub mod procs;
 
@@ -476,6 +477,17 @@ impl Drop for TestEnv {
         let instances = self.instances.lock().map(|v| v.clone()).unwrap_or_default();
         for id in instances {
             probes::remove_instance_blocking(&id);
+            // Fleet tests place instances on the extra engines too (nothing there is a no-op).
+            for engine in [fleet::A, fleet::B] {
+                engine.remove_instance_blocking(&id);
+            }
+            let name = probes::db_name(&id);
+            let fleet_pg = format!("postgres://dfe:dfe@127.0.0.1:{}/postgres", fleet::PG_FLEET_PORT);
+            for stmt in
+                [format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), format!("DROP ROLE IF EXISTS \"{name}\"")]
+            {
+                let _ = Command::new("psql").args([fleet_pg.as_str(), "-qAtc", &stmt]).output();
+            }
         }
         let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.vhost]).output();
         let _ = Command::new("psql")

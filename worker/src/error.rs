@@ -100,6 +100,20 @@ pub enum Error {
     Config(String),
 }
 
+/// Whether a Docker call failed because the engine could not be reached at all (no
+/// connection, a broken one, no answer), as opposed to an answer it gave.
+pub fn is_unreachable(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as B;
+    matches!(
+        e,
+        B::HyperLegacyError { .. }
+            | B::HyperResponseError { .. }
+            | B::IOError { .. }
+            | B::RequestTimeoutError
+            | B::SocketNotFoundError(_)
+    )
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -111,6 +125,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Refused { code, .. } => code,
             Error::ImageNotFound { .. } => "image-not-found",
+            Error::Docker { source, .. } if is_unreachable(source) => "host-unreachable",
             Error::Docker { .. } => "docker-error",
             Error::Database { .. } => "database-error",
             Error::Unhealthy(_) => "instance-unhealthy",

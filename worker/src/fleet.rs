@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bollard::{Docker, API_DEFAULT_VERSION};
-use dfe_shared::config::{ClusterConfig, Config, DatabaseServerConfig};
+use dfe_shared::config::{Config, DatabaseServerConfig, HostConfig};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
@@ -23,7 +25,7 @@ pub struct DockerHost {
     /// The cluster it belongs to.
     pub cluster_id: String,
     /// Its settings.
-    pub config: ClusterConfig,
+    pub config: HostConfig,
     /// The negotiated client and the engine's name, made on first use so a worker starts
     /// even while the engine is down.
     client: OnceCell<(Docker, String)>,
@@ -31,7 +33,7 @@ pub struct DockerHost {
 
 impl DockerHost {
     /// A host that connects on first use.
-    pub fn new(id: &str, cluster_id: &str, config: ClusterConfig) -> DockerHost {
+    pub fn new(id: &str, cluster_id: &str, config: HostConfig) -> DockerHost {
         DockerHost { id: id.to_owned(), cluster_id: cluster_id.to_owned(), config, client: OnceCell::new() }
     }
 
@@ -47,23 +49,47 @@ impl DockerHost {
         Ok(name)
     }
 
+    /// Whether the engine answers now (`GET /_ping`), bounded by `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<()> {
+        let ping = async {
+            let docker = self.client().await?;
+            docker.ping().await.map_err(Error::docker(format!("pinging the engine of host {}", self.id)))?;
+            Ok(())
+        };
+        tokio::time::timeout(timeout, ping).await.map_err(|_| Error::Timeout(timeout.as_secs()))?
+    }
+
     async fn connect(&self) -> Result<(Docker, String)> {
-        let host = &self.config.docker_host;
+        let host = self.config.docker_host();
+        let c = &self.config;
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            if self.config.tls_cert_path.is_some() {
-                return Err(Error::Config(format!(
-                    "host {}: TLS to Docker engines is not built in yet; use an SSH tunnel or a TLS-terminating proxy",
-                    self.id
-                )));
+        } else if host.starts_with("ssh://") {
+            let target = crate::ssh::SshTarget {
+                // openssh reads user and port out of the ssh:// form itself.
+                destination: host.to_owned(),
+                known_hosts: c
+                    .ssh_known_hosts
+                    .clone()
+                    .ok_or_else(|| Error::Config(format!("host {}: ssh:// needs ssh-known-hosts", self.id)))?,
+                key: c.ssh_key.clone(),
+            };
+            crate::ssh::docker(target, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        } else if let (Some(ca), Some(cert), Some(key)) = (&c.tls_ca, &c.tls_cert, &c.tls_key) {
+            for (what, path) in [("tls-ca", ca), ("tls-cert", cert), ("tls-key", key)] {
+                if !path.is_file() {
+                    return Err(Error::Config(format!(
+                        "host {}: {what} {} is not a readable file",
+                        self.id,
+                        path.display()
+                    )));
+                }
             }
-            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            Docker::connect_with_ssl(host, key, cert, ca, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
         } else {
-            return Err(Error::Config(format!(
-                "host {}: docker-host {host:?} must start with unix:// or tcp://",
-                self.id
-            )));
+            // Plain TCP, which the configuration check allows on loopback only.
+            c.check(&self.id).map_err(Error::Config)?;
+            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
         }
         .map_err(Error::docker(format!("connecting to {host}")))?;
         let docker = docker
@@ -96,8 +122,15 @@ impl Fleet {
     /// The fleet of `config`; clients connect on first use, so a worker starts while an
     /// engine or a server is down.
     pub fn new(config: &Config) -> Fleet {
-        let hosts =
-            config.clusters.iter().map(|(id, c)| (id.clone(), Arc::new(DockerHost::new(id, id, c.clone())))).collect();
+        let hosts = config
+            .clusters
+            .iter()
+            .flat_map(|(cluster_id, c)| {
+                c.host_configs(cluster_id)
+                    .into_iter()
+                    .map(move |(id, h)| (id.clone(), Arc::new(DockerHost::new(&id, cluster_id, h))))
+            })
+            .collect();
         let servers = config
             .databases
             .iter()
@@ -119,6 +152,11 @@ impl Fleet {
     /// The database server `id`.
     pub fn server(&self, id: &str) -> Option<&Arc<DatabaseServer>> {
         self.servers.get(id)
+    }
+
+    /// Every database server.
+    pub fn servers(&self) -> impl Iterator<Item = &Arc<DatabaseServer>> {
+        self.servers.values()
     }
 
     /// Every database server of an engine (`postgres`, `mysql`).

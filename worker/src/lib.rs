@@ -5,10 +5,12 @@
 //!   the registry life cycle of a job. It knows nothing of provisioning.
 //! - [`jobs`]: one file per job kind (provision, deprovision, import, export), free of AMQP.
 //! - [`manager`]: provisioners by guest location, and plans from an instance's claim.
-//! - [`fleet`]: the Docker hosts and database servers of the configuration.
+//! - [`fleet`]: the Docker hosts and database servers of the configuration, and how each is
+//!   reached (socket, mutual TLS, SSH with checked host keys: [`ssh`]).
 //! - [`provisioners`]: the storage, database and instance sub-provisioners, each with the
 //!   inventory the reconciler compares against.
 //! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
+//! - [`probe`]: the health of hosts and servers, probed by the workers together.
 //! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
 //! - [`events`]: sub-events and final events on `dfe.events`, with the event outbox relay.
 //! - [`metrics`], [`http`]: Prometheus metrics, served on `worker.metrics-listen`.
@@ -24,10 +26,12 @@ pub mod http;
 pub mod jobs;
 pub mod manager;
 pub mod metrics;
+pub mod probe;
 pub mod provisioners;
 pub mod reconcile;
 pub mod runner;
 pub mod snapshot;
+pub mod ssh;
 pub mod timings;
 
 use std::sync::Arc;
@@ -95,6 +99,26 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
     if let Some(listener) = metrics_listener(&config.worker.metrics_listen).await? {
         tokio::spawn(http::serve(listener, metrics.clone(), background.clone()));
     }
+
+    // The fleet is recorded and probed once before any job is taken, so that the hosts a
+    // placement needs are known to be active (a pending host takes no instance).
+    let prober = probe::Prober {
+        worker_id: options.worker_id.clone(),
+        manager: manager.clone(),
+        registry: registry.clone(),
+        broker: BrokerHandle::new(&config.amqp.url, &format!("{} probes", options.worker_id)),
+        metrics: metrics.clone(),
+        interval: Duration::from_secs(config.worker.probe_interval_secs.max(1)),
+    };
+    if let Err(e) = prober.sync().await {
+        tracing::warn!(error = %e, "could not record the fleet in the registry; the probes try again");
+    }
+    match tokio::time::timeout(Duration::from_secs(15), prober.round()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the first probe round failed; the probes try again"),
+        Err(_) => tracing::warn!("the first probe round did not finish within 15 s; the probes go on"),
+    }
+    tokio::spawn(prober.run(background.clone()));
 
     let context = jobs::Env { registry: registry.clone(), manager: manager.clone(), config: config.clone() };
     let reconciler = reconcile::Reconciler {

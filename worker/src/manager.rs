@@ -93,9 +93,9 @@ impl Manager {
             .ok_or_else(|| Error::Invalid(format!("guest-location {tag:?} names no configured provisioner")))
     }
 
-    /// Where a new instance goes (recorded when its job claims it).
-    pub fn place(&self, request: placement::Request<'_>) -> Result<placement::Placement> {
-        placement::place(&self.config, request).map_err(|e| Error::Invalid(e.to_string()))
+    /// What the configuration decides of a new instance (the claim places it by the plan).
+    pub fn plan_new(&self, request: placement::Request<'_>) -> Result<placement::Plan> {
+        placement::plan(&self.config, request).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// Plans work on an instance from what its claim recorded. `cluster_id` overrides the
@@ -128,7 +128,10 @@ impl Manager {
             ),
             None => None,
         };
-        let server_id = record.database_server.as_deref().or(provisioner.host.database.as_deref());
+        // Instances claimed before servers were recorded live on the provisioner's first one.
+        let first_server = provisioner.host.database.as_ref().and_then(|d| d.ids().first().map(|s| (*s).to_owned()));
+        let server_id = record.database_server.clone().or(first_server);
+        let server_id = server_id.as_deref();
         let database = match server_id {
             Some(id) => Some(
                 self.fleet

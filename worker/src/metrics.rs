@@ -27,6 +27,11 @@ struct JobLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabel {
+    host: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabel {
     step: &'static str,
 }
@@ -48,6 +53,9 @@ pub struct Metrics {
     events_redelivered: Counter,
     events_abandoned: Counter,
     steps: StepHistograms,
+    host_instances: Family<HostLabel, Gauge<i64, AtomicI64>>,
+    host_memory: Family<HostLabel, Gauge<i64, AtomicI64>>,
+    host_reachable: Family<HostLabel, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for Metrics {
@@ -86,8 +94,21 @@ impl Default for Metrics {
              wait), health wait alone, whole job",
             steps.clone(),
         );
+        let host_instances = Family::<HostLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register("dfe_host_instances", "Instances placed on each Docker host", host_instances.clone());
+        let host_memory = Family::<HostLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "dfe_host_memory_reserved_bytes",
+            "Memory the instances placed on each Docker host reserve",
+            host_memory.clone(),
+        );
+        let host_reachable = Family::<HostLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register("dfe_host_reachable", "1 when the Docker host answers its probes", host_reachable.clone());
         Metrics {
             registry,
+            host_instances,
+            host_memory,
+            host_reachable,
             jobs,
             in_flight,
             retries,
@@ -136,6 +157,14 @@ impl Metrics {
     /// Counts a deferred event given up.
     pub fn event_abandoned(&self) {
         self.events_abandoned.inc();
+    }
+
+    /// Sets the gauges of a Docker host.
+    pub fn host(&self, host: &str, instances: i64, memory_reserved: i64, reachable: bool) {
+        let label = HostLabel { host: host.to_owned() };
+        self.host_instances.get_or_create(&label).set(instances);
+        self.host_memory.get_or_create(&label).set(memory_reserved);
+        self.host_reachable.get_or_create(&label).set(i64::from(reachable));
     }
 
     /// Records the duration of `step` (one of [`STEPS`]).

@@ -14,7 +14,7 @@ use axum::Json;
 use dfe_registry::{SubmitOutcome, Submitter};
 use dfe_shared::ids::{FieldError, Tag};
 use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob};
-use dfe_shared::placement::{self, Placement};
+use dfe_shared::placement::{self, Plan};
 use dfe_shared::records::JobState;
 use serde::Serialize;
 
@@ -297,10 +297,10 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
 
 /// What the configuration and the registry can tell now rather than as a failure event
 /// later, and, for a job that creates its instance, where it goes (recorded with the claim).
-async fn plan(state: &AppState, job: &Job) -> Result<Option<Placement>, Problem> {
+async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
     let cfg = &state.config;
     match job {
-        Job::Provision(p) => placement::place(
+        Job::Provision(p) => placement::plan(
             cfg,
             placement::Request {
                 guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
@@ -316,30 +316,22 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Placement>, Problem>
             if record.is_none() && cfg.snapshots.locate(id).is_none() {
                 return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
             }
-            // A new instance is made as the snapshot's was (its provisioner and offerings),
-            // unless the job names a guest location; the manifest is read from the record.
+            // A new instance is made as the snapshot's was; the manifest is read from the
+            // snapshot's record (an archive only on disk gets the defaults).
             let manifest = record.map(|r| r.manifest);
             let from_manifest = |key: &str| manifest.as_ref().and_then(|m| m.get(key)).cloned();
-            let snapshot_guest = from_manifest("guest-location")
-                .and_then(|g| g.as_str().map(str::to_owned))
-                .filter(|g| cfg.provisioners.hosts.contains_key(g));
-            let snapshot_offerings: Option<BTreeMap<String, String>> =
+            let snapshot_guest = from_manifest("guest-location").and_then(|g| g.as_str().map(str::to_owned));
+            let snapshot_items: Option<BTreeMap<String, String>> =
                 from_manifest("offerings").and_then(|o| serde_json::from_value(o).ok());
-            let guest = i.guest_location.as_ref().map(|g| g.as_str().to_owned()).or(snapshot_guest);
-            let request = placement::Request {
-                guest_location: guest.as_deref(),
-                cluster_id: i.cluster_id.as_ref().map(|c| c.as_str()),
-                offerings: None,
-            };
-            let mut placed = placement::place(cfg, request).map_err(Problem::invalid_field)?;
-            // The snapshot's items where this provisioner still offers them.
-            if let (Some(items), Some((_, host))) = (snapshot_offerings, cfg.provisioner(Some(&placed.guest_location)))
-            {
-                if let Ok(items) = placement::chosen_items(host, Some(&items)) {
-                    placed.offerings = items;
-                }
-            }
-            Ok(Some(placed))
+            placement::plan_import(
+                cfg,
+                i.guest_location.as_ref().map(|g| g.as_str()),
+                i.cluster_id.as_ref().map(|c| c.as_str()),
+                snapshot_guest.as_deref(),
+                snapshot_items.as_ref(),
+            )
+            .map(Some)
+            .map_err(Problem::invalid_field)
         }
         Job::Deprovision(d) => {
             if d.cluster_id.as_ref().is_some_and(|c| !cfg.clusters.contains_key(c.as_str())) {

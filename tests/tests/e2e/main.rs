@@ -7,6 +7,7 @@ mod concurrency;
 mod conflicts;
 mod crash;
 mod failures;
+mod fleet;
 mod fuzz;
 mod hardening;
 mod lifecycle;

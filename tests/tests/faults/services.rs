@@ -121,10 +121,12 @@ async fn start_dockerd() {
     tokio::task::spawn_blocking(move || run(&setup.display().to_string(), &[])).await.expect("docker back");
 }
 
+/// The main engine's pid, from its pidfile (the fleet's extra engines run beside it), while
+/// that process is alive.
 fn dockerd_pid() -> Option<String> {
-    let out = Command::new("pidof").arg("dockerd").output().ok()?;
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (!pid.is_empty()).then_some(pid)
+    let pid = std::fs::read_to_string("/var/run/docker.pid").ok()?.trim().to_owned();
+    let alive = Command::new("kill").args(["-0", &pid]).output().ok()?.status.success();
+    (!pid.is_empty() && alive).then_some(pid)
 }
 
 #[tokio::test(flavor = "multi_thread")]

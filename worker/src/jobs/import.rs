@@ -80,23 +80,14 @@ async fn import(
     // A new instance is made as the snapshot's was: its provisioner (unless the job names
     // one) and its offering items where that provisioner still has them.
     let manifest = &verified.manifest;
-    let guest =
-        job.guest_location.as_ref().map(|g| g.as_str().to_owned()).or_else(|| {
-            Some(manifest.guest_location.clone()).filter(|g| env.config.provisioners.hosts.contains_key(g))
-        });
-    let placed = env.manager.place(placement::Request {
-        guest_location: guest.as_deref(),
-        cluster_id: job.cluster_id.as_ref().map(|c| c.as_str()),
-        offerings: None,
-    });
-    let placed = placed.map(|mut p| {
-        if let Some((_, host)) = env.config.provisioner(Some(&p.guest_location)) {
-            if let Ok(items) = placement::chosen_items(host, Some(&manifest.offerings)) {
-                p.offerings = items;
-            }
-        }
-        p
-    });
+    let placed = placement::plan_import(
+        &env.config,
+        job.guest_location.as_ref().map(|g| g.as_str()),
+        job.cluster_id.as_ref().map(|c| c.as_str()),
+        Some(&manifest.guest_location),
+        Some(&manifest.offerings),
+    )
+    .map_err(|e| Error::Invalid(e.to_string()));
     let (admission, record) = match env.registry.claim(any, &meta.job_id, placed.as_ref().ok()).await {
         Ok(Ok(claimed)) => (claimed.admission, claimed.instance),
         Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::Released),
@@ -120,7 +111,7 @@ async fn import(
     }
 
     let created = if must_create {
-        match provision::create(env, &record, meta, events, false).await {
+        match provision::create(env, &record, placed.as_ref().ok(), meta, events, false).await {
             Ok(created) => Some(created),
             Err(failed) => return failed,
         }

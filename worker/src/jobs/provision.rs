@@ -36,7 +36,7 @@ impl JobSpec<Env> for Provision {
 
     async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
         let Job::Provision(p) = job else { return super::wrong_kind("provision") };
-        let placed = env.manager.place(placement::Request {
+        let placed = env.manager.plan_new(placement::Request {
             guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
             cluster_id: p.cluster_id.as_ref().map(|c| c.as_str()),
             offerings: p.offerings.as_ref(),
@@ -45,7 +45,7 @@ impl JobSpec<Env> for Provision {
             Ok(c) => c,
             Err(failed) => return failed,
         };
-        match create(env, &claimed, meta, events, true).await {
+        match create(env, &claimed, placed.as_ref().ok(), meta, events, true).await {
             Ok(created) => Outcome::succeeded(created.result, created.transition),
             Err(failed) => failed,
         }
@@ -58,7 +58,7 @@ pub(super) async fn claim(
     env: &Env,
     job: &Job,
     meta: &JobMeta,
-    placed: &Result<placement::Placement>,
+    placed: &Result<placement::Plan>,
 ) -> Result<InstanceRecord, Outcome> {
     match env.registry.claim(job, &meta.job_id, placed.as_ref().ok()).await {
         Ok(Ok(claimed)) => Ok(claimed.instance),
@@ -79,45 +79,76 @@ pub(super) struct Created {
 }
 
 /// Makes the three parts of a claimed instance (`announce`: publish the provision
-/// sub-events). On failure everything is removed again and the failure is returned.
+/// sub-events). When its host turns out to be unreachable before any part was made there,
+/// the instance is placed again by `placement` (once) and made on the new host. On failure
+/// everything is removed again and the failure is returned.
 pub(super) async fn create(
     env: &Env,
     record: &InstanceRecord,
+    placement: Option<&placement::Plan>,
     meta: &JobMeta,
     events: &Events,
     announce: bool,
 ) -> Result<Created, Outcome> {
-    let plan = match env.manager.plan(record, &meta.job_id, meta.attempt, None) {
-        Ok(plan) => plan,
-        Err(e) => return Err(Outcome::failed(&e, Transition::Released)),
-    };
-    let deadline = env.deadline();
-    let error = match tokio::time::timeout(deadline, steps(record, &plan, meta, events, announce)).await {
-        Ok(Ok(created)) => return Ok(created),
-        Ok(Err(e)) => e,
-        Err(_) => Error::Timeout(deadline.as_secs()),
-    };
-    tracing::warn!(job_id = %meta.job_id, instance = %record.instance_id, error = %error.chain(), "provision failed; rolling back");
-    Err(match rollback(&plan).await {
-        Ok(()) => Outcome::failed(&error, Transition::Released),
-        Err(r) => {
-            // What could not be removed stays visible: the instance is marked failed, and a
-            // deprovision (or the reconciler) finishes the removal.
-            let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
-            Outcome {
-                transient: error.is_transient(),
-                ..Outcome::failed_with(error.code(), message, Transition::Failed)
+    let mut record = record.clone();
+    let mut placed_again = false;
+    loop {
+        let plan = match env.manager.plan(&record, &meta.job_id, meta.attempt, None) {
+            Ok(plan) => plan,
+            Err(e) => return Err(Outcome::failed(&e, Transition::Released)),
+        };
+        let deadline = env.deadline();
+        let mut on_host = false;
+        let error =
+            match tokio::time::timeout(deadline, steps(&record, &plan, meta, events, announce, &mut on_host)).await {
+                Ok(Ok(created)) => return Ok(created),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Timeout(deadline.as_secs()),
+            };
+        let lost = matches!(&error, Error::Docker { source, .. } if crate::error::is_unreachable(source));
+        if let (true, false, false, Some(plan_again), Some(host)) =
+            (lost, on_host, placed_again, placement, record.host_id.clone())
+        {
+            match env.registry.replace(&record.instance_id, &meta.job_id, plan_again, &host).await {
+                Ok(Ok(moved)) => {
+                    tracing::warn!(
+                        job_id = %meta.job_id, instance = %record.instance_id, from = %host, to = ?moved.host_id,
+                        error = %error.chain(), "the host is unreachable and nothing was made there yet: placed again"
+                    );
+                    record = moved;
+                    placed_again = true;
+                    continue;
+                }
+                Ok(Err(refusal)) => {
+                    tracing::warn!(job_id = %meta.job_id, reason = %refusal.message, "no other host can take the instance")
+                }
+                Err(e) => tracing::warn!(job_id = %meta.job_id, error = %e, "placing the instance again failed"),
             }
         }
-    })
+        tracing::warn!(job_id = %meta.job_id, instance = %record.instance_id, error = %error.chain(), "provision failed; rolling back");
+        return Err(match rollback(&plan).await {
+            Ok(()) => Outcome::failed(&error, Transition::Released),
+            Err(r) => {
+                // What could not be removed stays visible: the instance is marked failed, and a
+                // deprovision (or the reconciler) finishes the removal.
+                let message = format!("{}; rollback incomplete: {}", error.chain(), r.chain());
+                Outcome {
+                    transient: error.is_transient(),
+                    ..Outcome::failed_with(error.code(), message, Transition::Failed)
+                }
+            }
+        });
+    }
 }
 
+/// The three steps. `on_host` turns true once something exists on the instance's host.
 async fn steps(
     record: &InstanceRecord,
     plan: &Plan<'_>,
     meta: &JobMeta,
     events: &Events,
     announce: bool,
+    on_host: &mut bool,
 ) -> Result<Created> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
@@ -125,6 +156,7 @@ async fn steps(
 
     let t = Instant::now();
     let storage = p.storage.provision(ctx).await?;
+    *on_host = storage.volume.is_some();
     meta.timings.record("storage", t.elapsed());
     if announce {
         let name = names::component(Component::Storage, JobKind::Provision);

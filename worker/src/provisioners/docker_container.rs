@@ -221,7 +221,7 @@ impl InstanceProvisioner for DockerContainer {
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
                 Some(vec![PortBinding {
-                    host_ip: Some(cluster.config.publish_address.clone()),
+                    host_ip: Some(cluster.config.publish_address().to_owned()),
                     host_port: Some(String::new()),
                 }]),
             )])),
@@ -263,7 +263,7 @@ impl InstanceProvisioner for DockerContainer {
             .map_err(Error::docker(format!("starting container {name}")))?;
 
         let host_port = published_port(cluster, name, &port_key).await?;
-        let url = format!("http://{}:{host_port}{}", cluster.config.publish_address, ctx.resource_uri);
+        let url = format!("http://{}:{host_port}{}", cluster.config.publish_address(), ctx.resource_uri);
         // A worker that runs in a container cannot reach the host's loopback: with
         // `health-via-network` it checks the instance by name over the cluster's network.
         let check_url = match (&cluster.config.network, cluster.config.health_via_network) {

@@ -229,8 +229,12 @@ pub trait StorageProvisioner: Inventory {
 /// Makes, removes, exports and imports an instance's database and role.
 #[async_trait]
 pub trait DatabaseProvisioner: Inventory {
-    /// The engine, as recorded in a snapshot's manifest (`postgres`, `mysql`, `none`).
+    /// The engine, as recorded in a snapshot's manifest (`postgres`, `mysql`, `none`): the
+    /// `engine` of the database servers it works on.
     fn engine(&self) -> &'static str;
+    /// Whether `server` answers now (a connection and a trivial statement): the fleet's
+    /// health probe of a server of this engine.
+    async fn probe(&self, server: &DatabaseServer) -> Result<()>;
     /// Ensures the role and database exist, with a fresh password.
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo>;
     /// Ends open sessions, drops the database and the role; absent ones are success.

@@ -73,6 +73,9 @@ impl DatabaseProvisioner for Noop {
     fn engine(&self) -> &'static str {
         "none"
     }
+    async fn probe(&self, _server: &crate::fleet::DatabaseServer) -> Result<()> {
+        Ok(())
+    }
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
         Ok(DatabaseInfo {
             connection: "none".into(),

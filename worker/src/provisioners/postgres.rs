@@ -214,6 +214,12 @@ impl DatabaseProvisioner for Postgres {
         "postgres"
     }
 
+    async fn probe(&self, server: &DatabaseServer) -> Result<()> {
+        let client = Self::connect_to(server, "dfe-probe", None).await?;
+        client.simple_query("SELECT 1").await.map_err(err(&server.id, "probing"))?;
+        Ok(())
+    }
+
     async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
         let server = ctx.database("postgres")?;
         let e = |what: String| err(&server.id, what);

@@ -9,6 +9,10 @@ use serde::Deserialize;
 use crate::secret::Secret;
 use crate::{Error, Result};
 
+pub mod fleet;
+
+pub use fleet::{ClusterConfig, HostConfig, PlacementPolicy};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -145,6 +149,10 @@ pub struct WorkerConfig {
     /// before it is given up and kept in the registry as abandoned.
     #[serde(default = "default_event_attempts")]
     pub event_attempts: u32,
+    /// Seconds between two probes of each Docker host and database server, by one of the
+    /// workers (they share the results through the registry).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_secs: u64,
     /// Address of the worker's Prometheus `/metrics` listener; port 0 picks a free one
     /// (the bound address is logged and printed), `""` or `"off"` turns it off.
     #[serde(default = "default_metrics_listen")]
@@ -153,6 +161,10 @@ pub struct WorkerConfig {
 
 fn default_metrics_listen() -> String {
     "127.0.0.1:0".into()
+}
+
+fn default_probe_interval() -> u64 {
+    10
 }
 
 fn default_max_deliveries() -> u32 {
@@ -204,6 +216,7 @@ impl Default for WorkerConfig {
             reconcile_fix: false,
             max_deliveries: default_max_deliveries(),
             event_attempts: default_event_attempts(),
+            probe_interval_secs: default_probe_interval(),
             metrics_listen: default_metrics_listen(),
         }
     }
@@ -234,9 +247,30 @@ pub struct ProvisionerHost {
     /// Docker cluster used when the job names none.
     #[serde(default)]
     pub cluster: Option<String>,
-    /// Database server of the instances' databases.
+    /// Database server(s) of the instances' databases: one id, or a list to place each
+    /// instance's database on the one with the fewest databases.
     #[serde(default)]
-    pub database: Option<String>,
+    pub database: Option<OneOrMany>,
+}
+
+/// One id or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One id.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The ids, in order.
+    pub fn ids(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 fn default_resource_uri() -> String {
@@ -273,36 +307,6 @@ pub struct Offering {
     pub items: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
-/// A Docker cluster (here: one Docker engine).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ClusterConfig {
-    /// `unix:///var/run/docker.sock` or `tcp://host:2376`.
-    #[serde(default = "default_docker_host")]
-    pub docker_host: String,
-    /// Host address instance ports are published on.
-    #[serde(default = "default_publish_address")]
-    pub publish_address: String,
-    /// Directory of `ca.pem`, `cert.pem`, `key.pem` for a TLS engine.
-    #[serde(default)]
-    pub tls_cert_path: Option<PathBuf>,
-    /// Docker network instances join (default: the engine's default bridge).
-    #[serde(default)]
-    pub network: Option<String>,
-    /// Check the resource-uri at `http://<container-name>:<port>` over `network` instead of
-    /// at the published address: for workers that run in a container on that network.
-    #[serde(default)]
-    pub health_via_network: bool,
-}
-
-fn default_docker_host() -> String {
-    "unix:///var/run/docker.sock".into()
-}
-
-fn default_publish_address() -> String {
-    "127.0.0.1".into()
-}
-
 /// A database server holding instance databases.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -315,6 +319,9 @@ pub struct DatabaseServerConfig {
     /// Port.
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    /// At most this many instance databases (default: no limit).
+    #[serde(default)]
+    pub max_databases: Option<u32>,
     /// Address instances (containers) use to reach it; `host` when absent.
     #[serde(default)]
     pub instance_host: Option<String>,
@@ -454,10 +461,10 @@ impl Config {
                     )));
                 }
             }
-            if let Some(d) = &host.database {
+            for d in host.database.iter().flat_map(OneOrMany::ids) {
                 if !self.databases.contains_key(d) {
                     return Err(Error::Config(format!(
-                        "provisioners.hosts.{tag}.database = {d:?} names no [databases.{d}]"
+                        "provisioners.hosts.{tag}.database names {d:?}, which is no [databases.{d}]"
                     )));
                 }
             }
@@ -468,6 +475,27 @@ impl Config {
                             "provisioners.hosts.{tag}.offerings.{id}.suggested = {s:?} names no item"
                         )));
                     }
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for (cluster_id, cluster) in &self.clusters {
+            if cluster.tls_cert_path.is_some() {
+                return Err(Error::Config(format!(
+                    "clusters.{cluster_id}.tls-cert-path is no longer read: set tls-ca, tls-cert and tls-key"
+                )));
+            }
+            if !cluster.hosts.is_empty() && cluster.single.docker_host.is_some() {
+                return Err(Error::Config(format!(
+                    "clusters.{cluster_id} has both docker-host and [clusters.{cluster_id}.hosts.<id>]: use one form"
+                )));
+            }
+            for (host_id, host) in cluster.host_configs(cluster_id) {
+                host.check(&host_id).map_err(Error::Config)?;
+                if let Some(other) = seen.insert(host_id.clone(), cluster_id.clone()) {
+                    return Err(Error::Config(format!(
+                        "host id {host_id:?} is used in clusters {other} and {cluster_id}: host ids are unique across clusters"
+                    )));
                 }
             }
         }
@@ -491,6 +519,43 @@ mod tests {
 
     fn shipped() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/dfe.toml")
+    }
+
+    #[test]
+    fn the_fleet_example_loads_with_its_clusters_hosts_and_servers() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/fleet.toml");
+        let cfg = Config::load_from(&path, Some(Default::default())).expect("fleet.toml loads");
+        let remote = &cfg.clusters["remote"];
+        let hosts: Vec<String> = remote.host_configs("remote").into_iter().map(|(id, _)| id).collect();
+        assert_eq!(hosts, ["ssh-b", "tls-a"]);
+        assert_eq!(remote.hosts["tls-a"].memory_budget_bytes(), Some(2 << 30));
+        assert_eq!(remote.hosts["ssh-b"].labels["zone"], "b");
+        let dbs = cfg.provisioners.hosts["docker"].database.as_ref().expect("database").ids();
+        assert_eq!(dbs, ["local", "fleet"]);
+        // The single-engine form still reads as a cluster of one host with the cluster's id.
+        let shipped = Config::load_from(&shipped(), Some(Default::default())).expect("dfe.toml");
+        let single = shipped.clusters["local"].host_configs("local");
+        assert_eq!(single.len(), 1);
+        assert_eq!((single[0].0.as_str(), single[0].1.docker_host()), ("local", "unix:///var/run/docker.sock"));
+    }
+
+    #[test]
+    fn plain_tcp_off_loopback_and_host_ids_used_twice_are_refused() {
+        let dir = std::env::temp_dir().join(format!("dfe-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let write = |name: &str, extra: &str| {
+            let base = std::fs::read_to_string(shipped()).expect("shipped");
+            let path = dir.join(name);
+            std::fs::write(&path, format!("{base}\n{extra}")).expect("write");
+            path
+        };
+        let tcp = write("tcp.toml", "[clusters.far]\ndocker-host = \"tcp://10.1.2.3:2375\"\n");
+        let e = Config::load_from(&tcp, Some(Default::default())).expect_err("plain TCP off loopback");
+        assert!(e.to_string().contains("plain TCP off loopback"), "{e}");
+        let twice = write("twice.toml", "[clusters.x.hosts.local]\ndocker-host = \"unix:///var/run/docker.sock\"\n");
+        let e = Config::load_from(&twice, Some(Default::default())).expect_err("a host id in two clusters");
+        assert!(e.to_string().contains("unique across clusters"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
