@@ -62,6 +62,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::deprovision))
         .routes(routes!(ops::import))
         .routes(routes!(ops::export))
+        .routes(routes!(ops::suspend))
+        .routes(routes!(ops::resume))
         .routes(routes!(read::jobs))
         .routes(routes!(read::job))
         .routes(routes!(read::provisioners))

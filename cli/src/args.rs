@@ -77,6 +77,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Export a snapshot of an instance.
     Export(ExportArgs),
+    /// Suspend an instance: its container stopped, its database's logins refused.
+    Suspend(SuspendArgs),
+    /// Resume a suspended instance (done once it answers again).
+    Resume(ResumeArgs),
     /// Show one job, or list the jobs.
     Jobs(JobsArgs),
     /// Show one instance, or list the instances.
@@ -224,7 +228,36 @@ pub struct ExportArgs {
     pub submit: SubmitArgs,
 }
 
-/// Submission options shared by the four operations.
+/// `dfe suspend`.
+#[derive(Debug, Clone, Args)]
+pub struct SuspendArgs {
+    /// Why (recorded with the job, e.g. non-payment).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Job id to use instead of one assigned by the API (or generated for --via queue).
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// The instance to suspend.
+    pub instance_id: String,
+    /// How to submit and follow it.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+}
+
+/// `dfe resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// Job id to use instead of one assigned by the API (or generated for --via queue).
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// The instance to resume.
+    pub instance_id: String,
+    /// How to submit and follow it.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+}
+
+/// Submission options shared by the operations.
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
     /// Follow the job to its final event; exit 0 on success, 1 on failure or timeout.

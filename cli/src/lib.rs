@@ -55,6 +55,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deprovision(a) => (request::deprovision(a), &a.submit),
         Command::Import(a) => (request::import(a), &a.submit),
         Command::Export(a) => (request::export(a), &a.submit),
+        Command::Suspend(a) => (request::suspend(a), &a.submit),
+        Command::Resume(a) => (request::resume(a), &a.submit),
         Command::Token(a) => {
             token::run(a, global.token_file.as_deref())?;
             return Ok(ExitCode::SUCCESS);

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use dfe_shared::ids::{FieldError, InstanceId, OwnerId, Tag};
-use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, ProvisionJob};
+use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, ProvisionJob, ResumeJob, SuspendJob};
 
-use crate::args::{DeprovisionArgs, ExportArgs, ImportArgs, ProvisionArgs};
+use crate::args::{DeprovisionArgs, ExportArgs, ImportArgs, ProvisionArgs, ResumeArgs, SuspendArgs};
 
 /// The job of `dfe provision`.
 pub fn provision(a: &ProvisionArgs) -> Result<Job, FieldError> {
@@ -56,6 +56,25 @@ pub fn export(a: &ExportArgs) -> Result<Job, FieldError> {
         job_id: opt_tag("job-id", a.job_id.as_deref())?,
         instance_id: instance(&a.instance_id)?,
         destination: opt_tag("destination", a.destination.as_deref())?,
+    }))
+}
+
+/// The job of `dfe suspend`.
+pub fn suspend(a: &SuspendArgs) -> Result<Job, FieldError> {
+    let job = Job::Suspend(SuspendJob {
+        job_id: opt_tag("job-id", a.job_id.as_deref())?,
+        instance_id: instance(&a.instance_id)?,
+        reason: a.reason.clone(),
+    });
+    job.check()?;
+    Ok(job)
+}
+
+/// The job of `dfe resume`.
+pub fn resume(a: &ResumeArgs) -> Result<Job, FieldError> {
+    Ok(Job::Resume(ResumeJob {
+        job_id: opt_tag("job-id", a.job_id.as_deref())?,
+        instance_id: instance(&a.instance_id)?,
     }))
 }
 
@@ -109,6 +128,8 @@ mod tests {
             Command::Deprovision(a) => deprovision(a),
             Command::Import(a) => import(a),
             Command::Export(a) => export(a),
+            Command::Suspend(a) => suspend(a),
+            Command::Resume(a) => resume(a),
             other => panic!("not an operation: {other:?}"),
         }
     }

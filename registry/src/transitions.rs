@@ -83,14 +83,21 @@ pub fn admit(
         (JobKind::Provision, Some(_)) => Err(Refusal::exists(id)),
         (JobKind::Import, Some((S::Provisioned, _))) => Ok(Admission::Use),
         (JobKind::Import, Some((S::Failed, _))) => Err(Refusal::busy(id, "failed; deprovision it first")),
+        (JobKind::Import, Some((S::Suspended, _))) => Err(Refusal::busy(id, "suspended; resume it first")),
         (JobKind::Import, Some((state, _))) => Err(Refusal::busy(id, state)),
         (JobKind::Deprovision, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
-        (JobKind::Deprovision, Some((S::Provisioned | S::Failed, _))) => Ok(Admission::Begin(S::Deprovisioning)),
+        (JobKind::Deprovision, Some((S::Provisioned | S::Failed | S::Suspended, _))) => {
+            Ok(Admission::Begin(S::Deprovisioning))
+        }
         (JobKind::Deprovision, Some((S::Deprovisioning, owner))) if mine(owner) => Ok(Admission::Continue),
         (JobKind::Deprovision, Some((state, _))) => Err(Refusal::busy(id, state)),
         (JobKind::Export, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
-        (JobKind::Export, Some((S::Provisioned, _))) => Ok(Admission::Use),
+        (JobKind::Export, Some((S::Provisioned | S::Suspended, _))) => Ok(Admission::Use),
         (JobKind::Export, Some((state, _))) => Err(Refusal::busy(id, state)),
+        // Suspending a suspended instance, or resuming a running one, finds it done.
+        (JobKind::Suspend | JobKind::Resume, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
+        (JobKind::Suspend | JobKind::Resume, Some((S::Provisioned | S::Suspended, _))) => Ok(Admission::Use),
+        (JobKind::Suspend | JobKind::Resume, Some((state, _))) => Err(Refusal::busy(id, state)),
     }
 }
 
@@ -114,6 +121,13 @@ pub enum Transition {
     /// The job ended part-way (a removal that failed, a rollback that could not finish, a
     /// panic, a deadline): the instance is `failed`, and a deprovision finishes it.
     Failed,
+    /// A suspend succeeded.
+    Suspended,
+    /// A resume succeeded; the instance may answer at another address now.
+    Resumed {
+        /// Where the console talks to it (None: unchanged).
+        resource_uri: Option<String>,
+    },
 }
 
 /// How a job ended, as recorded.
@@ -308,7 +322,7 @@ impl Registry {
             return Ok(false);
         }
         let changed = match &ending.transition {
-            Transition::None => None,
+            Transition::None | Transition::Suspended | Transition::Resumed { .. } => None,
             Transition::Provisioned { resource_uri, resources } => Some(
                 tx.execute(
                     &crate::stmt(
@@ -345,6 +359,28 @@ impl Registry {
                 )
                 .await,
             ),
+        };
+        // A suspend or resume uses the instance without owning it (nothing else may run on it
+        // meanwhile: the instance lock), so only the state it starts from is checked.
+        let changed = match (&ending.transition, changed) {
+            (Transition::Suspended, _) => Some(
+                tx.execute(
+                    "UPDATE instances SET state = 'suspended', updated_at = now()
+                     WHERE instance_id = $1 AND state IN ('provisioned', 'suspended')",
+                    &[&instance_id],
+                )
+                .await,
+            ),
+            (Transition::Resumed { resource_uri }, _) => Some(
+                tx.execute(
+                    "UPDATE instances SET state = 'provisioned', updated_at = now(),
+                            resource_uri = coalesce($2, resource_uri)
+                     WHERE instance_id = $1 AND state IN ('suspended', 'provisioned')",
+                    &[&instance_id, resource_uri],
+                )
+                .await,
+            ),
+            (_, c) => c,
         };
         if let Some(r) = changed {
             r.map_err(Error::query("updating an instance"))?;
@@ -436,7 +472,7 @@ async fn claim_in(
             let (owner, owner_type) = match job {
                 Job::Provision(p) => (&p.owner_id, p.owner_type.as_ref()),
                 Job::Import(i) => (&i.owner_id, i.owner_type.as_ref()),
-                Job::Deprovision(_) | Job::Export(_) => {
+                Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) => {
                     return Err(Error::Inconsistent(format!("a {} job cannot create an instance", job.kind())))
                 }
             };

@@ -1,4 +1,4 @@
-//! The four job kinds, as DFE's requests: kebab-case JSON, unknown fields rejected.
+//! The job kinds, as DFE's requests: kebab-case JSON, unknown fields rejected.
 //!
 //! A job arrives as bytes (an HTTP body or a queue message) and is parsed once, here, into a
 //! typed value whose fields are valid by construction; errors name the offending field.
@@ -25,11 +25,16 @@ pub enum JobKind {
     Import,
     /// Write a snapshot of an instance.
     Export,
+    /// Stop an instance and refuse its database's logins, keeping everything.
+    Suspend,
+    /// Undo a suspend.
+    Resume,
 }
 
 impl JobKind {
     /// All kinds, in the order queues are declared.
-    pub const ALL: [JobKind; 4] = [JobKind::Provision, JobKind::Deprovision, JobKind::Import, JobKind::Export];
+    pub const ALL: [JobKind; 6] =
+        [JobKind::Provision, JobKind::Deprovision, JobKind::Import, JobKind::Export, JobKind::Suspend, JobKind::Resume];
 
     /// `provision`, `deprovision`, `import` or `export`.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +43,8 @@ impl JobKind {
             JobKind::Deprovision => "deprovision",
             JobKind::Import => "import",
             JobKind::Export => "export",
+            JobKind::Suspend => "suspend",
+            JobKind::Resume => "resume",
         }
     }
 
@@ -48,6 +55,8 @@ impl JobKind {
             JobKind::Deprovision => "DeprovisionJob",
             JobKind::Import => "ImportJob",
             JobKind::Export => "ExportJob",
+            JobKind::Suspend => "SuspendJob",
+            JobKind::Resume => "ResumeJob",
         }
     }
 
@@ -63,6 +72,8 @@ impl JobKind {
             JobKind::Deprovision => "deprovisioned",
             JobKind::Import => "imported",
             JobKind::Export => "exported",
+            JobKind::Suspend => "suspended",
+            JobKind::Resume => "resumed",
         }
     }
 }
@@ -172,6 +183,35 @@ pub struct ExportJob {
     pub destination: Option<Tag>,
 }
 
+/// A request to suspend an instance: its container stopped, its database's logins refused,
+/// nothing removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SuspendJob {
+    /// Client-chosen job id; one is assigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// The instance to suspend.
+    pub instance_id: InstanceId,
+    /// Why (non-payment, abuse, expiry…), recorded as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(schema_with = schema::reason))]
+    pub reason: Option<String>,
+}
+
+/// A request to resume a suspended instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ResumeJob {
+    /// Client-chosen job id; one is assigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// The instance to resume.
+    pub instance_id: InstanceId,
+}
+
 /// Any job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
@@ -183,6 +223,10 @@ pub enum Job {
     Import(ImportJob),
     /// See [`ExportJob`].
     Export(ExportJob),
+    /// See [`SuspendJob`].
+    Suspend(SuspendJob),
+    /// See [`ResumeJob`].
+    Resume(ResumeJob),
 }
 
 /// The largest job body accepted, in bytes, on both paths (REST and queue). A job is a few
@@ -234,6 +278,8 @@ impl Job {
             JobKind::Deprovision => Job::Deprovision(typed(value)?),
             JobKind::Import => Job::Import(typed(value)?),
             JobKind::Export => Job::Export(typed(value)?),
+            JobKind::Suspend => Job::Suspend(typed(value)?),
+            JobKind::Resume => Job::Resume(typed(value)?),
         };
         job.check()?;
         Ok(job)
@@ -242,6 +288,9 @@ impl Job {
     /// Checks what the types alone do not: the free-form strings (packages, offerings). Jobs
     /// built in code (the CLI) call it before sending; parsed jobs have passed it already.
     pub fn check(&self) -> Result<(), FieldError> {
+        if let Job::Suspend(SuspendJob { reason: Some(reason), .. }) = self {
+            check_text("reason", reason)?;
+        }
         if let Job::Provision(p) = self {
             for (i, package) in p.packages.iter().flatten().enumerate() {
                 check_text(format!("packages[{i}]"), package)?;
@@ -262,6 +311,8 @@ impl Job {
             Job::Deprovision(_) => JobKind::Deprovision,
             Job::Import(_) => JobKind::Import,
             Job::Export(_) => JobKind::Export,
+            Job::Suspend(_) => JobKind::Suspend,
+            Job::Resume(_) => JobKind::Resume,
         }
     }
 
@@ -272,6 +323,8 @@ impl Job {
             Job::Deprovision(j) => j.job_id.as_ref(),
             Job::Import(j) => j.job_id.as_ref(),
             Job::Export(j) => j.job_id.as_ref(),
+            Job::Suspend(j) => j.job_id.as_ref(),
+            Job::Resume(j) => j.job_id.as_ref(),
         }
     }
 
@@ -282,6 +335,8 @@ impl Job {
             Job::Deprovision(j) => &mut j.job_id,
             Job::Import(j) => &mut j.job_id,
             Job::Export(j) => &mut j.job_id,
+            Job::Suspend(j) => &mut j.job_id,
+            Job::Resume(j) => &mut j.job_id,
         };
         *slot = Some(id);
     }
@@ -293,6 +348,8 @@ impl Job {
             Job::Deprovision(j) => &j.instance_id,
             Job::Import(j) => &j.instance_id,
             Job::Export(j) => &j.instance_id,
+            Job::Suspend(j) => &j.instance_id,
+            Job::Resume(j) => &j.instance_id,
         }
     }
 
@@ -301,7 +358,7 @@ impl Job {
         match self {
             Job::Provision(j) => Some(&j.owner_id),
             Job::Import(j) => Some(&j.owner_id),
-            Job::Deprovision(_) | Job::Export(_) => None,
+            Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) => None,
         }
     }
 
@@ -313,6 +370,8 @@ impl Job {
             Job::Deprovision(j) => serde_json::to_value(j),
             Job::Import(j) => serde_json::to_value(j),
             Job::Export(j) => serde_json::to_value(j),
+            Job::Suspend(j) => serde_json::to_value(j),
+            Job::Resume(j) => serde_json::to_value(j),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -341,6 +400,13 @@ mod schema {
             .property_names(Some(text()))
             .additional_properties(Some(text()))
             .description(Some("Offering id → chosen item value; the offering's `suggested` item when absent."))
+    }
+
+    /// [`super::SuspendJob::reason`]: free text, or null.
+    pub fn reason() -> ObjectBuilder {
+        text()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .description(Some("Why (non-payment, abuse, expiry…), recorded as given."))
     }
 
     /// [`super::ProvisionJob::packages`].

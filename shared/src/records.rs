@@ -92,6 +92,8 @@ pub enum InstanceState {
     Provisioning,
     /// Running.
     Provisioned,
+    /// Stopped, its database's logins refused, nothing removed; a resume brings it back.
+    Suspended,
     /// A deprovision is removing it.
     Deprovisioning,
     /// Removed (kept as history; the id may be provisioned again).
@@ -103,9 +105,10 @@ pub enum InstanceState {
 
 impl InstanceState {
     /// Every state.
-    pub const ALL: [InstanceState; 5] = [
+    pub const ALL: [InstanceState; 6] = [
         InstanceState::Provisioning,
         InstanceState::Provisioned,
+        InstanceState::Suspended,
         InstanceState::Deprovisioning,
         InstanceState::Deprovisioned,
         InstanceState::Failed,
@@ -116,6 +119,7 @@ impl InstanceState {
         match self {
             InstanceState::Provisioning => "provisioning",
             InstanceState::Provisioned => "provisioned",
+            InstanceState::Suspended => "suspended",
             InstanceState::Deprovisioning => "deprovisioning",
             InstanceState::Deprovisioned => "deprovisioned",
             InstanceState::Failed => "failed",

@@ -117,8 +117,10 @@ impl EventLog {
 
 /// Whether an event name is a job's final event.
 pub fn is_final(name: &str) -> bool {
-    matches!(name, "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported")
-        || (name.ends_with(".failed") && name.matches('.').count() == 2)
+    matches!(
+        name,
+        "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported" | "dfe.suspended" | "dfe.resumed"
+    ) || (name.ends_with(".failed") && name.matches('.').count() == 2)
 }
 
 async fn consume_durable(url: &str, queue: &str, sink: &Mutex<Vec<Value>>, ready: &tokio::sync::Notify) -> Result<()> {

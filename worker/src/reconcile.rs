@@ -91,7 +91,7 @@ pub async fn reconcile(
 
     // Parts of provisioned instances, of the implementations their provisioner uses.
     for record in &records {
-        if record.state != InstanceState::Provisioned {
+        if !matches!(record.state, InstanceState::Provisioned | InstanceState::Suspended) {
             continue;
         }
         let Ok(p) = manager.provisioner(&record.guest_location) else { continue };

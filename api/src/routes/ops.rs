@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dfe_registry::{SubmitOutcome, Submitter};
 use dfe_shared::ids::{FieldError, Tag};
-use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob};
+use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob, ResumeJob, SuspendJob};
 use dfe_shared::placement::{self, Plan};
 use dfe_shared::records::JobState;
 use serde::Serialize;
@@ -197,6 +197,76 @@ pub async fn export(
     submit(state, client, headers, body, JobKind::Export).await
 }
 
+/// `POST /api/v1/ops/suspend`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/suspend",
+    tag = "ops",
+    summary = "Suspend an instance",
+    description = "Records the job, with its claim on `instance-id`, then publishes it to the workers: the \
+        instance's container is stopped and its database's logins refused; nothing is removed. Suspending a \
+        suspended instance succeeds and changes nothing.",
+    params(IdempotencyKey),
+    request_body(content = SuspendJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn suspend(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Suspend).await
+}
+
+/// `POST /api/v1/ops/resume`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/resume",
+    tag = "ops",
+    summary = "Resume a suspended instance",
+    description = "Records the job, then publishes it to the workers: the database's logins are allowed again \
+        and the container started; the job succeeds once the `resource-uri` answers. Resuming a running \
+        instance succeeds and changes nothing.",
+    params(IdempotencyKey),
+    request_body(content = ResumeJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn resume(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Resume).await
+}
+
 async fn submit(
     State(state): State<AppState>,
     client: Client,
@@ -350,6 +420,7 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
             }
             Ok(None)
         }
+        Job::Suspend(_) | Job::Resume(_) => Ok(None),
     }
 }
 

@@ -11,7 +11,13 @@ use crate::JOB_TIMEOUT;
 
 /// Runs `body` as job `kind` on a worker that stops dead after `step`, SIGKILLs it there,
 /// starts a healthy worker, and returns the final event.
-async fn kill_after(env: &mut TestEnv, events: &EventLog, step: &str, kind: &str, body: Value) -> (String, Value) {
+pub(crate) async fn kill_after(
+    env: &mut TestEnv,
+    events: &EventLog,
+    step: &str,
+    kind: &str,
+    body: Value,
+) -> (String, Value) {
     let hold = [("DFE_TEST_HOLD_AFTER".to_owned(), step.to_owned())];
     env.start_worker_with(&hold).expect("doomed worker");
     let doomed = env.workers.len() - 1;

@@ -19,6 +19,7 @@ mod resilience;
 mod retries;
 mod secrets;
 mod snapshots;
+mod suspend;
 
 use std::time::Duration;
 

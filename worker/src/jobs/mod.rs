@@ -8,6 +8,8 @@ mod deprovision;
 mod export;
 mod import;
 mod provision;
+mod resume;
+mod suspend;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,8 @@ pub fn kinds() -> Vec<Arc<dyn JobSpec<Env>>> {
         Arc::new(deprovision::Deprovision),
         Arc::new(import::Import),
         Arc::new(export::Export),
+        Arc::new(suspend::Suspend),
+        Arc::new(resume::Resume),
     ]
 }
 

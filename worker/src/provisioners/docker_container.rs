@@ -12,6 +12,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
 };
 
 use super::docker::{is_conflict, is_not_found};
@@ -262,6 +263,69 @@ impl InstanceProvisioner for DockerContainer {
             .await
             .map_err(Error::docker(format!("starting container {name}")))?;
 
+        let (url, health_wait) = self.answering(ctx, cluster, &limits).await?;
+        Ok(InstanceInfo {
+            container: Some(name.clone()),
+            container_id: Some(created.id),
+            host: Some(cluster.id.clone()),
+            resource_uri: Some(url),
+            health_wait: Some(health_wait),
+        })
+    }
+
+    async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
+        remove(ctx.docker("docker-container")?, &ctx.names.container).await
+    }
+
+    async fn suspend(&self, ctx: &InstanceContext) -> Result<()> {
+        let cluster = ctx.docker("docker-container")?;
+        let docker = cluster.client().await?;
+        let name = &ctx.names.container;
+        // Stopped, not paused: a stopped container holds no memory or CPU, and with the
+        // `unless-stopped` policy it stays stopped across an engine restart.
+        match docker.stop_container(name, Some(StopContainerOptionsBuilder::default().t(10).build())).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::Conflict(format!("container {name} does not exist"))),
+            Err(e) => Err(Error::docker(format!("stopping container {name}"))(e)),
+        }
+    }
+
+    async fn resume(&self, ctx: &InstanceContext) -> Result<InstanceInfo> {
+        let cluster = ctx.docker("docker-container")?;
+        let docker = cluster.client().await?;
+        let name = &ctx.names.container;
+        let limits = Limits::from_offering(&ctx.offering)?;
+        match docker.start_container(name, None::<StartContainerOptions>).await {
+            Ok(()) => {}
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
+            Err(e) if is_not_found(&e) => return Err(Error::Conflict(format!("container {name} does not exist"))),
+            Err(e) => return Err(Error::docker(format!("starting container {name}"))(e)),
+        }
+        // The engine may give the port another host port on a new start: read it again.
+        let (url, health_wait) = self.answering(ctx, cluster, &limits).await?;
+        Ok(InstanceInfo {
+            container: Some(name.clone()),
+            container_id: None,
+            host: Some(cluster.id.clone()),
+            resource_uri: Some(url),
+            health_wait: Some(health_wait),
+        })
+    }
+}
+
+impl DockerContainer {
+    /// Waits for a started container's resource-uri to answer; its URL and how long it took.
+    async fn answering(
+        &self,
+        ctx: &InstanceContext,
+        cluster: &DockerHost,
+        limits: &Limits,
+    ) -> Result<(String, Duration)> {
+        let name = &ctx.names.container;
+        let port_key = format!("{}/tcp", limits.port);
         let host_port = published_port(cluster, name, &port_key).await?;
         let url = format!("http://{}:{host_port}{}", cluster.config.publish_address(), ctx.resource_uri);
         // A worker that runs in a container cannot reach the host's loopback: with
@@ -272,18 +336,7 @@ impl InstanceProvisioner for DockerContainer {
         };
         let health = std::time::Instant::now();
         self.wait_healthy(cluster, name, &check_url).await?;
-        let health_wait = Some(health.elapsed());
-        Ok(InstanceInfo {
-            container: Some(name.clone()),
-            container_id: Some(created.id),
-            host: Some(cluster.id.clone()),
-            resource_uri: Some(url),
-            health_wait,
-        })
-    }
-
-    async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
-        remove(ctx.docker("docker-container")?, &ctx.names.container).await
+        Ok((url, health.elapsed()))
     }
 }
 

@@ -250,6 +250,10 @@ pub trait DatabaseProvisioner: Inventory {
     async fn commit_import(&self, ctx: &InstanceContext) -> Result<()>;
     /// Puts the database kept by the last import back.
     async fn rollback_import(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Refuses the role's logins (ending its sessions) without removing anything.
+    async fn suspend(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Allows the role's logins again.
+    async fn resume(&self, ctx: &InstanceContext) -> Result<()>;
 }
 
 /// Makes and removes the instance itself.
@@ -259,6 +263,10 @@ pub trait InstanceProvisioner: Inventory {
     async fn provision(&self, ctx: &InstanceContext, storage: &StorageInfo, db: &DatabaseInfo) -> Result<InstanceInfo>;
     /// Removes the instance; an absent one is success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Stops the instance without removing anything (stopped already is success).
+    async fn suspend(&self, ctx: &InstanceContext) -> Result<()>;
+    /// Starts a stopped instance again and waits until it answers; what it answers at.
+    async fn resume(&self, ctx: &InstanceContext) -> Result<InstanceInfo>;
 }
 
 /// Every implementation named by the configuration, built once.

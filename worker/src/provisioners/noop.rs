@@ -102,6 +102,12 @@ impl DatabaseProvisioner for Noop {
     async fn rollback_import(&self, _ctx: &InstanceContext) -> Result<()> {
         Ok(())
     }
+    async fn suspend(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+    async fn resume(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -111,5 +117,11 @@ impl InstanceProvisioner for Noop {
     }
     async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
         Ok(())
+    }
+    async fn suspend(&self, _ctx: &InstanceContext) -> Result<()> {
+        Ok(())
+    }
+    async fn resume(&self, _ctx: &InstanceContext) -> Result<InstanceInfo> {
+        Ok(InstanceInfo::default())
     }
 }

@@ -367,6 +367,38 @@ impl DatabaseProvisioner for Postgres {
             .map_err(err(&server.id, format!("dropping {}", names.previous)))
     }
 
+    async fn suspend(&self, ctx: &InstanceContext) -> Result<()> {
+        let server = ctx.database("postgres")?;
+        let name = &ctx.names.database;
+        // Identifiers cannot be bound in DDL: `ident` checked and quoted the name.
+        let q = ident(name)?;
+        let client = self.connect(ctx).await?;
+        client
+            .batch_execute(&format!("ALTER ROLE {q} NOLOGIN"))
+            .await
+            .map_err(err(&server.id, format!("refusing logins of {name}")))?;
+        // Sessions opened before are ended too: a suspended tenant reaches no data.
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+                &[name],
+            )
+            .await
+            .map_err(err(&server.id, format!("ending sessions of {name}")))?;
+        Ok(())
+    }
+
+    async fn resume(&self, ctx: &InstanceContext) -> Result<()> {
+        let server = ctx.database("postgres")?;
+        let name = &ctx.names.database;
+        let q = ident(name)?;
+        let client = self.connect(ctx).await?;
+        client
+            .batch_execute(&format!("ALTER ROLE {q} LOGIN"))
+            .await
+            .map_err(err(&server.id, format!("allowing logins of {name}")))
+    }
+
     async fn rollback_import(&self, ctx: &InstanceContext) -> Result<()> {
         let server = ctx.database("postgres")?;
         let e = |what: String| err(&server.id, what);

@@ -25,6 +25,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/ops/deprovision", &["post"]),
     ("/api/v1/ops/import", &["post"]),
     ("/api/v1/ops/export", &["post"]),
+    ("/api/v1/ops/suspend", &["post"]),
+    ("/api/v1/ops/resume", &["post"]),
     ("/api/v1/ops/jobs", &["get"]),
     ("/api/v1/ops/jobs/{job-id}", &["get"]),
     ("/api/v1/ops/provisioners", &["get"]),
@@ -493,7 +495,7 @@ async fn a_request_without_an_accepted_token_is_the_documented_401() {
 async fn a_body_not_declared_as_json_is_the_documented_415_and_one_over_64_kib_the_documented_413() {
     let doc = doc();
     let bodies = operations(&doc).into_iter().filter(Operation::has_body).collect::<Vec<_>>();
-    assert_eq!(bodies.len(), 5, "four job kinds and the reconciliation");
+    assert_eq!(bodies.len(), 7, "six job kinds and the reconciliation");
     let too_large = || vec![b' '; MAX_JOB_BYTES + 1];
     for o in bodies {
         let post = |content_type: Option<&str>| {
