@@ -8,7 +8,7 @@ use crate::{json_column, parse_column, Error, Registry, Result};
 
 pub(crate) const INSTANCE_COLUMNS: &str = "instance_id, owner_id, owner_type, state, guest_location, cluster_id, \
      host_id, database_server, offerings, resource_uri, resources, job_id, created_at, updated_at, provisioned_at, \
-     deprovisioned_at";
+     deprovisioned_at, expires_at";
 
 /// Reads an instance row; an unknown state or an unreadable owner is an error.
 pub(crate) fn instance_from_row(row: &Row) -> Result<InstanceRecord> {
@@ -34,6 +34,7 @@ pub(crate) fn instance_from_row(row: &Row) -> Result<InstanceRecord> {
         updated_at: row.get("updated_at"),
         provisioned_at: row.get("provisioned_at"),
         deprovisioned_at: row.get("deprovisioned_at"),
+        expires_at: row.get("expires_at"),
         instance_id: id,
     })
 }

@@ -7,6 +7,8 @@
 //! - [`instances`]: instance rows: reading and listing.
 //! - [`snapshots`]: the snapshots written by exports.
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
+//! - [`leases`]: one holder at a time for a schedule.
+//! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
@@ -22,6 +24,8 @@ pub mod events;
 pub mod fleet;
 pub mod instances;
 pub mod jobs;
+pub mod leases;
+pub mod lifecycle;
 pub mod lock;
 mod migrations;
 pub mod outbox;

@@ -156,6 +156,26 @@ ALTER TABLE instances ADD COLUMN memory_reserved bigint NOT NULL DEFAULT 0;
 CREATE INDEX instances_placed_host ON instances (host_id) WHERE state <> 'deprovisioned';
 CREATE INDEX instances_placed_server ON instances (database_server) WHERE state <> 'deprovisioned';
 "#,
+    // Lifecycle: expiries, the warnings sent before them (each once), and leases that let
+    // one worker at a time run a schedule.
+    r#"
+ALTER TABLE instances ADD COLUMN expires_at timestamptz;
+CREATE INDEX instances_expiring ON instances (expires_at) WHERE expires_at IS NOT NULL AND state <> 'deprovisioned';
+CREATE INDEX instances_owner_live ON instances ((owner_id #>> '{}')) WHERE state <> 'deprovisioned';
+CREATE TABLE lifecycle_warnings (
+    instance_id text NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    days        double precision NOT NULL,
+    sent_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (instance_id, expires_at, days)
+);
+CREATE TABLE leases (
+    name      text PRIMARY KEY,
+    holder    text NOT NULL,
+    until     timestamptz NOT NULL,
+    taken_at  timestamptz NOT NULL DEFAULT now()
+);
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

@@ -44,7 +44,8 @@ pub enum Admission {
 /// Why a job may not go on with its instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `instance-exists`, `instance-not-found`, `instance-busy` or `no-capacity`.
+    /// `instance-exists`, `instance-not-found`, `instance-busy`, `no-capacity` or
+    /// `quota-exceeded`.
     pub code: &'static str,
     /// What a person reads.
     pub message: String,
@@ -62,6 +63,12 @@ impl Refusal {
     }
     pub(crate) fn no_capacity(message: String) -> Refusal {
         Refusal { code: "no-capacity", message }
+    }
+    fn quota(owner: &str, max: u32, have: i64) -> Refusal {
+        Refusal {
+            code: "quota-exceeded",
+            message: format!("owner {owner} has {have} instances, its quota is {max}"),
+        }
     }
 }
 
@@ -100,6 +107,9 @@ pub fn admit(
         (JobKind::Suspend | JobKind::Resume, Some((state, _))) => Err(Refusal::busy(id, state)),
     }
 }
+
+/// First key of the transaction locks that serialize one owner's claims ("dfeq").
+const QUOTA_LOCK_SPACE: i32 = 0x6466_6571;
 
 /// What a job's end does to its instance. Every change but [`Transition::None`] applies
 /// only while the job still owns the instance, so a late or duplicate end changes nothing.
@@ -465,6 +475,25 @@ async fn claim_in(
             let plan = plan.ok_or_else(|| {
                 Error::Inconsistent(format!("claiming new instance {id} for job {job_id} without a placement"))
             })?;
+            if let Some((owner, max)) = &plan.quota {
+                // One owner's claims are serialized (a transaction lock on the owner), so
+                // concurrent provisions never overshoot the quota.
+                tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&QUOTA_LOCK_SPACE, owner])
+                    .await
+                    .map_err(Error::query("locking an owner's quota"))?;
+                let have: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM instances WHERE owner_id #>> '{}' = $1 AND state <> 'deprovisioned'
+                           AND instance_id <> $2",
+                        &[owner, &id],
+                    )
+                    .await
+                    .map_err(Error::query("counting an owner's instances"))?
+                    .get(0);
+                if have >= i64::from(*max) {
+                    return Ok(Err(Refusal::quota(owner, *max, have)));
+                }
+            }
             let placement = match crate::fleet::place_in(tx, plan, &[]).await? {
                 Ok(p) => p,
                 Err(refusal) => return Ok(Err(refusal)),
@@ -481,14 +510,15 @@ async fn claim_in(
             let offerings = serde_json::to_value(&placement.offerings).unwrap_or_default();
             let sql = format!(
                 "INSERT INTO instances (instance_id, owner_id, owner_type, state, guest_location, cluster_id,
-                                        host_id, database_server, offerings, job_id, memory_reserved)
-                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10)
+                                        host_id, database_server, offerings, job_id, memory_reserved, expires_at)
+                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10,
+                         now() + make_interval(secs => $11::float8 * 86400))
                  ON CONFLICT (instance_id) DO UPDATE
                     SET owner_id = EXCLUDED.owner_id, owner_type = EXCLUDED.owner_type,
                         state = 'provisioning', guest_location = EXCLUDED.guest_location,
                         cluster_id = EXCLUDED.cluster_id, host_id = EXCLUDED.host_id,
                         database_server = EXCLUDED.database_server, offerings = EXCLUDED.offerings,
-                        memory_reserved = EXCLUDED.memory_reserved,
+                        memory_reserved = EXCLUDED.memory_reserved, expires_at = EXCLUDED.expires_at,
                         job_id = EXCLUDED.job_id, host = NULL, resource_uri = NULL, resources = '{{}}'::jsonb,
                         created_at = now(), updated_at = now(), provisioned_at = NULL, deprovisioned_at = NULL
                     WHERE instances.state = 'deprovisioned'
@@ -508,6 +538,7 @@ async fn claim_in(
                         &offerings,
                         &job_id,
                         &placement.memory,
+                        &plan.ttl_days,
                     ],
                 )
                 .await

@@ -43,6 +43,8 @@ pub struct Request<'a> {
     pub cluster_id: Option<&'a str>,
     /// `offerings`.
     pub offerings: Option<&'a BTreeMap<String, String>>,
+    /// `owner-id`, as text (for the owner's quota).
+    pub owner_id: Option<&'a str>,
 }
 
 /// A host the plan may place on, with its configured limits.
@@ -81,7 +83,7 @@ pub struct ServerLimits {
 }
 
 /// What the configuration decides about a new instance; the claim decides the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The provisioner tag.
     pub guest_location: String,
@@ -93,6 +95,10 @@ pub struct Plan {
     pub servers: Vec<ServerLimits>,
     /// Bytes of memory the instance reserves.
     pub memory: i64,
+    /// The owner (as text) and the most instances it may have, when it has a quota.
+    pub quota: Option<(String, u32)>,
+    /// Days until the instance expires (the provisioner's `ttl-days`).
+    pub ttl_days: Option<f64>,
 }
 
 /// The provisioner of `guest_location` (the default when `None`), or an error naming the
@@ -171,7 +177,8 @@ pub fn plan(config: &Config, request: Request<'_>) -> Result<Plan, FieldError> {
         Some(serde_json::Value::String(s)) => parse_bytes(s).unwrap_or(0),
         _ => 0,
     };
-    Ok(Plan { guest_location: tag.to_owned(), offerings, cluster, servers, memory })
+    let quota = request.owner_id.and_then(|o| config.quotas.max_instances(o).map(|max| (o.to_owned(), max)));
+    Ok(Plan { guest_location: tag.to_owned(), offerings, cluster, servers, memory, quota, ttl_days: host.ttl_days })
 }
 
 /// Plans the new instance an import creates: as the snapshot's was made (its provisioner,
@@ -179,11 +186,11 @@ pub fn plan(config: &Config, request: Request<'_>) -> Result<Plan, FieldError> {
 /// still offers them), on the job's cluster or the provisioner's.
 pub fn plan_import(
     config: &Config,
-    guest_location: Option<&str>,
-    cluster_id: Option<&str>,
+    request: Request<'_>,
     snapshot_guest: Option<&str>,
     snapshot_items: Option<&BTreeMap<String, String>>,
 ) -> Result<Plan, FieldError> {
+    let (guest_location, cluster_id, owner_id) = (request.guest_location, request.cluster_id, request.owner_id);
     let snapshot_guest = snapshot_guest.filter(|g| config.provisioners.hosts.contains_key(*g));
     let guest = guest_location.or(snapshot_guest);
     let (_, host) = provisioner(config, guest)?;
@@ -196,7 +203,7 @@ pub fn plan_import(
             .collect();
         chosen_items(host, Some(&known)).ok().map(|_| known)
     });
-    plan(config, Request { guest_location: guest, cluster_id, offerings: items.as_ref() })
+    plan(config, Request { guest_location: guest, cluster_id, offerings: items.as_ref(), owner_id })
 }
 
 /// A host as the claim sees it: configured limits, state, and what is placed on it now.

@@ -252,6 +252,11 @@ pub struct InstanceRecord {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[cfg_attr(feature = "schema", schema(required))]
     pub deprovisioned_at: Option<OffsetDateTime>,
+    /// When it expires (its provisioner's `ttl-days`, or set with PATCH); then the lifecycle
+    /// schedule deprovisions (or suspends) it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// A snapshot as the registry holds it (and `GET /api/v1/snapshots/{id}` shows it).

@@ -376,6 +376,7 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
                 guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
                 cluster_id: p.cluster_id.as_ref().map(|c| c.as_str()),
                 offerings: p.offerings.as_ref(),
+                owner_id: Some(&p.owner_id.as_text()),
             },
         )
         .map(Some)
@@ -393,10 +394,16 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
             let snapshot_guest = from_manifest("guest-location").and_then(|g| g.as_str().map(str::to_owned));
             let snapshot_items: Option<BTreeMap<String, String>> =
                 from_manifest("offerings").and_then(|o| serde_json::from_value(o).ok());
+            let owner = i.owner_id.as_text();
+            let request = placement::Request {
+                guest_location: i.guest_location.as_ref().map(|g| g.as_str()),
+                cluster_id: i.cluster_id.as_ref().map(|c| c.as_str()),
+                offerings: None,
+                owner_id: Some(&owner),
+            };
             placement::plan_import(
                 cfg,
-                i.guest_location.as_ref().map(|g| g.as_str()),
-                i.cluster_id.as_ref().map(|c| c.as_str()),
+                request,
                 snapshot_guest.as_deref(),
                 snapshot_items.as_ref(),
             )

@@ -42,6 +42,80 @@ pub struct Config {
     /// Names of what the sub-provisioners make.
     #[serde(default)]
     pub naming: NamingConfig,
+    /// Expiry of instances.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    /// Instances per owner.
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+}
+
+/// Expiry (DFE's `dfe:daily`): warnings before an instance's `expires-at`, and the job
+/// submitted once it has passed. One worker at a time runs it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LifecycleConfig {
+    /// Seconds between two runs of the schedule.
+    #[serde(default = "default_lifecycle_interval")]
+    pub interval_secs: u64,
+    /// Days before `expires-at` at which `dfe.instance.expiring` goes out (each once; fractions
+    /// of a day are allowed).
+    #[serde(default = "default_warn_days")]
+    pub warn_days: Vec<f64>,
+    /// What is submitted once `expires-at` has passed: `deprovision` or `suspend`.
+    #[serde(default = "default_on_expiry")]
+    pub on_expiry: String,
+}
+
+fn default_lifecycle_interval() -> u64 {
+    60
+}
+
+fn default_warn_days() -> Vec<f64> {
+    vec![10.0, 3.0]
+}
+
+fn default_on_expiry() -> String {
+    "deprovision".into()
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            interval_secs: default_lifecycle_interval(),
+            warn_days: default_warn_days(),
+            on_expiry: default_on_expiry(),
+        }
+    }
+}
+
+/// Instances per owner: a default for every owner and some owners of their own. An instance
+/// counts from its claim until it is deprovisioned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QuotasConfig {
+    /// The most instances an owner may have (default: no limit).
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// Owners with a quota of their own, by owner id (as text).
+    #[serde(default)]
+    pub owners: BTreeMap<String, OwnerQuota>,
+}
+
+/// One owner's quota.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct OwnerQuota {
+    /// The most instances this owner may have.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+}
+
+impl QuotasConfig {
+    /// The instance quota of `owner` (its own, else the default).
+    pub fn max_instances(&self, owner: &str) -> Option<u32> {
+        self.owners.get(owner).and_then(|o| o.max_instances).or(self.max_instances)
+    }
 }
 
 /// RabbitMQ connection.
@@ -247,6 +321,9 @@ pub struct ProvisionerHost {
     /// Docker cluster used when the job names none.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// Days after its provision an instance expires (sets its `expires-at`; none when unset).
+    #[serde(default)]
+    pub ttl_days: Option<f64>,
     /// Database server(s) of the instances' databases: one id, or a list to place each
     /// instance's database on the one with the fewest databases.
     #[serde(default)]
@@ -477,6 +554,12 @@ impl Config {
                     }
                 }
             }
+        }
+        if !matches!(self.lifecycle.on_expiry.as_str(), "deprovision" | "suspend") {
+            return Err(Error::Config(format!(
+                "lifecycle.on-expiry = {:?} must be \"deprovision\" or \"suspend\"",
+                self.lifecycle.on_expiry
+            )));
         }
         let mut seen = std::collections::BTreeMap::new();
         for (cluster_id, cluster) in &self.clusters {

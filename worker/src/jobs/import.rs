@@ -80,10 +80,16 @@ async fn import(
     // A new instance is made as the snapshot's was: its provisioner (unless the job names
     // one) and its offering items where that provisioner still has them.
     let manifest = &verified.manifest;
+    let owner = job.owner_id.as_text();
+    let request = placement::Request {
+        guest_location: job.guest_location.as_ref().map(|g| g.as_str()),
+        cluster_id: job.cluster_id.as_ref().map(|c| c.as_str()),
+        offerings: None,
+        owner_id: Some(&owner),
+    };
     let placed = placement::plan_import(
         &env.config,
-        job.guest_location.as_ref().map(|g| g.as_str()),
-        job.cluster_id.as_ref().map(|c| c.as_str()),
+        request,
         Some(&manifest.guest_location),
         Some(&manifest.offerings),
     )

@@ -36,10 +36,12 @@ impl JobSpec<Env> for Provision {
 
     async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
         let Job::Provision(p) = job else { return super::wrong_kind("provision") };
+        let owner = p.owner_id.as_text();
         let placed = env.manager.plan_new(placement::Request {
             guest_location: p.guest_location.as_ref().map(|g| g.as_str()),
             cluster_id: p.cluster_id.as_ref().map(|c| c.as_str()),
             offerings: p.offerings.as_ref(),
+            owner_id: Some(&owner),
         });
         let claimed = match claim(env, job, meta, &placed).await {
             Ok(c) => c,
