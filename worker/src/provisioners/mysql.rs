@@ -122,14 +122,22 @@ struct MyNames {
 
 impl MyNames {
     fn new(prefix: &str, instance: &InstanceId) -> MyNames {
-        let stem = db_name(prefix, instance, DATABASE_LIMIT - 4);
+        let stem = grantable(prefix, instance, DATABASE_LIMIT - 4);
         MyNames {
-            database: db_name(prefix, instance, DATABASE_LIMIT),
+            database: grantable(prefix, instance, DATABASE_LIMIT),
             user: db_name(prefix, instance, USER_LIMIT),
             staging: format!("{stem}$imp"),
             previous: format!("{stem}$pre"),
         }
     }
+}
+
+/// [`db_name`] short enough that it still fits `limit` once a `GRANT` escapes its `_`
+/// (see [`grant_db`]): the servers check the escaped name's length, and an unescaped `_`
+/// would be a wildcard matching other instances' databases.
+fn grantable(prefix: &str, instance: &InstanceId, limit: usize) -> String {
+    let fits = |n: &String| n.len() + n.matches('_').count() <= limit;
+    (20..=limit).rev().map(|l| db_name(prefix, instance, l)).find(fits).unwrap_or_else(|| db_name(prefix, instance, 20))
 }
 
 /// The user a job's dump and restore tools log in as: its sessions are the job's.
@@ -563,8 +571,7 @@ impl Mysql {
             .arg(format!("--host={}", server.config.host))
             .arg(format!("--port={}", server.config.port))
             .arg(format!("--user={user}"))
-            .arg("--default-character-set=utf8mb4")
-            .arg("--connect-timeout=10");
+            .arg("--default-character-set=utf8mb4");
         if tls {
             cmd.arg("--ssl");
         }
@@ -640,7 +647,7 @@ impl Mysql {
         let (tool, mut cmd, _options) = self.tool(server, ["mariadb", "mysql"], user, password, work).await?;
         let input = std::fs::File::open(sql).map_err(Error::io(format!("opening {}", sql.display())))?;
         cmd.arg(format!("--database={database}"))
-            .args(["--batch", "--silent", "--binary-mode"])
+            .args(["--batch", "--silent", "--binary-mode", "--connect-timeout=10"])
             .stdin(input)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -757,6 +764,11 @@ async fn capture(conn: &mut Conn, server: &str, database: &str) -> Result<Code> 
         let row: Option<mysql_async::Row> =
             conn.query_first(format!("SHOW CREATE VIEW {}", quote_any(&name))).await.map_err(e("views"))?;
         let create: String = row.and_then(|r| r.get(1)).unwrap_or_default();
+        // MariaDB does not always leave out the view's own database in its columns (seen
+        // with pooled sessions): names of it are made unqualified, so the view can be made
+        // in another database. `database` is one of our names, with a `$` or unique enough
+        // that no tenant's text carries it.
+        let create = create.replace(&format!("{q}."), "");
         code.views.push(CodeObject { kind: "VIEW", name, sql_mode: None, create });
     }
     let triggers: Vec<String> = conn
@@ -1202,6 +1214,9 @@ mod tests {
         let b = MyNames::new("dfe", &InstanceId::parse(&format!("a{}c", "b".repeat(61))).expect("valid"));
         for n in [&a, &b] {
             assert!(n.database.len() <= 64 && n.staging.len() <= 64 && n.previous.len() <= 64, "{n:?}");
+            for name in [&n.database, &n.staging, &n.previous] {
+                assert!(grant_db(name).expect("grantable").len() - 4 <= 64, "{name} fits once escaped");
+            }
             assert_eq!(n.user.len(), 32, "{n:?}");
             for name in [&n.database, &n.staging, &n.previous] {
                 ident(name, DATABASE_LIMIT).expect("a safe identifier");
@@ -1218,6 +1233,8 @@ mod tests {
         assert!(j.len() <= 32 && j.starts_with("dfe$j"), "{j}");
         account(&j).expect("a safe user");
         assert!(job_user(&"p".repeat(40), "job-1").len() <= 32);
+        let dashes = MyNames::new("dfe", &InstanceId::parse(&format!("a{}", "-b".repeat(31))).expect("valid"));
+        assert!(grant_db(&dashes.database).expect("grantable").len() - 4 <= 64, "{dashes:?}");
         assert!(db_lock(&a.database).len() <= 64 && job_lock("job-1").len() <= 64);
     }
 
