@@ -389,6 +389,7 @@ impl Mysql {
         let e = |what: &str| err(&server.id, what.to_owned());
         let names = self.names(ctx);
         let mut conn = self.conn(server).await?;
+        // A constant: nothing from outside goes into the statement.
         conn.query_drop(format!("SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}"))
             .await
             .map_err(e("setting lock_wait_timeout"))?;
@@ -454,6 +455,8 @@ impl Mysql {
     /// our marker, or is marked for another instance or deployment: never taken over.
     async fn claim(&self, conn: &mut Conn, server: &str, ctx: &InstanceContext, kind: &str, name: &str) -> Result<()> {
         let e = |what: &str| err(server, format!("{what} {kind} {name}"));
+        // In the statements on the marker table the database is the constant META_DB
+        // (identifiers cannot be bound); every value is bound.
         for _ in 0..2 {
             let marked: Option<(String, String)> = conn
                 .exec_first(
@@ -921,7 +924,7 @@ impl Inventory for Mysql {
             .ok_or_else(|| Error::Config(format!("no database server {}", part.location)))?;
         let mut conn = self.conn(server).await?;
         let result = async {
-            // Only what the markers say is this deployment's.
+            // Only what the markers say is this deployment's (META_DB is a constant; values bound).
             let marked: Option<String> = conn
                 .exec_first(
                     format!("SELECT deployment FROM `{META_DB}`.`managed` WHERE kind = ? AND name = ?"),
@@ -955,6 +958,7 @@ impl Mysql {
             if has_meta.is_none() {
                 return Ok(Vec::new());
             }
+            // META_DB is a constant; the value is bound.
             let marked: Vec<(String, String, String)> = conn
                 .exec(
                     format!("SELECT kind, name, instance_id FROM `{META_DB}`.`managed` WHERE deployment = ?"),
@@ -1037,6 +1041,7 @@ impl Mysql {
         if !has_meta {
             return Ok(());
         }
+        // META_DB is a constant; the values are bound.
         // Everything marked as this instance's: its database and user, and what an
         // interrupted import or export left (staging and previous databases, job users).
         let marked: Vec<(String, String)> = conn
@@ -1094,6 +1099,7 @@ impl Mysql {
         kill_sessions(conn, &server.id, "DB", &n.database).await?;
         self.drop_database(conn, &server.id, &n.previous).await?;
         self.claim(conn, &server.id, ctx, "database", &n.previous).await?;
+        // The name is checked and quoted by `ident`.
         conn.query_drop(format!("CREATE DATABASE {qp} CHARACTER SET utf8mb4"))
             .await
             .map_err(e(format!("creating {}", n.previous)))?;
@@ -1119,6 +1125,7 @@ impl Mysql {
         kill_sessions(conn, &server.id, "USER", &n.user).await?;
         kill_sessions(conn, &server.id, "DB", &n.database).await?;
         // The database's grants live apart from it (mysql.db) and survive its re-creation.
+        // The name is checked and quoted by `ident`.
         for stmt in [format!("DROP DATABASE IF EXISTS {q}"), format!("CREATE DATABASE {q} CHARACTER SET utf8mb4")] {
             conn.query_drop(stmt).await.map_err(err(&server.id, format!("emptying {}", n.database)))?;
         }
@@ -1154,6 +1161,7 @@ impl DatabaseProvisioner for Mysql {
         let result = async {
             Self::ensure_meta(&mut conn, &server.id).await?;
             let (user, password) = self.make_job_user(&mut conn, &server.id, ctx).await?;
+            // The account and the database are checked and quoted by `account` and `grant_db`.
             // Read-only rights on the instance's database, and on the routines' definitions
             // (MariaDB keeps them in mysql.proc, MySQL 8 behind SHOW_ROUTINE): each server
             // refuses the other's grant, which is fine.
