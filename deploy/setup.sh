@@ -7,6 +7,7 @@
 #               max_connections 300, scram-sha-256 from 127.0.0.1/32, 172.16.0.0/12 and samehost;
 #               superuser role dfe (password dfe), registry database dfe owned by it
 #   RabbitMQ    amqp://guest:guest@127.0.0.1:5672/%2f, all feature flags (quorum_queue) enabled
+#   MariaDB     port 3306 on 127.0.0.1 and the docker0 address, admin dfe/dfe (deploy/setup-mariadb.sh)
 #   Image       dfe/test-instance:latest built FROM scratch from deploy/images/test-instance
 #               with Debian's static busybox (rebuilt only when its inputs change)
 # and finishes with a smoke test (HTTP from the image, container -> PostgreSQL over docker0).
@@ -29,7 +30,8 @@ DB_ADMIN_USER=dfe
 DB_ADMIN_PASSWORD=dfe
 DB_REGISTRY=dfe
 DOCKERD_LOG=/var/log/dfe-dockerd.log
-PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl)
+PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl
+          mariadb-server mariadb-client)
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DOCKER_BUILDKIT=0   # docker.io 20.10 has no buildx; the legacy builder is what works
@@ -277,6 +279,8 @@ fi
 image_id="$(docker image inspect -f '{{.Id}}' "$IMAGE" | cut -d: -f2 | cut -c1-12)"
 say "[5/6] image $IMAGE: $image_how ($image_id, dfe.image-hash ${image_hash:0:12})"
 
+step "mariadb"; "$SCRIPT_DIR/setup-mariadb.sh" || die "deploy/setup-mariadb.sh failed"
+
 # ---------------------------------------------------------------------------------------
 step "6/6 smoke test"
 cid="$(docker run --rm -d -p 127.0.0.1::80 \
@@ -292,7 +296,7 @@ for ((i = 0; i < 20; i++)); do
     sleep 0.5
 done
 [[ -n $body ]] || { docker logs "$cid" >&2 || true; die "GET http://$hostport/api/v2/system did not answer 200"; }
-[[ $body == '{"service":"dfe-test-instance","instance-id":"smoke","db-database":"dfe_smoke"}' ]] \
+[[ $body == '{"service":"dfe-test-instance","instance-id":"smoke","db-database":"dfe_smoke","db-connection":""}' ]] \
     || die "unexpected /api/v2/system body: $body"
 [[ "$(curl -fsS --max-time 2 "http://$hostport/healthz")" == ok ]] || die "GET /healthz did not answer ok"
 marker="$(docker exec "$cid" cat /storage/.dfe-instance 2>/dev/null || true)"

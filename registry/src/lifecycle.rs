@@ -12,13 +12,18 @@ use crate::{Error, Registry, Result};
 impl Registry {
     /// Sets or clears the expiry of an instance that is not deprovisioned. `None` when there
     /// is no such instance.
-    pub async fn set_expiry(&self, instance_id: &str, expires_at: Option<OffsetDateTime>) -> Result<Option<InstanceRecord>> {
+    pub async fn set_expiry(
+        &self,
+        instance_id: &str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<Option<InstanceRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "UPDATE instances SET expires_at = $2, updated_at = now()
              WHERE instance_id = $1 AND state <> 'deprovisioned' RETURNING {INSTANCE_COLUMNS}"
         );
-        let row = client.query_opt(&sql, &[&instance_id, &expires_at]).await.map_err(Error::query("setting an expiry"))?;
+        let row =
+            client.query_opt(&sql, &[&instance_id, &expires_at]).await.map_err(Error::query("setting an expiry"))?;
         row.as_ref().map(instance_from_row).transpose()
     }
 

@@ -65,10 +65,7 @@ impl Refusal {
         Refusal { code: "no-capacity", message }
     }
     fn quota(owner: &str, max: u32, have: i64) -> Refusal {
-        Refusal {
-            code: "quota-exceeded",
-            message: format!("owner {owner} has {have} instances, its quota is {max}"),
-        }
+        Refusal { code: "quota-exceeded", message: format!("owner {owner} has {have} instances, its quota is {max}") }
     }
 }
 

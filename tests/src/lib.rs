@@ -30,6 +30,9 @@ pub const SETUP: &str = "deploy/setup.sh";
 /// Admin URL of the local PostgreSQL (see deploy/config/dfe.toml).
 pub const PG_ADMIN_URL: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
 
+/// Admin URL of the local MariaDB (`[databases.mariadb]` of deploy/config/dfe.toml).
+pub const MYSQL_ADMIN_URL: &str = "mysql://dfe:dfe@127.0.0.1:3306";
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -109,6 +112,9 @@ pub async fn preflight() -> Result<()> {
     }
     if tokio::net::TcpStream::connect("127.0.0.1:5432").await.is_err() {
         bail!("PostgreSQL is not reachable on 127.0.0.1:5432: run `{SETUP}` first");
+    }
+    if tokio::net::TcpStream::connect("127.0.0.1:3306").await.is_err() {
+        bail!("MariaDB is not reachable on 127.0.0.1:3306: run `{SETUP}` first");
     }
     if !Path::new("/var/run/docker.sock").exists() || probes::docker().await.is_err() {
         bail!("the Docker engine is not reachable on /var/run/docker.sock: run `{SETUP}` first");

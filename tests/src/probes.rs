@@ -1,5 +1,6 @@
 //! Looking at the real services from the outside: Docker containers and volumes,
-//! PostgreSQL roles and databases, raw AMQP publishing and consuming.
+//! PostgreSQL roles and databases, MySQL/MariaDB databases and users, raw AMQP publishing
+//! and consuming.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use tokio_postgres::NoTls;
 
-use crate::PG_ADMIN_URL;
+use crate::{MYSQL_ADMIN_URL, PG_ADMIN_URL};
 
 /// A Docker client with the API version negotiated.
 pub async fn docker() -> Result<Docker> {
@@ -78,8 +79,24 @@ pub fn db_name(instance_id: &str) -> String {
     format!("dfe_{}", instance_id.replace('-', "_"))
 }
 
-/// Counts what exists of `instance_id`.
+/// Counts what exists of `instance_id`: containers and volumes, PostgreSQL database and role.
 pub async fn footprint(instance_id: &str) -> Result<Footprint> {
+    let (containers, running, volumes) = docker_footprint(instance_id).await?;
+    let name = db_name(instance_id);
+    let pg = pg(PG_ADMIN_URL).await?;
+    let databases: i64 = pg.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name]).await?.get(0);
+    let roles: i64 = pg.query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&name]).await?.get(0);
+    Ok(Footprint {
+        containers,
+        running,
+        volumes,
+        databases: usize::try_from(databases)?,
+        roles: usize::try_from(roles)?,
+    })
+}
+
+/// Containers (all, running) and volumes labelled with the instance id.
+async fn docker_footprint(instance_id: &str) -> Result<(usize, usize, usize)> {
     let d = docker().await?;
     let label = format!("dfe.instance-id={instance_id}");
     let filters = HashMap::from([("label".to_owned(), vec![label.clone()])]);
@@ -92,17 +109,113 @@ pub async fn footprint(instance_id: &str) -> Result<Footprint> {
         .volumes
         .unwrap_or_default()
         .len();
-    let name = db_name(instance_id);
-    let pg = pg(PG_ADMIN_URL).await?;
-    let databases: i64 = pg.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name]).await?.get(0);
-    let roles: i64 = pg.query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&name]).await?.get(0);
+    Ok((containers.len(), running, volumes))
+}
+
+/// A name of the `mysql` provisioner under the default prefix: `dfe_<instance_id>`, at most
+/// `limit` characters (64 for databases, 32 for users), shortened with a hash past it.
+pub fn mysql_name(instance_id: &str, limit: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let full = db_name(instance_id);
+    if full.len() <= limit {
+        return full;
+    }
+    let digest = hex::encode(Sha256::digest(instance_id.as_bytes()));
+    format!("{}_{}", &full[..limit - 9], &digest[..8])
+}
+
+/// The database of an instance of the `mysql` provisioner: at most 64 characters once a
+/// `GRANT` escapes its `_` (`\_`).
+pub fn mysql_db(instance_id: &str) -> String {
+    mysql_grantable(instance_id, 64)
+}
+
+fn mysql_grantable(instance_id: &str, limit: usize) -> String {
+    (20..=limit)
+        .rev()
+        .map(|l| mysql_name(instance_id, l))
+        .find(|n| n.len() + n.matches('_').count() <= limit)
+        .unwrap_or_else(|| mysql_name(instance_id, 20))
+}
+
+/// The user of an instance of the `mysql` provisioner.
+pub fn mysql_user(instance_id: &str) -> String {
+    mysql_name(instance_id, 32)
+}
+
+/// The user a job's dump and restore tools log in as (`dfe$j<16 hex digits of the SHA-256
+/// of the job id>`).
+pub fn mysql_job_user(job_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("dfe$j{}", &hex::encode(Sha256::digest(job_id.as_bytes()))[..16])
+}
+
+/// A connection to the MySQL/MariaDB server at `url` (`mysql://user:password@host:port[/db]`).
+pub async fn mysql(url: &str) -> Result<mysql_async::Conn> {
+    let opts = mysql_async::Opts::from_url(url).context("a MySQL URL")?;
+    mysql_async::Conn::new(opts).await.context("connecting to MySQL/MariaDB")
+}
+
+/// A connection as the admin of the local MariaDB.
+pub async fn mysql_admin() -> Result<mysql_async::Conn> {
+    mysql(MYSQL_ADMIN_URL).await
+}
+
+/// Counts what exists of an instance of the `mysql` provisioner: containers and volumes,
+/// its MySQL database (`databases`) and user (`roles`).
+pub async fn mysql_footprint(instance_id: &str) -> Result<Footprint> {
+    use mysql_async::prelude::Queryable;
+    let (containers, running, volumes) = docker_footprint(instance_id).await?;
+    let mut my = mysql_admin().await?;
+    let databases: Option<i64> = my
+        .exec_first("SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (mysql_db(instance_id),))
+        .await?;
+    let users: Option<i64> =
+        my.exec_first("SELECT count(*) FROM mysql.user WHERE User = ?", (mysql_user(instance_id),)).await?;
+    let _ = my.disconnect().await;
     Ok(Footprint {
-        containers: containers.len(),
+        containers,
         running,
         volumes,
-        databases: usize::try_from(databases)?,
-        roles: usize::try_from(roles)?,
+        databases: usize::try_from(databases.unwrap_or(0))?,
+        roles: usize::try_from(users.unwrap_or(0))?,
     })
+}
+
+/// What the `mysql` provisioner left of an instance beside its database and user: staging
+/// and previous databases of imports (`<db>$…`) and markers.
+pub async fn mysql_leftovers(instance_id: &str) -> Result<Vec<String>> {
+    use mysql_async::prelude::Queryable;
+    let mut my = mysql_admin().await?;
+    let stem = mysql_grantable(instance_id, 60);
+    let mut out: Vec<String> = my
+        .exec("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?", (format!("{stem}$%"),))
+        .await?;
+    let has_meta: Option<i64> =
+        my.query_first("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'dfe$meta'").await?;
+    if has_meta.is_some() {
+        let markers: Vec<(String, String)> =
+            my.exec("SELECT kind, name FROM `dfe$meta`.`managed` WHERE instance_id = ?", (instance_id,)).await?;
+        out.extend(markers.into_iter().map(|(k, n)| format!("marker {k} {n}")));
+    }
+    let _ = my.disconnect().await;
+    Ok(out)
+}
+
+/// A connection as an instance's own user, with the settings from its container's
+/// environment (`DB_HOST`, `DB_PORT`, `DB_USERNAME`, `DB_PASSWORD`, `DB_DATABASE`): the
+/// address the containers use (the docker0 bridge) is reachable from the host too.
+pub async fn instance_mysql(instance_id: &str) -> Result<mysql_async::Conn> {
+    let c = container(instance_id).await?;
+    let env = |k: &str| container_env(&c, k).with_context(|| format!("no {k} in the container"));
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(env("DB_HOST")?)
+        .tcp_port(env("DB_PORT")?.parse()?)
+        .user(Some(env("DB_USERNAME")?))
+        .pass(Some(env("DB_PASSWORD")?))
+        .db_name(Some(env("DB_DATABASE")?))
+        .prefer_socket(false);
+    mysql_async::Conn::new(opts).await.context("connecting as the instance's own MySQL user")
 }
 
 /// The inspected container `dfe-<instance_id>`.
@@ -164,6 +277,16 @@ pub fn remove_instance_blocking(instance_id: &str) {
     for stmt in sql.split_inclusive(';') {
         let _ = Command::new("psql").args([PG_ADMIN_URL, "-qAtc", stmt]).output();
     }
+    // And of the `mysql` provisioner (nothing happens where the instance had none).
+    let (db, user, stem) = (mysql_db(instance_id), mysql_user(instance_id), mysql_grantable(instance_id, 60));
+    let sql = format!(
+        "DROP DATABASE IF EXISTS `{db}`; DROP DATABASE IF EXISTS `{stem}$imp`; DROP DATABASE IF EXISTS `{stem}$pre`; \
+         DROP USER IF EXISTS '{user}'@'%'; DELETE FROM `dfe$meta`.`managed` WHERE instance_id = '{instance_id}';"
+    );
+    let _ = Command::new("mariadb")
+        .args(["--protocol=TCP", "-h127.0.0.1", "-P3306", "-udfe", "--connect-timeout=5", "-e", &sql])
+        .env("MYSQL_PWD", "dfe")
+        .output();
 }
 
 /// Runs a shell script inside a container (`docker exec`); returns its stdout.

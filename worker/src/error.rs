@@ -49,6 +49,17 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A MySQL/MariaDB server call failed.
+    #[error("database server {server}: {context}")]
+    MySql {
+        /// Which database server.
+        server: String,
+        /// What was being done.
+        context: String,
+        /// The MySQL client's error.
+        #[source]
+        source: mysql_async::Error,
+    },
     /// The instance did not become healthy.
     #[error("instance did not answer on its resource-uri: {0}")]
     Unhealthy(String),
@@ -114,6 +125,22 @@ pub fn is_unreachable(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Whether a MySQL client error may pass by itself: the server unreachable, restarting,
+/// overloaded, or a lock that did not come in time; refused credentials, syntax and
+/// privileges are the same on every attempt.
+fn mysql_is_transient(e: &mysql_async::Error) -> bool {
+    use mysql_async::{DriverError, Error as E};
+    match e {
+        E::Io(_) => true,
+        E::Driver(d) => matches!(d, DriverError::ConnectionClosed | DriverError::PoolDisconnected),
+        // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK,
+        // ER_CONNECTION_KILLED, and the client's CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR,
+        // CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
+        E::Server(s) => matches!(s.code, 1040 | 1053 | 1205 | 1213 | 1927 | 2002 | 2003 | 2006 | 2013),
+        E::Other(_) | E::Url(_) => false,
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -127,7 +154,7 @@ impl Error {
             Error::ImageNotFound { .. } => "image-not-found",
             Error::Docker { source, .. } if is_unreachable(source) => "host-unreachable",
             Error::Docker { .. } => "docker-error",
-            Error::Database { .. } => "database-error",
+            Error::Database { .. } | Error::MySql { .. } => "database-error",
             Error::Unhealthy(_) => "instance-unhealthy",
             Error::Timeout(_) => "timeout",
             Error::LockBusy(_) => "instance-busy",
@@ -161,12 +188,17 @@ impl Error {
                 _ => true,
             },
             Error::Database { source, .. } => dfe_registry::pg_is_transient(source),
+            Error::MySql { source, .. } => mysql_is_transient(source),
             Error::Tool { message, .. } => {
                 let m = message.to_ascii_lowercase();
                 m.contains("could not connect")
                     || m.contains("connection refused")
                     || m.contains("server closed the connection")
                     || m.contains("terminating connection")
+                    // The MySQL/MariaDB client tools.
+                    || m.contains("can't connect")
+                    || m.contains("lost connection")
+                    || m.contains("server has gone away")
             }
             // Only what lies between the worker and its services may pass by itself: a
             // validation or JSON error is the same on every attempt.

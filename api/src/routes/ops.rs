@@ -401,14 +401,9 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
                 offerings: None,
                 owner_id: Some(&owner),
             };
-            placement::plan_import(
-                cfg,
-                request,
-                snapshot_guest.as_deref(),
-                snapshot_items.as_ref(),
-            )
-            .map(Some)
-            .map_err(Problem::invalid_field)
+            placement::plan_import(cfg, request, snapshot_guest.as_deref(), snapshot_items.as_ref())
+                .map(Some)
+                .map_err(Problem::invalid_field)
         }
         Job::Deprovision(d) => {
             if d.cluster_id.as_ref().is_some_and(|c| !cfg.clusters.contains_key(c.as_str())) {

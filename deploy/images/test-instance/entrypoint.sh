@@ -1,6 +1,7 @@
 #!/bin/sh
 # Entrypoint of dfe/test-instance (see deploy/setup.sh and /work/shared/DESIGN.md).
-#   GET /api/v2/system -> 200 {"service":"dfe-test-instance","instance-id":...,"db-database":...}
+#   GET /api/v2/system -> 200 {"service":"dfe-test-instance","instance-id":...,"db-database":...,
+#                               "db-connection":...}   (DB_CONNECTION: pgsql, mysql, …)
 #   GET /healthz       -> 200 ok
 # At start it records itself in the storage mount ($DFE_STORAGE_PATH, default /storage):
 #   .dfe-instance (instance id + start time, rewritten) and boot.log (one line appended per start).
@@ -9,6 +10,7 @@ set -eu
 
 instance_id="${DFE_INSTANCE_ID:-unknown}"
 db_database="${DB_DATABASE:-}"
+db_connection="${DB_CONNECTION:-}"
 storage="${DFE_STORAGE_PATH:-/storage}"
 started_at="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
@@ -18,8 +20,8 @@ json_str() {
 }
 
 mkdir -p /www/api/v2
-printf '{"service":"dfe-test-instance","instance-id":"%s","db-database":"%s"}' \
-    "$(json_str "$instance_id")" "$(json_str "$db_database")" > /www/api/v2/system
+printf '{"service":"dfe-test-instance","instance-id":"%s","db-database":"%s","db-connection":"%s"}' \
+    "$(json_str "$instance_id")" "$(json_str "$db_database")" "$(json_str "$db_connection")" > /www/api/v2/system
 printf 'ok' > /www/healthz
 
 if ! mkdir -p "$storage" \

@@ -12,6 +12,7 @@ mod fuzz;
 mod hardening;
 mod lifecycle;
 mod metrics;
+mod mysql;
 mod openapi;
 mod reconcile;
 mod repairs;

@@ -87,13 +87,9 @@ async fn import(
         offerings: None,
         owner_id: Some(&owner),
     };
-    let placed = placement::plan_import(
-        &env.config,
-        request,
-        Some(&manifest.guest_location),
-        Some(&manifest.offerings),
-    )
-    .map_err(|e| Error::Invalid(e.to_string()));
+    let placed =
+        placement::plan_import(&env.config, request, Some(&manifest.guest_location), Some(&manifest.offerings))
+            .map_err(|e| Error::Invalid(e.to_string()));
     let (admission, record) = match env.registry.claim(any, &meta.job_id, placed.as_ref().ok()).await {
         Ok(Ok(claimed)) => (claimed.admission, claimed.instance),
         Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::Released),

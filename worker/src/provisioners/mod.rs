@@ -13,6 +13,7 @@
 pub mod docker;
 pub mod docker_container;
 pub mod docker_volume;
+pub mod mysql;
 pub mod noop;
 pub mod postgres;
 
@@ -32,7 +33,8 @@ use crate::fleet::{DatabaseServer, DockerHost, Fleet};
 /// The storage implementations, by name: the one line to add for a new one.
 const STORAGE: &[(&str, BuildStorage)] = &[("docker-volume", docker_volume::build), ("noop", noop::build_storage)];
 /// The database implementations, by name.
-const DATABASE: &[(&str, BuildDatabase)] = &[("postgres", postgres::build), ("noop", noop::build_database)];
+const DATABASE: &[(&str, BuildDatabase)] =
+    &[("postgres", postgres::build), ("mysql", mysql::build), ("noop", noop::build_database)];
 /// The instance implementations, by name.
 const INSTANCE: &[(&str, BuildInstance)] =
     &[("docker-container", docker_container::build), ("noop", noop::build_instance)];
