@@ -560,3 +560,28 @@ async fn a_mysql_import_that_runs_past_its_deadline_puts_the_database_back() {
     assert_code_objects(&a, 251).await;
     assert_eq!(mysql_leftovers(&a).await.expect("leftovers").len(), 2, "no $imp or $pre database is left");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_mysql_instance_is_locked_out_with_its_sessions_ended_and_resumes_with_its_rows() {
+    let env = TestEnv::start_with(Options { workers: 1, ..Default::default() }).await.expect("environment");
+    let events = env.events().await.expect("subscribe");
+    let i = env.instance_id("my-susp");
+    provision(&env, &events, &i).await;
+    fill(&i).await;
+    // A session of the tenant's open before the suspension is ended by it.
+    let mut open = instance_mysql(&i).await.expect("own user connects");
+
+    let (job, done) = run_job(&env, &events, "suspend", json!({"instance-id": i})).await;
+    assert_eq!(done["event"], "dfe.suspended", "{done}");
+    assert_eq!(events.names_of_job(&job), ["dfe.database.suspended", "dfe.suspended"]);
+    let refused = instance_mysql(&i).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(refused.contains("locked"), "the account is locked: {refused}");
+    assert!(open.query_drop("SELECT 1").await.is_err(), "the open session was ended");
+    let fp = mysql_footprint(&i).await.expect("footprint");
+    assert!(!fp.is_empty(), "nothing removed: {fp:?}");
+
+    let (_, done) = run_job(&env, &events, "resume", json!({"instance-id": i})).await;
+    assert_eq!(done["event"], "dfe.resumed", "{done}");
+    assert_eq!(notes(&i).await, 250, "the rows are back for the tenant");
+    deprovision(&env, &events, &i).await;
+}
