@@ -56,7 +56,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{fleet, health, openapi, ops, read, reconcile};
+    use routes::{fleet, health, lifecycle, openapi, ops, read, reconcile};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -68,7 +68,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::job))
         .routes(routes!(read::provisioners))
         .routes(routes!(read::instances))
-        .routes(routes!(read::instance))
+        .routes(routes!(read::instance, lifecycle::patch_instance))
+        .routes(routes!(lifecycle::preview))
+        .routes(routes!(lifecycle::owner))
         .routes(routes!(read::snapshots))
         .routes(routes!(read::snapshot))
         .routes(routes!(read::download))

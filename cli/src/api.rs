@@ -126,6 +126,14 @@ pub enum Subject<'a> {
     Reconciliation(uuid::Uuid),
     /// The last finished reconciliation.
     LastReconciliation,
+    /// A Docker host by id.
+    Host(&'a str),
+    /// The hosts or database servers.
+    Fleet,
+    /// The expiry schedule.
+    Lifecycle,
+    /// An owner by id.
+    Owner(&'a str),
 }
 
 impl ApiClient {
@@ -222,6 +230,38 @@ impl ApiClient {
     pub async fn last_reconciliation(&self) -> anyhow::Result<Fetched<Reconciliation>> {
         let req = self.request(Method::GET, "/api/v1/reconcile");
         self.fetch(req, Subject::LastReconciliation, "a reconciliation").await
+    }
+
+    /// `GET /api/v1/hosts` and `GET /api/v1/database-servers`, as the API answers them.
+    pub async fn fleet(&self) -> anyhow::Result<(Value, Value)> {
+        let hosts = self.send(self.request(Method::GET, "/api/v1/hosts"), Subject::Fleet).await?;
+        let servers = self.send(self.request(Method::GET, "/api/v1/database-servers"), Subject::Fleet).await?;
+        Ok((hosts, servers))
+    }
+
+    /// `POST /api/v1/hosts/{id}/cordon` (or `uncordon`): the host as it now stands.
+    pub async fn cordon(&self, id: &str, cordoned: bool) -> anyhow::Result<Value> {
+        let verb = if cordoned { "cordon" } else { "uncordon" };
+        let path = format!("/api/v1/hosts/{}/{verb}", path_segment(id));
+        self.send(self.request(Method::POST, &path), Subject::Host(id)).await
+    }
+
+    /// `GET /api/v1/lifecycle[?owner-id=]`: what the expiry schedule will do.
+    pub async fn lifecycle(&self, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.send(self.request(Method::GET, "/api/v1/lifecycle").query(query), Subject::Lifecycle).await
+    }
+
+    /// `PATCH /api/v1/instances/{id}` `{"expires-at": …}`: the instance with its new expiry.
+    pub async fn set_expiry(&self, id: &str, expires_at: Option<&str>) -> anyhow::Result<Fetched<InstanceRecord>> {
+        let path = format!("/api/v1/instances/{}", path_segment(id));
+        let req = self.request(Method::PATCH, &path).json(&serde_json::json!({ "expires-at": expires_at }));
+        self.fetch(req, Subject::Instance(id), "an instance record").await
+    }
+
+    /// `GET /api/v1/owners/{id}`: an owner's instances against its quota.
+    pub async fn owner(&self, id: &str) -> anyhow::Result<Value> {
+        let path = format!("/api/v1/owners/{}", path_segment(id));
+        self.send(self.request(Method::GET, &path), Subject::Owner(id)).await
     }
 
     /// `GET /api/v1/snapshots/{id}/download`: the answer, its body not yet read. The caller
@@ -450,6 +490,11 @@ fn not_found(subject: Subject<'_>, status: StatusCode, problem: Option<&Problem>
             "{rendered} — is dfe-api older than this dfe (without /api/v1/reconcile), or --api-url \
              pointing at something else?"
         ),
+        Subject::Host(id) => format!("no host {id:?} is configured ({rendered}) — `dfe hosts` lists them"),
+        Subject::Owner(id) => format!("{id:?} is not an owner id ({rendered})"),
+        Subject::Fleet | Subject::Lifecycle => {
+            format!("{rendered} — is dfe-api older than this dfe, or --api-url pointing at something else?")
+        }
         Subject::Jobs | Subject::Instances | Subject::Snapshots => {
             format!("{rendered} — is --api-url pointing at dfe-api (and not at something else)?")
         }

@@ -89,6 +89,18 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Tail the events published on dfe.events.
     Events(EventsArgs),
+    /// List the Docker hosts and database servers, or cordon or uncordon a host.
+    Hosts(HostsArgs),
+    /// Show what the expiry schedule will do and when (--dry-run), or set an instance's expiry.
+    #[command(long_about = "Show what the expiry schedule will do and when (--dry-run): each instance \
+        with an expiry, the warnings (dfe.instance.expiring) still to come and the job submitted at \
+        the expiry, computed as the workers' schedule computes them; `due` steps happen at its next \
+        run. Nothing is changed.\n\n\
+        With an instance id and --at, sets that instance's expiry instead: an RFC 3339 time, \
+        +N followed by s, m, h or d (from now), or `never` to clear it.")]
+    Expire(ExpireArgs),
+    /// Show an owner's instances by state against its quota.
+    Owner(OwnerArgs),
     /// Mint an API bearer token and print its SHA-256 for the configuration.
     Token(TokenArgs),
     /// Ask the workers, through the API, to compare the registry with the Docker hosts and
@@ -289,6 +301,63 @@ pub struct JobsArgs {
     #[arg(long, value_name = "N", conflicts_with = "job_id", value_parser = limit_parser())]
     pub limit: Option<u16>,
     /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dfe hosts`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HostsArgs {
+    /// Cordon or uncordon a host; the hosts and database servers when absent.
+    #[command(subcommand)]
+    pub action: Option<HostsCommand>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Subcommands of `dfe hosts`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum HostsCommand {
+    /// The host takes no new instances; the ones on it stay.
+    Cordon {
+        /// The host id (`dfe hosts` lists them).
+        host_id: String,
+    },
+    /// The host takes new instances again.
+    Uncordon {
+        /// The host id.
+        host_id: String,
+    },
+}
+
+/// `dfe expire`.
+#[derive(Debug, Clone, Args)]
+pub struct ExpireArgs {
+    /// Show what the schedule would do, and when, without changing anything.
+    #[arg(long, conflicts_with_all = ["instance_id", "at"])]
+    pub dry_run: bool,
+    /// With --dry-run: only this owner's instances.
+    #[arg(long, value_name = "ID", requires = "dry_run")]
+    pub owner_id: Option<String>,
+    /// The instance whose expiry --at sets.
+    #[arg(requires = "at")]
+    pub instance_id: Option<String>,
+    /// The expiry: RFC 3339 (2027-01-31T12:00:00Z), +N[s|m|h|d] from now, or `never`.
+    #[arg(long, value_name = "WHEN", requires = "instance_id")]
+    pub at: Option<String>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dfe owner`.
+#[derive(Debug, Clone, Args)]
+pub struct OwnerArgs {
+    /// The owner id.
+    pub owner_id: String,
+    /// Print the API's JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -10,6 +10,8 @@
 //! - [`broker`]: RabbitMQ: publishing jobs, subscribing to `dfe.events`.
 //! - [`events`]: reading and showing events; `dfe events`.
 //! - [`inspect`]: `dfe jobs`, `dfe instances` and `dfe snapshots`.
+//! - [`fleet`]: `dfe hosts`: the hosts and database servers; cordoning.
+//! - [`lifecycle`]: `dfe expire` (the schedule's dry run, an expiry set) and `dfe owner`.
 //! - [`reconcile`]: `dfe reconcile`: the workers' reconciliation, asked for through the API.
 //! - [`download`]: `dfe snapshots download`: an archive streamed to disk and verified.
 //! - [`completions`]: `dfe completions`: shell completion scripts.
@@ -26,8 +28,10 @@ pub mod completions;
 pub mod download;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod follow;
 pub mod inspect;
+pub mod lifecycle;
 pub mod output;
 pub mod reconcile;
 pub mod request;
@@ -77,6 +81,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => inspect::snapshots(&settings, a).await?,
                 },
                 Command::Events(a) => events::run(&settings, a).await?,
+                Command::Hosts(a) => fleet::hosts(&settings, a).await?,
+                Command::Expire(a) => lifecycle::expire(&settings, a).await?,
+                Command::Owner(a) => lifecycle::owner(&settings, a).await?,
                 // The operations, `token` and `completions` are handled above.
                 _ => {}
             }

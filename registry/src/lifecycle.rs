@@ -27,15 +27,21 @@ impl Registry {
         row.as_ref().map(instance_from_row).transpose()
     }
 
-    /// Instances with an expiry that are not deprovisioned, soonest first.
-    pub async fn expiring(&self) -> Result<Vec<InstanceRecord>> {
+    /// The expiry schedule: every instance with an expiry that is not deprovisioned,
+    /// soonest first, with the warning days already sent (or passed over) for its current
+    /// expiry. One query, however many instances expire.
+    pub async fn expiry_schedule(&self) -> Result<Vec<(InstanceRecord, Vec<f64>)>> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE expires_at IS NOT NULL AND state <> 'deprovisioned'
-             ORDER BY expires_at, instance_id"
+            "SELECT {INSTANCE_COLUMNS},
+                    ARRAY(SELECT w.days FROM lifecycle_warnings w
+                           WHERE w.instance_id = instances.instance_id AND w.expires_at = instances.expires_at)
+                      AS warned
+               FROM instances WHERE expires_at IS NOT NULL AND state <> 'deprovisioned'
+              ORDER BY expires_at, instance_id"
         );
-        let rows = client.query(&sql, &[]).await.map_err(Error::query("listing expiring instances"))?;
-        rows.iter().map(instance_from_row).collect()
+        let rows = client.query(&sql, &[]).await.map_err(Error::query("reading the expiry schedule"))?;
+        rows.iter().map(|r| Ok((instance_from_row(r)?, r.get::<_, Vec<f64>>("warned")))).collect()
     }
 
     /// Records that the warning `days` before `expires_at` went out for an instance. False
@@ -51,19 +57,6 @@ impl Registry {
             .await
             .map_err(Error::query("recording a warning"))?;
         Ok(n > 0)
-    }
-
-    /// The warnings sent for an instance's current expiry.
-    pub async fn warnings_sent(&self, instance_id: &str, expires_at: OffsetDateTime) -> Result<Vec<f64>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT days FROM lifecycle_warnings WHERE instance_id = $1 AND expires_at = $2 ORDER BY days DESC",
-                &[&instance_id, &expires_at],
-            )
-            .await
-            .map_err(Error::query("reading warnings"))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// An owner's instances by state (deprovisioned ones left out).

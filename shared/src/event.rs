@@ -40,6 +40,9 @@ pub mod names {
     /// `dfe.host.recovered`: a Docker host answers again after an outage.
     pub const HOST_RECOVERED: &str = "dfe.host.recovered";
 
+    /// `dfe.instance.expiring`: an instance's `expires-at` is near (once per `lifecycle.warn-days`).
+    pub const INSTANCE_EXPIRING: &str = "dfe.instance.expiring";
+
     /// `dfe.provisioned`, `dfe.deprovisioned`, `dfe.imported`, `dfe.exported`.
     pub fn succeeded(kind: JobKind) -> String {
         format!("dfe.{}", kind.done())

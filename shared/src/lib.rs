@@ -2,12 +2,13 @@
 //!
 //! Module map:
 //! - [`ids`]: validated identifiers (`instance-id`, `owner-id`, job ids, tags).
-//! - [`job`]: the four job kinds and their kebab-case JSON, parsed with field-named errors.
+//! - [`job`]: the job kinds and their kebab-case JSON, parsed with field-named errors.
 //! - [`event`]: events published on `dfe.events` and their names.
 //! - [`config`]: the TOML + `DFE__…` configuration shared by every binary.
 //! - [`topology`]: exchange and queue names, declared idempotently.
 //! - [`broker`]: AMQP connection and a publisher that waits for confirms.
 //! - [`records`]: the job, instance, snapshot and reconciliation records the API serves.
+//! - [`lifecycle`]: the expiry schedule of an instance (warnings, then the job at expiry).
 //! - [`placement`]: where a new instance goes and which offering items it gets.
 //! - [`snapshot_store`]: where snapshot archives are written and found.
 //! - [`secret`]: a string that never prints.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod lifecycle;
 pub mod placement;
 pub mod records;
 pub mod secret;

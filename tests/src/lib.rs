@@ -287,6 +287,17 @@ impl TestEnv {
         self.answer(req).await
     }
 
+    /// PATCHes JSON to the api with the token; returns status and body.
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let req = self
+            .http
+            .patch(format!("{}{path}", self.api_url))
+            .header("content-type", "application/json")
+            .bearer_auth(&self.token)
+            .body(body.to_string());
+        self.answer(req).await
+    }
+
     /// GETs from the api with the token.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         self.answer(self.http.get(format!("{}{path}", self.api_url)).bearer_auth(&self.token)).await

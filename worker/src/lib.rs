@@ -10,6 +10,7 @@
 //! - [`provisioners`]: the storage, database and instance sub-provisioners, each with the
 //!   inventory the reconciler compares against.
 //! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
+//! - [`lifecycle`]: the expiry schedule, run by the worker holding its lease.
 //! - [`probe`]: the health of hosts and servers, probed by the workers together.
 //! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
 //! - [`events`]: sub-events and final events on `dfe.events`, with the event outbox relay.
@@ -24,6 +25,7 @@ pub mod fault;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod probe;
@@ -119,6 +121,16 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         Err(_) => tracing::warn!("the first probe round did not finish within 15 s; the probes go on"),
     }
     tokio::spawn(prober.run(background.clone()));
+    tokio::spawn(
+        lifecycle::Lifecycle {
+            worker_id: options.worker_id.clone(),
+            registry: registry.clone(),
+            broker: BrokerHandle::new(&config.amqp.url, &format!("{} lifecycle", options.worker_id)),
+            metrics: metrics.clone(),
+            config: config.lifecycle.clone(),
+        }
+        .run(background.clone()),
+    );
 
     let context = jobs::Env { registry: registry.clone(), manager: manager.clone(), config: config.clone() };
     let reconciler = reconcile::Reconciler {

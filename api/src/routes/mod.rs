@@ -3,6 +3,7 @@
 
 pub mod fleet;
 pub mod health;
+pub mod lifecycle;
 pub mod openapi;
 pub mod ops;
 pub mod read;

@@ -26,6 +26,7 @@ use utoipa::OpenApi as _;
     tags(
         (name = "ops", description = "Jobs: submitted, recorded and published; then followed"),
         (name = "registry", description = "Instances and snapshots as the registry holds them"),
+        (name = "lifecycle", description = "Expiries (the schedule's dry run) and owners' quotas"),
         (name = "reconcile", description = "The workers' reconciliation of the registry with the hosts"),
         (name = "health", description = "Liveness, readiness, metrics and this document (no token needed)"),
     ),

@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod conflicts;
 mod crash;
+mod expiry;
 mod failures;
 mod fleet;
 mod fuzz;

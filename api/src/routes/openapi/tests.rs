@@ -31,7 +31,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/ops/jobs/{job-id}", &["get"]),
     ("/api/v1/ops/provisioners", &["get"]),
     ("/api/v1/instances", &["get"]),
-    ("/api/v1/instances/{instance-id}", &["get"]),
+    ("/api/v1/instances/{instance-id}", &["get", "patch"]),
+    ("/api/v1/lifecycle", &["get"]),
+    ("/api/v1/owners/{owner-id}", &["get"]),
     ("/api/v1/snapshots", &["get"]),
     ("/api/v1/snapshots/{snapshot-id}", &["get"]),
     ("/api/v1/snapshots/{snapshot-id}/download", &["get"]),
@@ -219,6 +221,10 @@ fn the_documented_query_parameters_are_the_ones_the_lists_accept() {
         let mut expected: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
         if !accepted.is_empty() {
             expected.push("limit".to_owned());
+        }
+        // The expiry preview filters by owner but is not paged: it is one schedule.
+        if o.path == "/api/v1/lifecycle" {
+            expected.push("owner-id".to_owned());
         }
         assert_eq!(o.query(), expected, "{}", o.name());
     }
@@ -408,6 +414,7 @@ fn probes(doc: &Value) -> Router {
             let filter = match o.method.as_str() {
                 "get" => MethodFilter::GET,
                 "post" => MethodFilter::POST,
+                "patch" => MethodFilter::PATCH,
                 other => panic!("a method the probes do not know: {other}"),
             };
             let known: Vec<String> = o.query().into_iter().filter(|q| q != "limit").collect();
@@ -495,7 +502,7 @@ async fn a_request_without_an_accepted_token_is_the_documented_401() {
 async fn a_body_not_declared_as_json_is_the_documented_415_and_one_over_64_kib_the_documented_413() {
     let doc = doc();
     let bodies = operations(&doc).into_iter().filter(Operation::has_body).collect::<Vec<_>>();
-    assert_eq!(bodies.len(), 7, "six job kinds and the reconciliation");
+    assert_eq!(bodies.len(), 8, "six job kinds, the reconciliation and an instance's expiry");
     let too_large = || vec![b' '; MAX_JOB_BYTES + 1];
     for o in bodies {
         let post = |content_type: Option<&str>| {
