@@ -9,7 +9,7 @@ use dfe_shared::config::{Config, HostConfig};
 use dfe_shared::records::{DatabaseServerRecord, HostRecord};
 use serde::Serialize;
 
-use crate::auth::Client;
+use crate::auth::{Admin, Read, Scoped};
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
 use crate::AppState;
@@ -87,14 +87,15 @@ async fn host_records(state: &AppState) -> Result<Vec<HostRecord>, Problem> {
     description = "Every configured Docker host with its state (`pending` until its first probe succeeds, \
         `active`, `cordoned`, `unreachable` after 3 failed probes in a row), what is placed on it against its \
         limits, and its last probe.",
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The hosts", body = HostList),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn hosts(State(state): State<AppState>, _c: Client) -> Result<Json<HostList>, Problem> {
+pub async fn hosts(State(state): State<AppState>, _c: Scoped<Read>) -> Result<Json<HostList>, Problem> {
     Ok(Json(HostList { hosts: host_records(&state).await?, next_cursor: None }))
 }
 
@@ -106,18 +107,19 @@ pub async fn hosts(State(state): State<AppState>, _c: Client) -> Result<Json<Hos
     tag = "fleet",
     summary = "A Docker host",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The host", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn host(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     let found = host_records(&state).await?.into_iter().find(|h| h.host_id == id);
@@ -149,18 +151,19 @@ async fn set_cordon(state: &AppState, id: &str, cordoned: bool) -> Result<Json<H
     summary = "Cordon a host",
     description = "A cordoned host takes no new instances; the ones on it stay and are served as before.",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The host, cordoned", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn cordon(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Admin>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     set_cordon(&state, &id, true).await
@@ -175,18 +178,19 @@ pub async fn cordon(
     summary = "Uncordon a host",
     description = "The host takes new instances again (once it is active).",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The host, not cordoned", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn uncordon(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Admin>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     set_cordon(&state, &id, false).await
@@ -214,14 +218,18 @@ fn server_record(id: &str, config: &Config, state: Option<&ServerState>) -> Data
     summary = "The database servers",
     description = "Every configured database server with its engine, state (from the probes), and its \
         instance databases against `max-databases`.",
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The database servers", body = DatabaseServerList),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn database_servers(State(state): State<AppState>, _c: Client) -> Result<Json<DatabaseServerList>, Problem> {
+pub async fn database_servers(
+    State(state): State<AppState>,
+    _c: Scoped<Read>,
+) -> Result<Json<DatabaseServerList>, Problem> {
     let known = state.registry.database_servers().await?;
     let database_servers = state
         .config

@@ -60,7 +60,16 @@ pub mod text {
     /// 400 of a job submission.
     pub const MALFORMED_BODY: &str = "The body is not JSON (or could not be read)";
     /// 401.
-    pub const UNAUTHORIZED: &str = "No `Authorization: Bearer <token>` header, or a token that is not accepted";
+    pub const UNAUTHORIZED: &str =
+        "No `Authorization: Bearer <token>` header, a token that is not accepted, or one that has expired \
+         (the detail says so)";
+    /// 403 of an operation needing the `read` scope.
+    pub const FORBIDDEN_READ: &str = "The token lacks the `read` scope (the detail names it)";
+    /// 403 of an operation needing the `ops` scope.
+    pub const FORBIDDEN_OPS: &str = "The token lacks the `ops` scope (the detail names it), or is limited to \
+        owners and the job names another owner";
+    /// 403 of an operation needing the `admin` scope.
+    pub const FORBIDDEN_ADMIN: &str = "The token lacks the `admin` scope (the detail names it)";
     /// 409 of a job on an existing instance.
     pub const BUSY: &str = "The instance is mid-operation or failed (`urn:dfe:problem:instance-busy`), or the \
         `job-id` or `Idempotency-Key` names another request (`…:conflict`)";
@@ -82,7 +91,11 @@ pub mod text {
     pub const REPEATED_PARAMETER: &str = "A query parameter is given more than once (`errors[].field` names it)";
     /// 422 of a list.
     pub const INVALID_PARAMETER: &str = "An unknown query parameter, or an invalid value (a `limit` outside 1 to \
-        1000, an instance id that is not one, an unknown state or type): `errors[].field` names it";
+        1000, a `cursor` this list did not hand out, an instance id that is not one, an unknown state or type): \
+        `errors[].field` names it";
+    /// 404 of a list filtered by owner.
+    pub const UNSEEN_OWNER: &str = "`owner-id` names an owner this token is limited away from (what it may not \
+        see does not exist for it; answered whether or not the owner has anything)";
     /// 400 of a path with an id.
     pub const UNDECODABLE_PATH: &str = "The path cannot be decoded (invalid percent-encoding)";
 }

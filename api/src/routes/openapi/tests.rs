@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/ops/export", &["post"]),
     ("/api/v1/ops/jobs", &["get"]),
     ("/api/v1/ops/jobs/{job-id}", &["get"]),
+    ("/api/v1/ops/jobs/{job-id}/cancel", &["post"]),
     ("/api/v1/ops/provisioners", &["get"]),
     ("/api/v1/instances", &["get"]),
     ("/api/v1/instances/{instance-id}", &["get"]),
@@ -164,6 +165,34 @@ fn only_health_metrics_and_the_document_need_no_token() {
     }
 }
 
+/// The scope each operation needs: every GET `read`, but the reconciliation's; job
+/// submissions and cancel `ops`; the fleet's cordons and the reconciliation `admin`.
+fn expected_scope(o: &Operation) -> &'static str {
+    match (o.method.as_str(), o.path.as_str()) {
+        (_, p) if p.starts_with("/api/v1/reconcile") => "admin",
+        ("post", p) if p.ends_with("/cordon") || p.ends_with("/uncordon") => "admin",
+        ("post", _) => "ops",
+        _ => "read",
+    }
+}
+
+#[test]
+fn every_operation_needing_a_token_names_its_one_scope_and_documents_403() {
+    let doc = doc();
+    for o in operations(&doc).into_iter().filter(Operation::needs_token) {
+        let security = o.op["security"].as_array().expect("security");
+        let scopes: Vec<&str> = security
+            .iter()
+            .flat_map(|r| r["bearer"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(scopes, [expected_scope(&o)], "{}", o.name());
+        let forbidden = o.response(StatusCode::FORBIDDEN).unwrap_or_else(|| panic!("{} documents 403", o.name()));
+        let said = forbidden["description"].as_str().unwrap_or_default();
+        assert!(said.contains(&format!("`{}` scope", expected_scope(&o))), "{}: {said}", o.name());
+    }
+}
+
 #[test]
 fn every_documented_error_is_a_problem() {
     let doc = doc();
@@ -195,6 +224,12 @@ fn the_operations_taking_a_body_or_a_list_query_document_their_refusals() {
         if o.query().contains(&"limit".to_owned()) {
             expected.extend([StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY]);
         }
+        if o.query().contains(&"owner-id".to_owned()) {
+            expected.push(StatusCode::NOT_FOUND);
+        }
+        if o.needs_token() {
+            expected.push(StatusCode::FORBIDDEN);
+        }
         if !o.parameters("path").is_empty() {
             expected.push(StatusCode::NOT_FOUND);
         }
@@ -216,7 +251,7 @@ fn the_documented_query_parameters_are_the_ones_the_lists_accept() {
         let accepted = lists.iter().find(|(path, _)| *path == o.path).map(|(_, known)| *known).unwrap_or_default();
         let mut expected: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
         if !accepted.is_empty() {
-            expected.push("limit".to_owned());
+            expected.extend(crate::extract::PAGE_PARAMETERS.iter().map(|s| s.to_string()));
         }
         assert_eq!(o.query(), expected, "{}", o.name());
     }
@@ -408,7 +443,8 @@ fn probes(doc: &Value) -> Router {
                 "post" => MethodFilter::POST,
                 other => panic!("a method the probes do not know: {other}"),
             };
-            let known: Vec<String> = o.query().into_iter().filter(|q| q != "limit").collect();
+            let known: Vec<String> =
+                o.query().into_iter().filter(|q| !crate::extract::PAGE_PARAMETERS.contains(&q.as_str())).collect();
             methods = match (path.as_str(), o.needs_token(), o.has_body(), o.query().contains(&"limit".to_owned())) {
                 ("/healthz", ..) => methods.on(filter, crate::routes::health::healthz),
                 ("/api/v1/openapi.json", ..) => methods.on(filter, super::openapi),
@@ -417,7 +453,7 @@ fn probes(doc: &Value) -> Router {
                 (_, true, false, true) => methods.on(filter, move |_: Client, q: ListParams| async move {
                     let known: Vec<&str> = known.iter().map(String::as_str).collect();
                     q.only(&known)?;
-                    q.limit().map(|_| StatusCode::NO_CONTENT)
+                    q.page().map(|_| StatusCode::NO_CONTENT)
                 }),
                 (_, true, false, false) => methods.on(filter, |_: Client| async { StatusCode::NO_CONTENT }),
             };
@@ -427,10 +463,7 @@ fn probes(doc: &Value) -> Router {
             router = router.route(path, methods);
         }
     }
-    let client = dfe_shared::config::ApiClient {
-        id: "tests".into(),
-        token_sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
-    };
+    let client = dfe_shared::config::ApiClient::new("tests", hex::encode(Sha256::digest(TOKEN.as_bytes())));
     let clients: Clients = std::sync::Arc::new(crate::auth::client_keys(&[client]).expect("a client key"));
     crate::answering_problems(router).with_state(clients)
 }
@@ -548,14 +581,23 @@ async fn a_list_query_out_of_range_unknown_or_repeated_is_the_documented_422_or_
             ("limit=ten", StatusCode::UNPROCESSABLE_ENTITY, "limit"),
             ("colour=red", StatusCode::UNPROCESSABLE_ENTITY, "colour"),
             ("limit=5&limit=6", StatusCode::BAD_REQUEST, "limit"),
+            ("cursor=not-a-cursor", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
+            ("cursor=", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
+            ("cursor=MTIz", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
         ] {
             let (status, body, _) = answer(&doc, &o, get(query)).await;
             assert_eq!(status, expected, "{}?{query}: {body}", o.name());
             assert_eq!(body["errors"][0]["field"], field, "{}?{query}", o.name());
         }
-        for query in
-            ["limit=1", "limit=1000"].into_iter().map(str::to_owned).chain(o.query().iter().map(|q| format!("{q}=1")))
-        {
+        let cursor = crate::extract::cursor::encode(&dfe_registry::After {
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            id: "acme-1".into(),
+        });
+        let documented = o.query().into_iter().map(|q| match q.as_str() {
+            "cursor" => format!("cursor={cursor}"),
+            q => format!("{q}=1"),
+        });
+        for query in ["limit=1", "limit=1000"].into_iter().map(str::to_owned).chain(documented) {
             let (status, body, _) = answer(&doc, &o, get(&query)).await;
             assert_eq!(status, StatusCode::NO_CONTENT, "{}?{query} is documented, so accepted: {body}", o.name());
         }
