@@ -59,7 +59,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{fleet, health, openapi, ops, read, reconcile};
+    use routes::{asyncapi, fleet, health, openapi, ops, read, reconcile};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -82,6 +82,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::uncordon))
         .routes(routes!(fleet::database_servers))
         .routes(routes!(openapi::openapi))
+        .routes(routes!(asyncapi::asyncapi))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

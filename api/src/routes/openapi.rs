@@ -20,14 +20,20 @@ use utoipa::OpenApi as _;
             the registry. Every error, including a path that names no endpoint (404) and a method an endpoint \
             does not take (405), is an RFC 9457 `application/problem+json` document (`Problem`); an \
             unexpected failure is a 500 problem whose cause is in the dfe-api log. Every operation but \
-            `/healthz`, `/readyz`, `/metrics` and this document needs a bearer token.",
+            `/healthz`, `/readyz`, `/metrics`, this document and the AsyncAPI document of the broker side \
+            (`/api/v1/asyncapi.json`) needs a bearer token, with the scope its security requirement names: \
+            `read` (every GET), `ops` (job submissions and cancel) or `admin` (cordons, reconciliation). A \
+            token limited to owners sees nothing of other owners: their instances, jobs and snapshots are \
+            404s. Lists are read a page at a time: `limit` and the `next-cursor` of the page before as \
+            `cursor`.",
     ),
     servers((url = "/")),
     tags(
         (name = "ops", description = "Jobs: submitted, recorded and published; then followed"),
         (name = "registry", description = "Instances and snapshots as the registry holds them"),
         (name = "reconcile", description = "The workers' reconciliation of the registry with the hosts"),
-        (name = "health", description = "Liveness, readiness, metrics and this document (no token needed)"),
+        (name = "fleet", description = "Docker hosts and database servers, their state and capacity"),
+        (name = "health", description = "Liveness, readiness, metrics and the documents (no token needed)"),
     ),
     modifiers(&BearerAuth),
 )]

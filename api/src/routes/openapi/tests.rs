@@ -42,13 +42,14 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/hosts/{host-id}/uncordon", &["post"]),
     ("/api/v1/database-servers", &["get"]),
     ("/api/v1/openapi.json", &["get"]),
+    ("/api/v1/asyncapi.json", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
 ];
 
 /// The paths that need no token.
-const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
+const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/v1/asyncapi.json"];
 
 /// The token the test router accepts.
 const TOKEN: &str = "a-test-token";
@@ -448,6 +449,7 @@ fn probes(doc: &Value) -> Router {
             methods = match (path.as_str(), o.needs_token(), o.has_body(), o.query().contains(&"limit".to_owned())) {
                 ("/healthz", ..) => methods.on(filter, crate::routes::health::healthz),
                 ("/api/v1/openapi.json", ..) => methods.on(filter, super::openapi),
+                ("/api/v1/asyncapi.json", ..) => methods.on(filter, crate::routes::asyncapi::asyncapi),
                 (_, false, ..) => continue,
                 (_, true, true, _) => methods.on(filter, |_: Client, _: JobBody| async { StatusCode::NO_CONTENT }),
                 (_, true, false, true) => methods.on(filter, move |_: Client, q: ListParams| async move {
@@ -636,11 +638,15 @@ async fn what_is_not_an_operation_answers_a_problem_too() {
 #[tokio::test]
 async fn liveness_and_the_document_answer_as_documented_without_a_token() {
     let doc = doc();
-    for o in operations(&doc).into_iter().filter(|o| o.path == "/healthz" || o.path == "/api/v1/openapi.json") {
+    let served = ["/healthz", "/api/v1/openapi.json", "/api/v1/asyncapi.json"];
+    for o in operations(&doc).into_iter().filter(|o| served.contains(&o.path.as_str())) {
         let (status, body, _) = answer(&doc, &o, request(&o, &o.path).body(Body::empty()).expect("a request")).await;
         assert_eq!(status, StatusCode::OK, "{}", o.name());
         if o.path == "/api/v1/openapi.json" {
             assert_eq!(body, doc);
+        }
+        if o.path == "/api/v1/asyncapi.json" {
+            assert_eq!(&body, crate::routes::asyncapi::document());
         }
     }
 }
