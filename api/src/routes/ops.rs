@@ -249,6 +249,7 @@ async fn submit(
             let publishing = std::time::Instant::now();
             publish(&state, &job, &record.job_id, traceparent.as_deref()).await;
             state.metrics.submit_timings(recorded, publishing.elapsed());
+            tracing::debug!(job_id = %record.job_id, %kind, instance_id = %job.instance_id(), "job accepted");
             record
         }
         SubmitOutcome::Existing(record) => record,

@@ -268,7 +268,7 @@ async fn provision_and_deprovision_with_wait_over_the_api_show_their_steps_and_t
     // A deprovisioned instance leaves the default list but not the registry.
     let (out, err) = dfe(&env, &["instances"], 0).await;
     assert_eq!((out.as_str(), err.as_str()), ("", "no instances\n"));
-    let (out, _) = dfe(&env, &["instances", "--all"], 0).await;
+    let (out, _) = dfe(&env, &["instances", "--include-removed"], 0).await;
     let rows = table(&out);
     assert_eq!((rows.len(), rows[0]["STATE"].as_str()), (1, "deprovisioned"), "{out}");
     let (out, _) = dfe(&env, &["jobs", "--instance-id", &instance], 0).await;

@@ -1,7 +1,10 @@
 //! End-to-end tests against the real RabbitMQ, PostgreSQL and Docker engine started by
 //! `deploy/setup.sh`, with real `dfe-api` and `dfe-worker` processes.
 
+mod access;
+mod asyncapi;
 mod bad_input;
+mod cancel;
 mod cli;
 mod concurrency;
 mod conflicts;
@@ -13,12 +16,14 @@ mod hardening;
 mod lifecycle;
 mod metrics;
 mod openapi;
+mod pagination;
 mod reconcile;
 mod repairs;
 mod resilience;
 mod retries;
 mod secrets;
 mod snapshots;
+mod telemetry;
 
 use std::time::Duration;
 
