@@ -21,6 +21,7 @@ mod reconcile;
 mod repairs;
 mod resilience;
 mod retries;
+mod schemathesis;
 mod secrets;
 mod snapshots;
 mod telemetry;
