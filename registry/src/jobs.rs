@@ -93,9 +93,9 @@ pub enum Cancelled {
     /// It was queued or retrying and is now `failed` with `error.code` `cancelled`, its
     /// claim handed back; its failure event is to be published (it is in the event outbox
     /// already, due a little later, in case the caller cannot).
-    Done(JobRecord, dfe_shared::event::Event),
-    /// It runs or has ended: nothing changed.
-    TooLate(JobRecord),
+    Done(Box<(JobRecord, dfe_shared::event::Event)>),
+    /// It runs or has ended (in this state): nothing changed.
+    TooLate(JobState),
     /// No such job.
     NotFound,
 }

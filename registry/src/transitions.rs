@@ -385,7 +385,7 @@ impl Registry {
         }
         let record = job_from_row(&row)?;
         if !matches!(record.state, JobState::Queued | JobState::Retrying) {
-            return Ok(Cancelled::TooLate(record));
+            return Ok(Cancelled::TooLate(record.state));
         }
         let error = EventError { code: "cancelled".into(), message: format!("cancelled by {by} before it ran") };
         let sql = format!(
@@ -452,7 +452,7 @@ impl Registry {
         .await
         .map_err(Error::query("keeping a cancelled job's failure event"))?;
         tx.commit().await.map_err(Error::query("committing a cancellation"))?;
-        Ok(Cancelled::Done(cancelled, event))
+        Ok(Cancelled::Done(Box::new((cancelled, event))))
     }
 
     /// Places a new instance again, away from `lost` (its host became unreachable before

@@ -89,7 +89,7 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> (St
             .flat_map(|r| r.attributes.iter())
             .find(|kv| kv.key == "service.name")
             .and_then(|kv| kv.value.as_ref())
-            .map(|v| any_value(v))
+            .map(any_value)
             .unwrap_or_default();
         for scope in resource.scope_spans {
             for span in scope.spans {

@@ -327,10 +327,11 @@ pub async fn cancel(
     let id = crate::extract::job_path(&id)?;
     match state.registry.cancel(id.as_str(), &client.id, client.owners()).await? {
         Cancelled::NotFound => Err(Problem::not_found(format!("no job {id}"))),
-        Cancelled::TooLate(job) => {
-            Err(Problem::conflict(format!("job {id} is {}: only a queued or retrying job can be cancelled", job.state)))
+        Cancelled::TooLate(now) => {
+            Err(Problem::conflict(format!("job {id} is {now}: only a queued or retrying job can be cancelled")))
         }
-        Cancelled::Done(job, event) => {
+        Cancelled::Done(done) => {
+            let (job, event) = *done;
             tracing::info!(job_id = %id, by = %client.id, "job cancelled");
             announce(&state, &event).await;
             Ok(Json(job))

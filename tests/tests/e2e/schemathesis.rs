@@ -10,11 +10,8 @@ use dfe_tests::{repo_root, Options, TestEnv};
 async fn schemathesis_finds_no_server_error_and_no_answer_the_document_contradicts() {
     // One worker with the noop provisioner as default: what the fuzzer submits ends fast and
     // touches no Docker host or database server, and a POST /api/v1/reconcile is answered.
-    let options = Options {
-        workers: 1,
-        env: vec![("DFE__PROVISIONERS__DEFAULT".into(), "noop".into())],
-        ..Default::default()
-    };
+    let options =
+        Options { workers: 1, env: vec![("DFE__PROVISIONERS__DEFAULT".into(), "noop".into())], ..Default::default() };
     let env = TestEnv::start_with(options).await.expect("environment");
     let started = std::time::Instant::now();
     let run = tokio::process::Command::new(repo_root().join("deploy/fuzz-api.sh"))
