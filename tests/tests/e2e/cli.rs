@@ -535,7 +535,9 @@ async fn an_unreachable_api_or_broker_and_a_refused_or_missing_token_are_named_w
     assert_eq!(err, unreachable, "--api-url wins over DFE_API_URL");
 
     let (_, err) = dfe_with(&env, &["instances"], &[("DFE_TOKEN", Some("not-the-token"))], 1).await;
-    assert!(err.contains(&format!("the API at {} refused the token (401 Unauthorized)", env.api_url)), "{err}");
+    let refused =
+        format!("the API at {} refused the token (401 Unauthorized: the bearer token is not accepted)", env.api_url);
+    assert!(err.contains(&refused), "the API's reason is shown: {err}");
     assert!(err.contains("set DFE_TOKEN or --token-file") && err.contains("`dfe token` mints one"), "{err}");
     assert!(!err.contains("not-the-token"), "the token is never shown: {err}");
     let vars = [("DFE_TOKEN", Some("not-the-token"))];
