@@ -150,3 +150,110 @@ async fn dfe_cancel_cancels_a_queued_job() {
     let (code, _, err) = env.cli(&["cancel", &job]).await.expect("dfe");
     assert_eq!(code, 2, "{err}");
 }
+
+/// A loopback proxy to PostgreSQL that can be switched off: from then on it drops every
+/// connection, the open ones included (a database server gone away mid-flight).
+struct Switch {
+    port: u16,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+async fn switchable_postgres() -> Switch {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (down, watch) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if *watch.borrow() {
+                continue;
+            }
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watch.wait_for(|down| *down) => {}
+                }
+            });
+        }
+    });
+    Switch { port, down }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retrying_job_cancelled_leaves_its_instance_failed_and_its_retry_is_dropped() {
+    let pg = switchable_postgres().await;
+    let server = format!(
+        r#"
+[databases.dying]
+host = "127.0.0.1"
+port = {port}
+instance-host = "172.17.0.1"
+user = "dfe"
+password = "dfe"
+
+[provisioners.hosts.dying]
+cluster = "local"
+database = "dying"
+[provisioners.hosts.dying.provides]
+instance = "docker-container"
+storage = "docker-volume"
+db = "postgres"
+[provisioners.hosts.dying.offerings.image]
+suggested = "test"
+[provisioners.hosts.dying.offerings.image.items.test]
+image = "dfe/test-instance:latest"
+"#,
+        port = pg.port
+    );
+    let retries = [
+        ("DFE__WORKER__MAX_ATTEMPTS", "5"),
+        ("DFE__WORKER__RETRY_BASE_MS", "4000"),
+        ("DFE__WORKER__RETRY_MAX_MS", "4000"),
+    ];
+    let options = Options {
+        workers: 1,
+        worker_env: retries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        extra_config: server,
+        ..Default::default()
+    };
+    let env = TestEnv::start_with(options).await.expect("environment");
+    let events = env.events().await.expect("subscribe");
+    // The worker probed the server at start (a placement needs it active); now it goes away.
+    let (_, servers) = env.get("/api/v1/database-servers").await.expect("servers");
+    let dying =
+        servers["database-servers"].as_array().expect("servers").iter().find(|s| s["server-id"] == "dying").cloned();
+    assert_eq!(dying.as_ref().map(|s| &s["state"]), Some(&json!("active")), "{servers}");
+    let _ = pg.down.send(true);
+    let instance = env.instance_id("retrying");
+    let job = env
+        .submit("provision", json!({"owner-id": 7, "instance-id": instance, "guest-location": "dying"}))
+        .await
+        .expect("202");
+    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+    loop {
+        let (_, record) = env.get(&format!("/api/v1/ops/jobs/{job}")).await.expect("get");
+        if record["state"] == "retrying" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline && record["state"] != "failed", "never retrying: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, cancelled) = cancel(&env, &job).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["error"]["code"], "cancelled");
+    // It ran once and may have left parts behind: the instance is failed, for a deprovision.
+    let (_, record) = env.get(&format!("/api/v1/instances/{instance}")).await.expect("get");
+    assert_eq!(record["state"], "failed", "{record}");
+    // Its retry comes back from the delayed queue and is dropped, announcing nothing again.
+    env.workers[0]
+        .wait_for_line("job was cancelled before it ran; its message is dropped", Duration::from_secs(30))
+        .await
+        .expect("the retry is dropped");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let finals = finals(&events, &job);
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0]["error"]["code"], "cancelled");
+    let (_, record) = env.get(&format!("/api/v1/ops/jobs/{job}")).await.expect("get");
+    assert_eq!((&record["state"], &record["attempts"]), (&json!("failed"), &json!(1)), "no second attempt: {record}");
+}
