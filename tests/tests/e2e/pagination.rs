@@ -63,8 +63,11 @@ async fn instances_listed_through_cursors_appear_exactly_once_each_while_more_ar
 
     let added: Vec<String> = (0..ADDED).map(|n| format!("{stem}-new-{n:02}")).collect();
     let submitting = env.submit_all("provision", &added, |i| json!({"owner-id": "pager", "instance-id": i}));
-    let ((ids, pages), jobs) =
-        tokio::join!(walk(&env, "/api/v1/instances?owner-id=pager", "instances", "instance-id", 50), submitting);
+    let walking = async {
+        let walked = walk(&env, "/api/v1/instances?owner-id=pager", "instances", "instance-id", 50).await;
+        (walked, time::OffsetDateTime::now_utc())
+    };
+    let (((ids, pages), walk_ended), jobs) = tokio::join!(walking, submitting);
     let jobs = jobs.expect("the provisions are accepted");
 
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -93,6 +96,18 @@ async fn instances_listed_through_cursors_appear_exactly_once_each_while_more_ar
     for job in &jobs {
         assert_eq!(env.wait_job(job, JOB_TIMEOUT).await.expect("ends")["state"], "succeeded");
     }
+    // The walk and the provisions overlapped: instances were claimed before it ended.
+    let (_, newest) = env.get(&format!("/api/v1/instances?owner-id=pager&limit={ADDED}")).await.expect("newest");
+    let claimed_during_walk = newest["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["created-at"].as_str())
+        .filter_map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .filter(|t| *t < walk_ended)
+        .count();
+    eprintln!("{claimed_during_walk} of the {ADDED} new instances were claimed while the walk went on");
+    assert!(claimed_during_walk > 0, "the provisions landed while the list was walked");
     // Once they are all in, a walk sees all of them.
     let (all, _) = walk(&env, "/api/v1/instances?owner-id=pager", "instances", "instance-id", 1000).await;
     assert_eq!(all.len(), SEEDED + ADDED);
