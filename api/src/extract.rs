@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
+use dfe_registry::Page;
 use dfe_shared::ids::{FieldError, InstanceId, OwnerId, Tag};
 use dfe_shared::job::MAX_JOB_BYTES;
 
@@ -98,13 +99,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
     }
 }
 
+/// The parameters every list takes besides its filters.
+pub const PAGE_PARAMETERS: &[&str] = &["limit", "cursor"];
+
 impl ListParams {
-    /// Refuses any parameter not in `known` (a typo must not silently list everything).
+    /// Refuses any parameter not in `known` or [`PAGE_PARAMETERS`] (a typo must not silently
+    /// list everything).
     pub fn only(&self, known: &[&str]) -> Result<(), Problem> {
-        match self.params.keys().find(|k| !known.contains(&k.as_str()) && *k != "limit") {
+        match self.params.keys().find(|k| !known.contains(&k.as_str()) && !PAGE_PARAMETERS.contains(&k.as_str())) {
             Some(unknown) => {
                 let mut all: Vec<&str> = known.to_vec();
-                all.push("limit");
+                all.extend(PAGE_PARAMETERS);
                 let name = if unknown.chars().any(char::is_control) { "query" } else { unknown.as_str() };
                 Err(Problem::invalid_field(FieldError::new(
                     name,
@@ -121,6 +126,12 @@ impl ListParams {
         raw.trim().parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
             Problem::invalid_field(FieldError::new("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))
         })
+    }
+
+    /// The page asked for: `limit` and `cursor` (the `next-cursor` of the previous page).
+    pub fn page(&self) -> Result<Page, Problem> {
+        let after = self.get("cursor").map(cursor::decode).transpose()?;
+        Ok(Page { limit: self.limit()?, after })
     }
 
     /// An instance id filter, valid or a 422 naming `field`.
@@ -166,6 +177,66 @@ impl ListParams {
     /// A raw value, for parameters checked by the caller.
     pub fn get(&self, field: &str) -> Option<&str> {
         self.params.get(field).map(String::as_str)
+    }
+}
+
+/// Cursors: where the next page of a list starts, as `next-cursor` hands it out. Opaque to
+/// clients: base64url (no padding) of `<created_at in µs since the epoch>/<id>` of the last row
+/// of the page before, the key the registry orders lists by.
+pub mod cursor {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use dfe_registry::After;
+    use dfe_shared::ids::FieldError;
+
+    use crate::problem::Problem;
+
+    /// The longest id a cursor carries.
+    const MAX_ID: usize = 255;
+
+    /// The cursor of the page after `after`.
+    pub fn encode(after: &After) -> String {
+        let micros = after.created_at.unix_timestamp_nanos() / 1000;
+        URL_SAFE_NO_PAD.encode(format!("{micros}/{}", after.id))
+    }
+
+    /// Reads a cursor; anything this API did not hand out is a 422 naming `cursor`.
+    pub fn decode(cursor: &str) -> Result<After, Problem> {
+        let invalid = || {
+            Problem::invalid_field(FieldError::new(
+                "cursor",
+                "is not a cursor of this list (pass the `next-cursor` of the page before, unchanged)",
+            ))
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(cursor.trim().as_bytes()).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let (micros, id) = text.split_once('/').ok_or_else(invalid)?;
+        let micros: i128 = micros.parse().map_err(|_| invalid())?;
+        if id.is_empty() || id.len() > MAX_ID || id.chars().any(char::is_control) {
+            return Err(invalid());
+        }
+        let created_at = time::OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000).ok_or_else(invalid)?)
+            .map_err(|_| invalid())?;
+        Ok(After { created_at, id: id.to_owned() })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn cursors_round_trip_and_anything_else_is_refused() {
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_767_225_600_123_456_000).expect("a time");
+            let after = After { created_at: at, id: "acme-1".into() };
+            let cursor = encode(&after);
+            assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{cursor}");
+            assert_eq!(decode(&cursor).expect("decodes"), after);
+            for bad in ["", "!!", "bm9zbGFzaA", &URL_SAFE_NO_PAD.encode("x/acme"), &URL_SAFE_NO_PAD.encode("1/")] {
+                assert!(decode(bad).is_err(), "{bad:?}");
+            }
+            let huge = URL_SAFE_NO_PAD.encode(format!("{}/a", i128::MAX));
+            assert!(decode(&huge).is_err());
+        }
     }
 }
 

@@ -2,10 +2,13 @@
 //! the workers do the work.
 //!
 //! Module map:
-//! - [`routes`]: `ops` (job submission), `read` (jobs, instances, snapshots, provisioners),
-//!   `reconcile`, `health`, and `openapi`: the document generated from the list in [`routes()`].
-//! - [`auth`]: bearer tokens checked against the configured SHA-256 digests.
-//! - [`extract`]: job bodies, list queries and path ids, read and checked as the contract says.
+//! - [`routes`]: `ops` (job submission and cancel), `read` (jobs, instances, snapshots,
+//!   provisioners), `fleet`, `reconcile`, `health`, `openapi` (the document generated from the
+//!   list in [`routes()`]) and `asyncapi` (the broker's document, from the same types).
+//! - [`auth`]: bearer tokens checked against the configured SHA-256 digests, their expiry,
+//!   scopes (the [`auth::Scoped`] extractor) and the owners they may see.
+//! - [`extract`]: job bodies, list queries (with their cursors) and path ids, read and checked
+//!   as the contract says.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
 //! - [`metrics`]: counters for `/metrics`.
 
@@ -56,7 +59,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{fleet, health, lifecycle, openapi, ops, read, reconcile};
+    use routes::{asyncapi, fleet, health, lifecycle, openapi, ops, read, reconcile};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -66,6 +69,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::resume))
         .routes(routes!(read::jobs))
         .routes(routes!(read::job))
+        .routes(routes!(ops::cancel))
         .routes(routes!(read::provisioners))
         .routes(routes!(read::instances))
         .routes(routes!(read::instance, lifecycle::patch_instance))
@@ -82,6 +86,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::uncordon))
         .routes(routes!(fleet::database_servers))
         .routes(routes!(openapi::openapi))
+        .routes(routes!(asyncapi::asyncapi))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -101,6 +106,27 @@ fn answering_problems<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Ro
         .layer(axum::middleware::map_response(problem::problemize))
         // A bug in a handler answers 500 problem+json instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::from_panic))
+        .layer(axum::middleware::from_fn(traced))
+}
+
+/// Runs a request in a span of its own: the root of a trace, or the continuation of the
+/// caller's (a W3C `traceparent` header). Its lines carry its `trace_id`, and a job it
+/// submits carries the trace on to the workers.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+    );
+    let incoming = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    dfe_shared::telemetry::continue_trace(&span, incoming);
+    if let Some(id) = dfe_shared::telemetry::trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    next.run(request).instrument(span).await
 }
 
 /// Serves on `listener` until `shutdown` is cancelled; in-flight requests finish first.

@@ -16,9 +16,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dfe_shared::telemetry::init();
     let args = Args::parse();
     let config = dfe_shared::config::Config::load(Some(&args.config))?;
+    // Flushes the spans not yet exported when main returns.
+    let _telemetry = dfe_shared::telemetry::init_services("dfe-api", &config.log, &config.telemetry);
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
         .with_context(|| format!("binding api.listen = {}", config.api.listen))?;

@@ -65,6 +65,11 @@ impl Problem {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
     }
 
+    /// 403: the token lacks a scope, or may not act for an owner.
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
     /// 404.
     pub fn not_found(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
@@ -187,7 +192,7 @@ impl From<dfe_registry::Error> for Problem {
     "errors": [{"field": "instance-id", "detail": "must start with a lowercase letter (a-z)"}]
 }))]
 pub struct ProblemBody {
-    /// `urn:dfe:problem:<kind>`: `malformed-request`, `unauthorized`, `not-found`, `conflict`,
+    /// `urn:dfe:problem:<kind>`: `malformed-request`, `unauthorized`, `forbidden`, `not-found`, `conflict`,
     /// `instance-exists`, `instance-busy`, `instance-not-found`, `too-large`,
     /// `unsupported-media-type`, `invalid-field`, `unavailable`, `internal`, or `http` for
     /// an answer of the router itself (an unsupported method, a path it cannot decode).

@@ -151,7 +151,7 @@ pub async fn run(system: &crate::system::System, load: Load<'_>) -> Result<LoadR
                 }
                 Via::Queue => {
                     let bytes = serde_json::to_vec(&body)?;
-                    publisher.publish_job(JobKind::Provision, &job_id, &bytes, "dfe-bench").await?;
+                    publisher.publish_job(JobKind::Provision, &job_id, &bytes, "dfe-bench", None).await?;
                 }
             }
             anyhow::Ok(())

@@ -64,6 +64,9 @@ pub struct Fetched<T> {
 pub struct JobList {
     /// The newest jobs first.
     pub jobs: Vec<JobRecord>,
+    /// The cursor of the next page; `None` on the last.
+    #[serde(rename = "next-cursor", default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/instances`.
@@ -71,6 +74,9 @@ pub struct JobList {
 pub struct InstanceList {
     /// The newest instances first.
     pub instances: Vec<InstanceRecord>,
+    /// The cursor of the next page; `None` on the last.
+    #[serde(rename = "next-cursor", default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/snapshots`.
@@ -78,6 +84,9 @@ pub struct InstanceList {
 pub struct SnapshotList {
     /// The newest snapshots first.
     pub snapshots: Vec<SnapshotRecord>,
+    /// The cursor of the next page; `None` on the last.
+    #[serde(rename = "next-cursor", default)]
+    pub next_cursor: Option<String>,
 }
 
 /// The API's answer to `POST /api/v1/reconcile`.
@@ -110,6 +119,8 @@ pub enum Subject<'a> {
     Submit(JobKind),
     /// A job by id.
     Job(&'a str),
+    /// Cancelling a job.
+    Cancel(&'a str),
     /// The job list.
     Jobs,
     /// An instance by id.
@@ -171,6 +182,12 @@ impl ApiClient {
     pub async fn job(&self, id: &str) -> anyhow::Result<Fetched<JobRecord>> {
         let path = format!("/api/v1/ops/jobs/{}", path_segment(id));
         self.fetch(self.request(Method::GET, &path), Subject::Job(id), "a job record").await
+    }
+
+    /// `POST /api/v1/ops/jobs/{id}/cancel`: the job, cancelled.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Fetched<JobRecord>> {
+        let path = format!("/api/v1/ops/jobs/{}/cancel", path_segment(id));
+        self.fetch(self.request(Method::POST, &path), Subject::Cancel(id), "a job record").await
     }
 
     /// `GET /api/v1/ops/jobs?instance-id=&limit=`.
@@ -355,12 +372,19 @@ impl ApiClient {
         let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         let problem = if is_json { serde_json::from_slice(&body).ok() } else { None };
         let message = match (status, problem) {
-            (StatusCode::UNAUTHORIZED, _) => format!(
-                "the API at {} refused the token (401 Unauthorized) — set DFE_TOKEN or --token-file \
-                 to a token whose SHA-256 is listed in [[api.clients]] of its configuration \
-                 (`dfe token` mints one)",
-                self.base
-            ),
+            (StatusCode::UNAUTHORIZED, problem) => {
+                let why = problem
+                    .as_ref()
+                    .and_then(|p: &Problem| p.detail.as_deref())
+                    .filter(|d| !d.trim().is_empty())
+                    .map_or_else(String::new, |d| format!(": {d}"));
+                format!(
+                    "the API at {} refused the token (401 Unauthorized{why}) — set DFE_TOKEN or --token-file \
+                     to a token whose SHA-256 is listed in [[api.clients]] of its configuration \
+                     (`dfe token` mints one)",
+                    self.base
+                )
+            }
             (StatusCode::NOT_FOUND, problem) => not_found(subject, status, problem.as_ref()),
             (_, Some(problem)) => render_problem(status, &problem),
             (_, None) => render_plain(status, &body),
@@ -467,7 +491,7 @@ fn not_found(subject: Subject<'_>, status: StatusCode, problem: Option<&Problem>
     let rendered =
         problem.map_or_else(|| format!("{} {}", status.as_u16(), "Not Found"), |p| render_problem(status, p));
     match subject {
-        Subject::Job(id) => {
+        Subject::Job(id) | Subject::Cancel(id) => {
             format!("no job {id:?} is known to the API ({rendered}) — `dfe jobs` lists them")
         }
         Subject::Instance(id) => {

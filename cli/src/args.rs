@@ -83,6 +83,9 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show one job, or list the jobs.
     Jobs(JobsArgs),
+    /// Cancel a job that has not started (queued or retrying): it ends failed with
+    /// error.code `cancelled`, and its claim on the instance is handed back.
+    Cancel(CancelArgs),
     /// Show one instance, or list the instances.
     Instances(InstancesArgs),
     /// Show one snapshot, list them, or download one.
@@ -289,6 +292,28 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
 }
 
+/// `dfe cancel`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The job to cancel.
+    pub job_id: String,
+    /// Print the API's JSON (the cancelled job) instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How many rows of a list, and which page: the same for every list.
+#[derive(Debug, Clone, Args)]
+pub struct PageArgs {
+    /// Rows per page, 1 to 1000 [default: the API's, 100].
+    #[arg(long, value_name = "N", value_parser = limit_parser())]
+    pub limit: Option<u16>,
+    /// Every page: follow the API's cursors to the end of the list (each row once, even while
+    /// rows are added).
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// `dfe jobs`.
 #[derive(Debug, Clone, Args)]
 pub struct JobsArgs {
@@ -297,9 +322,20 @@ pub struct JobsArgs {
     /// List only the jobs of this instance.
     #[arg(long, value_name = "ID", conflicts_with = "job_id")]
     pub instance_id: Option<String>,
-    /// List at most this many jobs [default: the API's, 100].
-    #[arg(long, value_name = "N", conflicts_with = "job_id", value_parser = limit_parser())]
-    pub limit: Option<u16>,
+    /// List only the jobs of this owner.
+    #[arg(long, value_name = "ID", conflicts_with = "job_id")]
+    pub owner_id: Option<String>,
+    /// List only the jobs in this state.
+    #[arg(long, value_name = "STATE", conflicts_with = "job_id",
+          value_parser = ["queued", "running", "retrying", "succeeded", "failed"])]
+    pub state: Option<String>,
+    /// List only the jobs of this kind.
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "job_id",
+          value_parser = ["provision", "deprovision", "import", "export"])]
+    pub kind: Option<String>,
+    /// Which rows.
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -367,12 +403,23 @@ pub struct OwnerArgs {
 pub struct InstancesArgs {
     /// An instance id; the newest instances when absent.
     pub instance_id: Option<String>,
-    /// List deprovisioned instances too.
+    /// List deprovisioned instances too (before cursors, `--all` meant this; it now means
+    /// every page, as for the other lists).
     #[arg(long, conflicts_with = "instance_id")]
-    pub all: bool,
-    /// List at most this many instances [default: the API's, 100].
-    #[arg(long, value_name = "N", conflicts_with = "instance_id", value_parser = limit_parser())]
-    pub limit: Option<u16>,
+    pub include_removed: bool,
+    /// List only the instances of this owner.
+    #[arg(long, value_name = "ID", conflicts_with = "instance_id")]
+    pub owner_id: Option<String>,
+    /// List only the instances in this state.
+    #[arg(long, value_name = "STATE", conflicts_with = "instance_id",
+          value_parser = ["provisioning", "provisioned", "deprovisioning", "deprovisioned", "failed"])]
+    pub state: Option<String>,
+    /// List only the instances on this Docker host.
+    #[arg(long, value_name = "ID", conflicts_with = "instance_id")]
+    pub host_id: Option<String>,
+    /// Which rows.
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -394,9 +441,9 @@ pub struct SnapshotsArgs {
     /// List only the snapshots of this owner.
     #[arg(long, value_name = "ID", conflicts_with = "snapshot_id")]
     pub owner_id: Option<String>,
-    /// List at most this many snapshots [default: the API's, 100].
-    #[arg(long, value_name = "N", conflicts_with = "snapshot_id", value_parser = limit_parser())]
-    pub limit: Option<u16>,
+    /// Which rows.
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -450,10 +497,39 @@ pub struct TokenArgs {
     /// Client id for the [[api.clients]] entry (letters, digits, '.', '_', '-').
     #[arg(long, value_name = "ID", default_value = "cli")]
     pub client_id: String,
+    /// A scope the token gets (repeatable): read (every GET), ops (submissions, cancel),
+    /// admin (hosts, reconciliation) [default: all three].
+    #[arg(long = "scope", value_name = "SCOPE", value_parser = ["read", "ops", "admin"])]
+    pub scopes: Vec<String>,
+    /// An owner whose instances, jobs and snapshots the token may see and act for
+    /// (repeatable) [default: every owner].
+    #[arg(long = "owner", value_name = "OWNER-ID")]
+    pub owners: Vec<String>,
+    /// How long the token is accepted, e.g. 90m, 12h, 30d [default: no expiry].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<std::time::Duration>,
     /// Mint nothing: print the entry for the existing token (from --token-file, DFE_TOKEN or
     /// standard input) instead.
     #[arg(long)]
     pub digest: bool,
+}
+
+/// A duration as `<number><unit>`: `s`, `m`, `h` or `d` (e.g. `30d`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let unit = s.chars().last().ok_or("expected a duration such as 30d, 12h, 90m or 45s")?;
+    let secs_per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("{s:?}: expected a number and a unit s, m, h or d (e.g. 30d)")),
+    };
+    let n: u64 = s[..s.len() - 1].parse().map_err(|_| format!("{s:?}: expected a whole number before the unit"))?;
+    if n == 0 {
+        return Err("a duration must be more than zero".into());
+    }
+    n.checked_mul(secs_per).map(std::time::Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// `--limit`: 1 to 1000, the range the API serves.
@@ -507,6 +583,34 @@ mod tests {
         // Filters are for the list, not for one snapshot.
         assert!(Cli::try_parse_from(["dfe", "snapshots", "snap-1", "--instance-id", "acme-1"]).is_err());
         assert!(Cli::try_parse_from(["dfe", "snapshots", "--owner-id", "7", "--limit", "1001"]).is_err());
+        let cli = Cli::try_parse_from(["dfe", "snapshots", "--all", "--limit", "10"]).expect("parses");
+        let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
+        assert_eq!((a.page.all, a.page.limit), (true, Some(10)));
+    }
+
+    #[test]
+    fn instances_take_all_pages_and_removed_ones_apart() {
+        let cli = Cli::try_parse_from(["dfe", "instances", "--all", "--include-removed"]).expect("parses");
+        let Command::Instances(a) = cli.command else { panic!("not instances") };
+        assert_eq!((a.page.all, a.include_removed), (true, true));
+        assert!(Cli::try_parse_from(["dfe", "instances", "--state", "gone"]).is_err());
+        assert!(Cli::try_parse_from(["dfe", "jobs", "--type", "provision", "--state", "queued"]).is_ok());
+    }
+
+    #[test]
+    fn token_rights_and_durations_parse() {
+        let cli = Cli::try_parse_from(["dfe", "token", "--scope", "read", "--owner", "7", "--expires-in", "30d"])
+            .expect("parses");
+        let Command::Token(t) = cli.command else { panic!("not token") };
+        assert_eq!((t.scopes, t.owners), (vec!["read".to_owned()], vec!["7".to_owned()]));
+        assert_eq!(t.expires_in, Some(std::time::Duration::from_secs(30 * 86_400)));
+        assert!(Cli::try_parse_from(["dfe", "token", "--scope", "root"]).is_err());
+        for (text, secs) in [("45s", 45), ("90m", 5400), ("12h", 43_200)] {
+            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs(secs)));
+        }
+        for bad in ["", "30", "d", "0d", "1.5h", "3w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Broker {
         topology::declare(&self.conn).await.context("declaring the broker topology (exchanges and job queues)")?;
         let publisher = Publisher::open(&self.conn).await.context("opening a publishing channel")?;
         publisher
-            .publish_job(job.kind(), job_id.as_str(), &body, APP_ID)
+            .publish_job(job.kind(), job_id.as_str(), &body, APP_ID, None)
             .await
             .with_context(|| format!("publishing the {} job onto {}", job.kind(), topology::JOBS_EXCHANGE))?;
         Ok(())

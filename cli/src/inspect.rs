@@ -1,18 +1,15 @@
 //! `dfe jobs`, `dfe instances` and `dfe snapshots`: the API's registry views as tables,
-//! details or JSON.
+//! details or JSON, a page at a time or (`--all`) every page; and `dfe cancel`.
 
 use dfe_shared::ids::{FieldError, InstanceId, OwnerId, Tag};
 use dfe_shared::records::{InstanceRecord, JobRecord, SnapshotRecord};
 use serde_json::Value;
 
 use crate::api::{ApiClient, Fetched};
-use crate::args::{InstancesArgs, JobsArgs, SnapshotsArgs};
+use crate::args::{CancelArgs, InstancesArgs, JobsArgs, PageArgs, SnapshotsArgs};
 use crate::error::CliError;
 use crate::output::{detail, emit, or_dash, pretty, render, time_cell};
 use crate::settings::Settings;
-
-/// How many rows the API lists when not told otherwise.
-const API_DEFAULT_LIMIT: usize = 100;
 
 /// Headers of the job list; [`job_row`] fills them.
 const JOB_COLUMNS: &[&str] = &["JOB-ID", "TYPE", "STATE", "ATTEMPTS", "INSTANCE-ID", "CREATED-AT"];
@@ -62,10 +59,11 @@ pub fn snapshot_row(snapshot: &SnapshotRecord) -> Vec<String> {
     ]
 }
 
-/// `dfe jobs [ID] [--instance-id I] [--limit N] [--json]`.
+/// `dfe jobs [ID] [--instance-id I] [--owner-id O] [--state S] [--type T] [--limit N] [--all] [--json]`.
 pub async fn jobs(settings: &Settings, args: &JobsArgs) -> anyhow::Result<()> {
     let id = args.job_id.as_deref().map(|s| path_id("job-id", s)).transpose()?;
     let instance = args.instance_id.as_deref().map(instance_id).transpose()?;
+    let owner = args.owner_id.as_deref().map(owner_id).transpose()?;
     let api = ApiClient::new(settings.api_url()?, settings.token()?)?;
     match id {
         Some(id) => {
@@ -75,20 +73,40 @@ pub async fn jobs(settings: &Settings, args: &JobsArgs) -> anyhow::Result<()> {
             show_one(&job, args.json, &first)
         }
         None => {
-            let mut query = limit_query(args.limit);
-            if let Some(instance) = instance {
-                query.push(("instance-id", instance.as_str().to_owned()));
-            }
-            let list = api.jobs(&query).await?;
-            let rows: Vec<_> = list.record.jobs.iter().map(job_row).collect();
-            show_list(&list.json, "jobs", JOB_COLUMNS, &rows, args.json, args.limit)
+            let mut query = Vec::new();
+            query.extend(instance.map(|i| ("instance-id", i.as_str().to_owned())));
+            query.extend(owner.map(|o| ("owner-id", o.to_owned())));
+            query.extend(args.state.clone().map(|s| ("state", s)));
+            query.extend(args.kind.clone().map(|k| ("type", k)));
+            let api = &api;
+            let list = pages(&args.page, query, |q| async move {
+                let page = api.jobs(&q).await?;
+                Ok((page.json, page.record.jobs, page.record.next_cursor))
+            })
+            .await?;
+            let rows: Vec<_> = list.rows.iter().map(job_row).collect();
+            show_list(&list, "jobs", JOB_COLUMNS, &rows, args.json)
         }
     }
 }
 
-/// `dfe instances [ID] [--all] [--limit N] [--json]`.
+/// `dfe cancel ID [--json]`.
+pub async fn cancel(settings: &Settings, args: &CancelArgs) -> anyhow::Result<()> {
+    let id = path_id("job-id", &args.job_id)?;
+    let api = ApiClient::new(settings.api_url()?, settings.token()?)?;
+    let job = api.cancel(id.as_str()).await?;
+    if args.json {
+        return emit(&format!("{}\n", pretty(&job.json)));
+    }
+    let r = &job.record;
+    let why = r.error.as_ref().map_or_else(String::new, |e| format!(" ({}: {})", e.code, e.message));
+    emit(&format!("{} job {} cancelled: {}{why}\n", r.kind, r.job_id, r.state))
+}
+
+/// `dfe instances [ID] [--include-removed] [--owner-id O] [--state S] [--host-id H] [--limit N] [--all] [--json]`.
 pub async fn instances(settings: &Settings, args: &InstancesArgs) -> anyhow::Result<()> {
     let id = args.instance_id.as_deref().map(instance_id).transpose()?;
+    let owner = args.owner_id.as_deref().map(owner_id).transpose()?;
     let api = ApiClient::new(settings.api_url()?, settings.token()?)?;
     match id {
         Some(id) => {
@@ -107,28 +125,30 @@ pub async fn instances(settings: &Settings, args: &InstancesArgs) -> anyhow::Res
             show_one(&instance, args.json, &first)
         }
         None => {
-            let mut query = limit_query(args.limit);
-            if args.all {
+            let mut query = Vec::new();
+            if args.include_removed {
                 query.push(("include-removed", "true".to_owned()));
             }
-            let list = api.instances(&query).await?;
-            let rows: Vec<_> = list.record.instances.iter().map(instance_row).collect();
-            show_list(&list.json, "instances", INSTANCE_COLUMNS, &rows, args.json, args.limit)
+            query.extend(owner.map(|o| ("owner-id", o.to_owned())));
+            query.extend(args.state.clone().map(|s| ("state", s)));
+            query.extend(args.host_id.clone().map(|h| ("host-id", h)));
+            let api = &api;
+            let list = pages(&args.page, query, |q| async move {
+                let page = api.instances(&q).await?;
+                Ok((page.json, page.record.instances, page.record.next_cursor))
+            })
+            .await?;
+            let rows: Vec<_> = list.rows.iter().map(instance_row).collect();
+            show_list(&list, "instances", INSTANCE_COLUMNS, &rows, args.json)
         }
     }
 }
 
-/// `dfe snapshots [ID] [--instance-id I] [--owner-id O] [--limit N] [--json]`.
+/// `dfe snapshots [ID] [--instance-id I] [--owner-id O] [--limit N] [--all] [--json]`.
 pub async fn snapshots(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Result<()> {
     let id = args.snapshot_id.as_deref().map(snapshot_id).transpose()?;
     let instance = args.instance_id.as_deref().map(instance_id).transpose()?;
-    // Checked, but sent as typed: the API matches the owner id as text, so `007` must stay
-    // `007` rather than become the number 7.
-    let owner = args
-        .owner_id
-        .as_deref()
-        .map(|s| OwnerId::parse_cli(s).map(|_| s).map_err(|m| CliError::Invalid(FieldError::new("owner-id", m))))
-        .transpose()?;
+    let owner = args.owner_id.as_deref().map(owner_id).transpose()?;
     let api = ApiClient::new(settings.api_url()?, settings.token()?)?;
     match id {
         Some(id) => {
@@ -138,18 +158,59 @@ pub async fn snapshots(settings: &Settings, args: &SnapshotsArgs) -> anyhow::Res
             show_one(&snapshot, args.json, &first)
         }
         None => {
-            let mut query = limit_query(args.limit);
-            if let Some(instance) = instance {
-                query.push(("instance-id", instance.as_str().to_owned()));
-            }
-            if let Some(owner) = owner {
-                query.push(("owner-id", owner.to_owned()));
-            }
-            let list = api.snapshots(&query).await?;
-            let rows: Vec<_> = list.record.snapshots.iter().map(snapshot_row).collect();
-            show_list(&list.json, "snapshots", SNAPSHOT_COLUMNS, &rows, args.json, args.limit)
+            let mut query = Vec::new();
+            query.extend(instance.map(|i| ("instance-id", i.as_str().to_owned())));
+            query.extend(owner.map(|o| ("owner-id", o.to_owned())));
+            let api = &api;
+            let list = pages(&args.page, query, |q| async move {
+                let page = api.snapshots(&q).await?;
+                Ok((page.json, page.record.snapshots, page.record.next_cursor))
+            })
+            .await?;
+            let rows: Vec<_> = list.rows.iter().map(snapshot_row).collect();
+            show_list(&list, "snapshots", SNAPSHOT_COLUMNS, &rows, args.json)
         }
     }
+}
+
+/// The pages of a list read: the rows, the JSON of each page, and whether more follow.
+struct Listed<T> {
+    rows: Vec<T>,
+    pages: Vec<Value>,
+    more: bool,
+}
+
+/// Reads one page of a list (`--all`: every page, following `next-cursor` to the end).
+/// `fetch` reads the page of a query: its JSON, its rows and its next cursor.
+async fn pages<T, F, Fut>(page: &PageArgs, query: Vec<(&'static str, String)>, fetch: F) -> anyhow::Result<Listed<T>>
+where
+    F: Fn(Vec<(&'static str, String)>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Value, Vec<T>, Option<String>)>>,
+{
+    let mut listed = Listed { rows: Vec::new(), pages: Vec::new(), more: false };
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = query.clone();
+        q.extend(page.limit.map(|n| ("limit", n.to_string())));
+        q.extend(cursor.take().map(|c| ("cursor", c)));
+        let (json, rows, next) = fetch(q).await?;
+        listed.rows.extend(rows);
+        listed.pages.push(json);
+        match next {
+            Some(next) if page.all => cursor = Some(next),
+            Some(_) => {
+                listed.more = true;
+                return Ok(listed);
+            }
+            None => return Ok(listed),
+        }
+    }
+}
+
+/// An owner id, checked, but sent as typed: the API matches it as text, so `007` stays
+/// `007` rather than becoming the number 7.
+fn owner_id(s: &str) -> anyhow::Result<&str> {
+    Ok(OwnerId::parse_cli(s).map(|_| s).map_err(|m| CliError::Invalid(FieldError::new("owner-id", m)))?)
 }
 
 /// An instance id, checked before it reaches a URL.
@@ -170,10 +231,6 @@ fn path_id(field: &str, s: &str) -> anyhow::Result<Tag> {
         return Err(CliError::Invalid(FieldError::new(field, "must not be only dots")).into());
     }
     Ok(tag)
-}
-
-fn limit_query(limit: Option<u16>) -> Vec<(&'static str, String)> {
-    limit.map(|n| vec![("limit", n.to_string())]).unwrap_or_default()
 }
 
 /// `1.5 MiB`: a byte count for people.
@@ -204,29 +261,37 @@ fn show_one<T>(item: &Fetched<T>, json: bool, first: &[&str]) -> anyhow::Result<
     }
 }
 
-/// A list: the API's JSON with `--json`, else `rows` under `headers`.
-fn show_list(
-    answer: &Value,
-    key: &str,
-    headers: &[&str],
-    rows: &[Vec<String>],
-    json: bool,
-    limit: Option<u16>,
-) -> anyhow::Result<()> {
+/// A list: the API's JSON with `--json` (the pages' members joined into one answer when
+/// `--all` read several), else `rows` under `headers`. When a page was left unread, a note on
+/// stderr (where scripts reading stdout won't see it) says how to read the rest.
+fn show_list<T>(list: &Listed<T>, key: &str, headers: &[&str], rows: &[Vec<String>], json: bool) -> anyhow::Result<()> {
     if json {
-        return emit(&format!("{}\n", pretty(answer)));
+        return emit(&format!("{}\n", pretty(&joined(&list.pages, key))));
     }
     if rows.is_empty() {
         eprintln!("no {key}");
         return Ok(());
     }
     emit(&render(headers, rows))?;
-    // A full page may not be everything: say so where scripts reading stdout won't see it.
-    let limit = limit.map_or(API_DEFAULT_LIMIT, usize::from);
-    if rows.len() >= limit {
-        eprintln!("(the newest {limit} {key}; --limit N shows more, up to 1000)");
+    if list.more {
+        eprintln!("(more {key} follow: --all lists every page)");
     }
     Ok(())
+}
+
+/// The answer of one page, or, for several, the first with the `key` members of all joined
+/// and the last page's `next-cursor`.
+fn joined(pages: &[Value], key: &str) -> Value {
+    let mut pages = pages.iter();
+    let Some(first) = pages.next() else { return Value::Null };
+    let mut answer = first.clone();
+    for page in pages {
+        if let (Some(all), Some(more)) = (answer.get_mut(key).and_then(Value::as_array_mut), page[key].as_array()) {
+            all.extend(more.iter().cloned());
+        }
+        answer["next-cursor"] = page["next-cursor"].clone();
+    }
+    answer
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`api`]: the REST client, and problem+json answers rendered for people.
 //! - [`broker`]: RabbitMQ: publishing jobs, subscribing to `dfe.events`.
 //! - [`events`]: reading and showing events; `dfe events`.
-//! - [`inspect`]: `dfe jobs`, `dfe instances` and `dfe snapshots`.
+//! - [`inspect`]: `dfe jobs`, `dfe instances` and `dfe snapshots` (following cursors), and
+//!   `dfe cancel`.
 //! - [`fleet`]: `dfe hosts`: the hosts and database servers; cordoning.
 //! - [`lifecycle`]: `dfe expire` (the schedule's dry run, an expiry set) and `dfe owner`.
 //! - [`reconcile`]: `dfe reconcile`: the workers' reconciliation, asked for through the API.
@@ -75,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match other {
                 Command::Reconcile(a) => return reconcile::run(&settings, a).await,
                 Command::Jobs(a) => inspect::jobs(&settings, a).await?,
+                Command::Cancel(a) => inspect::cancel(&settings, a).await?,
                 Command::Instances(a) => inspect::instances(&settings, a).await?,
                 Command::Snapshots(a) => match &a.action {
                     Some(SnapshotsCommand::Download(d)) => download::run(&settings, d).await?,

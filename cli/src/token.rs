@@ -6,11 +6,13 @@
 use std::io::Read;
 
 use anyhow::Context;
-use dfe_shared::ids::Tag;
+use dfe_shared::config::Scope;
+use dfe_shared::ids::{OwnerId, Tag};
 use dfe_shared::secret::Secret;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 
 use crate::args::TokenArgs;
 use crate::error::CliError;
@@ -30,28 +32,88 @@ pub fn digest(token: &Secret) -> String {
     hex::encode(Sha256::digest(token.expose().as_bytes()))
 }
 
-/// The `[[api.clients]]` entry admitting `token` as `client_id`.
-pub fn client_entry(client_id: &Tag, token: &Secret) -> String {
-    // A tag holds only [A-Za-z0-9._-], so it needs no TOML escaping.
-    format!("[[api.clients]]\nid = \"{client_id}\"\ntoken-sha256 = \"{}\"\n", digest(token))
+/// What a token may do, as its `[[api.clients]]` entry says: nothing said is everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rights {
+    /// Its scopes (empty: all three).
+    pub scopes: Vec<Scope>,
+    /// The owners it may see and act for (empty: every owner).
+    pub owners: Vec<OwnerId>,
+    /// When it stops being accepted.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// The `[[api.clients]]` entry admitting `token` as `client_id` with `rights`.
+pub fn client_entry(client_id: &Tag, token: &Secret, rights: &Rights) -> String {
+    // A tag holds only [A-Za-z0-9._-], so it needs no TOML escaping; neither do owner ids
+    // (a tag, or a number written bare) nor scope names.
+    let mut entry = format!("[[api.clients]]\nid = \"{client_id}\"\ntoken-sha256 = \"{}\"\n", digest(token));
+    if !rights.scopes.is_empty() {
+        let scopes: Vec<String> = rights.scopes.iter().map(|s| format!("\"{s}\"")).collect();
+        entry.push_str(&format!("scopes = [{}]\n", scopes.join(", ")));
+    }
+    if !rights.owners.is_empty() {
+        let owners: Vec<String> = rights
+            .owners
+            .iter()
+            .map(|o| match o {
+                OwnerId::Number(n) => n.to_string(),
+                OwnerId::Text(t) => format!("\"{t}\""),
+            })
+            .collect();
+        entry.push_str(&format!("owners = [{}]\n", owners.join(", ")));
+    }
+    if let Some(at) = rights.expires_at {
+        let at = at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        entry.push_str(&format!("expires-at = \"{at}\"\n"));
+    }
+    entry
+}
+
+/// The rights `dfe token` was asked for.
+fn rights(args: &TokenArgs, now: OffsetDateTime) -> anyhow::Result<Rights> {
+    let mut scopes: Vec<Scope> = Vec::new();
+    for s in &args.scopes {
+        let scope: Scope = s.parse().map_err(|m: String| CliError::Usage(format!("--scope: {m}")))?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    // All three is what no list says, and says it shorter.
+    if scopes.len() == Scope::ALL.len() {
+        scopes.clear();
+    }
+    scopes.sort();
+    let owners = args
+        .owners
+        .iter()
+        .map(|o| OwnerId::parse_cli(o).map_err(|m| CliError::Usage(format!("--owner {o:?}: {m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let expires_at = args.expires_in.map(|d| {
+        // Whole seconds, so that the entry reads plainly.
+        let at = now + time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+        at.replace_nanosecond(0).unwrap_or(at)
+    });
+    Ok(Rights { scopes, owners, expires_at })
 }
 
 /// `dfe token`.
 pub fn run(args: &TokenArgs, token_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let client_id = Tag::parse(&args.client_id).map_err(|m| CliError::Usage(format!("--client-id: {m}")))?;
+    let rights = rights(args, OffsetDateTime::now_utc())?;
     if args.digest {
         let token = match crate::settings::read_token(token_file)? {
             Some(token) => token,
             None => read_stdin_token()?,
         };
-        print!("{}", client_entry(&client_id, &token));
+        print!("{}", client_entry(&client_id, &token, &rights));
         return Ok(());
     }
     let token = mint();
     eprintln!("A new API token (shown only now; keep it secret, e.g. in a file for --token-file):");
     println!("{}", token.expose());
     eprintln!("\nAdd this to the dfe-api configuration and restart dfe-api:");
-    print!("\n{}", client_entry(&client_id, &token));
+    print!("\n{}", client_entry(&client_id, &token, &rights));
     Ok(())
 }
 
@@ -88,9 +150,52 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_entry_names_its_scopes_owners_and_expiry_and_reads_back() {
+        let id = Tag::parse("acme-ro").expect("tag");
+        let args = TokenArgs {
+            client_id: "acme-ro".into(),
+            scopes: vec!["read".into(), "read".into()],
+            owners: vec!["7".into(), "acme.co".into()],
+            expires_in: Some(std::time::Duration::from_secs(30 * 86_400)),
+            digest: false,
+        };
+        let now = OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("a time");
+        let entry = client_entry(&id, &Secret::new("abc"), &rights(&args, now).expect("rights"));
+        assert!(
+            entry.ends_with("scopes = [\"read\"]\nowners = [7, \"acme.co\"]\nexpires-at = \"2026-01-31T00:00:00Z\"\n"),
+            "{entry}"
+        );
+        let client = &read_back(&entry)[0];
+        assert_eq!(client.scopes, Some(vec![Scope::Read]));
+        assert_eq!(client.owners, Some(vec![OwnerId::Number(7), OwnerId::Text("acme.co".into())]));
+        assert_eq!(client.expires_at, Some(now + time::Duration::days(30)));
+        let all = TokenArgs { scopes: vec!["admin".into(), "ops".into(), "read".into()], ..args };
+        assert_eq!(rights(&all, now).expect("rights").scopes, [], "all three is what no list says");
+        let bad = TokenArgs { owners: vec!["a b".into()], ..all };
+        assert!(rights(&bad, now).is_err());
+    }
+
+    /// The `[[api.clients]]` of `entry`, as the services' configuration loader reads them.
+    fn read_back(entry: &str) -> Vec<dfe_shared::config::ApiClient> {
+        #[derive(serde::Deserialize)]
+        struct Api {
+            api: Clients,
+        }
+        #[derive(serde::Deserialize)]
+        struct Clients {
+            clients: Vec<dfe_shared::config::ApiClient>,
+        }
+        let path = std::env::temp_dir().join(format!("dfe-cli-{}-clients.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, entry).expect("write temp file");
+        let parsed: Result<Api, _> = dfe_shared::config::load_layers(Some(&path), Some(Default::default()));
+        let _ = std::fs::remove_file(&path);
+        parsed.expect("valid TOML").api.clients
+    }
+
+    #[test]
     fn the_client_entry_is_toml_the_api_reads() {
         let id = Tag::parse("ops-laptop").expect("tag");
-        let entry = client_entry(&id, &Secret::new("abc"));
+        let entry = client_entry(&id, &Secret::new("abc"), &Rights::default());
         assert_eq!(
             entry,
             "[[api.clients]]\nid = \"ops-laptop\"\n\

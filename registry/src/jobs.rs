@@ -7,10 +7,11 @@ use dfe_shared::job::{Job, JobKind};
 use dfe_shared::records::{JobRecord, JobState};
 use tokio_postgres::Row;
 
-use crate::{parse_column, Error, Registry, Result};
+use crate::{parse_column, After, Error, Page, Paged, Registry, Result};
 
 pub(crate) const JOB_COLUMNS: &str = "job_id, kind, state, attempts, instance_id, request, result, error, \
-     source, requested_by, created_at, updated_at, published_at, started_at, finished_at, next_retry_at, deadline_at";
+     source, requested_by, created_at, updated_at, published_at, started_at, finished_at, next_retry_at, deadline_at, \
+     traceparent";
 
 /// Reads a job row; an unknown kind or state is an error, not a guess.
 pub(crate) fn job_from_row(row: &Row) -> Result<JobRecord> {
@@ -41,6 +42,10 @@ pub(crate) fn job_from_row(row: &Row) -> Result<JobRecord> {
         finished_at: row.get("finished_at"),
         next_retry_at: row.get("next_retry_at"),
         deadline_at: row.get("deadline_at"),
+        trace_id: row
+            .get::<_, Option<String>>("traceparent")
+            .as_deref()
+            .and_then(dfe_shared::ids::trace_id_of_traceparent),
         job_id,
     })
 }
@@ -60,6 +65,11 @@ pub struct Submitter<'a> {
     pub idempotency_key: Option<&'a str>,
     /// SHA-256 of a queue message body that carried no id (to find it on redelivery).
     pub fingerprint: Option<&'a str>,
+    /// The W3C trace context the job was submitted under, kept for its later publications.
+    pub traceparent: Option<&'a str>,
+    /// The owners the submitter may act for (`None`: every owner). A job on an existing
+    /// instance of another owner is refused as if the instance did not exist.
+    pub owners: Option<&'a [String]>,
 }
 
 /// Which jobs a list shows.
@@ -73,6 +83,21 @@ pub struct JobFilter<'a> {
     pub state: Option<JobState>,
     /// Only of this kind.
     pub kind: Option<JobKind>,
+    /// Only those of these owners (what a client limited to owners may see).
+    pub owners: Option<&'a [String]>,
+}
+
+/// What cancelling a job came to.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// It was queued or retrying and is now `failed` with `error.code` `cancelled`, its
+    /// claim handed back; its failure event is to be published (it is in the event outbox
+    /// already, due a little later, in case the caller cannot).
+    Done(Box<(JobRecord, dfe_shared::event::Event)>),
+    /// It runs or has ended (in this state): nothing changed.
+    TooLate(JobState),
+    /// No such job.
+    NotFound,
 }
 
 impl Registry {
@@ -87,8 +112,8 @@ impl Registry {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// The newest jobs that pass `filter`.
-    pub async fn jobs(&self, filter: &JobFilter<'_>, limit: i64) -> Result<Vec<JobRecord>> {
+    /// A page of the jobs that pass `filter`, newest first.
+    pub async fn jobs(&self, filter: &JobFilter<'_>, page: &Page) -> Result<Paged<JobRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs
@@ -96,15 +121,32 @@ impl Registry {
                AND ($2::text IS NULL OR owner_id #>> '{{}}' = $2)
                AND ($3::text IS NULL OR state = $3)
                AND ($4::text IS NULL OR kind = $4)
-             ORDER BY created_at DESC, job_id DESC LIMIT $5"
+               AND ($5::text[] IS NULL OR owner_id #>> '{{}}' = ANY($5))
+               AND ($6::timestamptz IS NULL OR (created_at, job_id) < ($6, $7::text))
+             ORDER BY created_at DESC, job_id DESC LIMIT $8"
         );
         let state = filter.state.map(JobState::as_str);
         let kind = filter.kind.map(JobKind::as_str);
+        let (at, id) = page.after.as_ref().map(|a| (a.created_at, a.id.as_str())).unzip();
         let rows = client
-            .query(&sql, &[&filter.instance_id, &filter.owner_id, &state, &kind, &limit])
+            .query(
+                &sql,
+                &[&filter.instance_id, &filter.owner_id, &state, &kind, &filter.owners, &at, &id, &(page.limit + 1)],
+            )
             .await
             .map_err(Error::query("listing jobs"))?;
-        jobs_from_rows(&rows)
+        let jobs = jobs_from_rows(&rows)?;
+        Ok(Paged::of(jobs, page, |j| After { created_at: j.created_at, id: j.job_id.clone() }))
+    }
+
+    /// The owner recorded with job `job_id` (as text): what decides which clients see it.
+    pub async fn job_owner(&self, job_id: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT owner_id #>> '{}' FROM jobs WHERE job_id = $1", &[&job_id])
+            .await
+            .map_err(Error::query("reading a job's owner"))?;
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     /// A job still in progress that was recorded from a queue message with this body
@@ -191,18 +233,18 @@ impl Registry {
         Ok(())
     }
 
-    /// Jobs recorded but not published for at least `min_age_secs`, oldest first: what
-    /// the outbox must (re)publish. A row whose kind this version cannot read is skipped
+    /// Jobs recorded but not published for at least `min_age_secs`, oldest first, with the
+    /// trace each was submitted under: what the outbox must (re)publish. A row whose kind this version cannot read is skipped
     /// (and logged) rather than published under a guessed kind.
     pub async fn unpublished(
         &self,
         min_age_secs: f64,
         limit: i64,
-    ) -> Result<Vec<(String, JobKind, serde_json::Value)>> {
+    ) -> Result<Vec<(String, JobKind, serde_json::Value, Option<String>)>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT job_id, kind, request FROM jobs
+                "SELECT job_id, kind, request, traceparent FROM jobs
                  WHERE published_at IS NULL AND state = 'queued'
                    AND created_at < now() - make_interval(secs => $1)
                  ORDER BY created_at LIMIT $2",
@@ -214,7 +256,7 @@ impl Registry {
         for r in &rows {
             let job_id: String = r.get(0);
             match parse_column::<JobKind>(r, "jobs", &job_id, "kind") {
-                Ok(kind) => out.push((job_id, kind, r.get(2))),
+                Ok(kind) => out.push((job_id, kind, r.get(2), r.get(3))),
                 Err(e) => tracing::error!(error = %e, "the outbox skips a job it cannot read"),
             }
         }
@@ -233,8 +275,10 @@ impl Registry {
         let sql = format!(
             "WITH ins AS (
                 INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
-                                  fingerprint, published_at)
-                VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, now())
+                                  fingerprint, published_at, traceparent)
+                VALUES ($1, $2, 'queued', $3,
+                        coalesce($4, (SELECT owner_id FROM instances WHERE instance_id = $3)),
+                        $5, $6, $7, $8, now(), $9)
                 ON CONFLICT (job_id) DO NOTHING
                 RETURNING {JOB_COLUMNS})
              SELECT {JOB_COLUMNS} FROM ins
@@ -253,6 +297,7 @@ impl Registry {
                     &by.source,
                     &by.requested_by,
                     &by.fingerprint,
+                    &by.traceparent,
                 ],
             )
             .await

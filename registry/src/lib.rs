@@ -39,9 +39,55 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 pub use error::{Error, Result};
-pub use jobs::{JobFilter, Submitter};
+pub use instances::InstanceFilter;
+pub use jobs::{Cancelled, JobFilter, Submitter};
 pub use lock::{InstanceLock, LockPool};
+pub use snapshots::SnapshotFilter;
 pub use transitions::{Admission, Claimed, Ending, Refusal, SubmitOutcome, Transition};
+
+/// Where a page of a list starts: after the row with this creation time and id. Lists are
+/// newest first, ordered by (`created_at`, id), so a page read after rows were added neither
+/// repeats nor skips a row that was there before (keyset pagination).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// The last row's creation time (the registry keeps microseconds).
+    pub created_at: time::OffsetDateTime,
+    /// The last row's id.
+    pub id: String,
+}
+
+/// One page of a list: at most `limit` rows, after `after` (from the start when `None`).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Rows at most.
+    pub limit: i64,
+    /// Where the page starts.
+    pub after: Option<After>,
+}
+
+/// A page read: its rows, and where the next one starts (`None`: this was the last).
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// Where the next page starts.
+    pub next: Option<After>,
+}
+
+impl<T> Paged<T> {
+    /// The page of `page` from up to `limit + 1` rows read: one more than the page holds says
+    /// that another page follows, which starts after the page's last row.
+    pub(crate) fn of(mut rows: Vec<T>, page: &Page, key: impl Fn(&T) -> After) -> Paged<T> {
+        let limit = usize::try_from(page.limit).unwrap_or(0);
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(key)
+        } else {
+            None
+        };
+        Paged { items: rows, next }
+    }
+}
 
 /// A handle on the registry; cheap to clone.
 #[derive(Clone)]

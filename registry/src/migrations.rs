@@ -176,6 +176,23 @@ CREATE TABLE leases (
     taken_at  timestamptz NOT NULL DEFAULT now()
 );
 "#,
+    // Access, pagination, cancel and traces: every job names its instance's owner (so that a
+    // client limited to owners sees its deprovisions and exports too); lists are read a page
+    // at a time by (created_at, id); a claim that moves an instance remembers where it came
+    // from, so that cancelling the job hands it back; a job keeps the trace it was
+    // submitted under.
+    r#"
+UPDATE jobs j SET owner_id = i.owner_id FROM instances i
+ WHERE j.owner_id IS NULL AND i.instance_id = j.instance_id;
+CREATE INDEX jobs_owner ON jobs ((owner_id #>> '{}'), created_at DESC, job_id DESC);
+DROP INDEX IF EXISTS jobs_created;
+CREATE INDEX jobs_page ON jobs (created_at DESC, job_id DESC);
+CREATE INDEX instances_page ON instances (created_at DESC, instance_id DESC);
+CREATE INDEX snapshots_page ON snapshots (created_at DESC, snapshot_id DESC);
+ALTER TABLE instances ADD COLUMN previous_state text;
+ALTER TABLE instances ADD COLUMN previous_job_id text;
+ALTER TABLE jobs ADD COLUMN traceparent text;
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

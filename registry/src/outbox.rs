@@ -37,9 +37,9 @@ pub async fn relay_once(registry: &Registry, broker: &BrokerHandle, app_id: &str
     }
     let publisher = broker.publisher().await?;
     let mut published = 0;
-    for (job_id, kind, request) in pending {
+    for (job_id, kind, request, traceparent) in pending {
         let body = serde_json::to_vec(&request).unwrap_or_default();
-        if let Err(e) = publisher.publish_job(kind, &job_id, &body, app_id).await {
+        if let Err(e) = publisher.publish_job(kind, &job_id, &body, app_id, traceparent.as_deref()).await {
             broker.reset().await;
             return Err(e.into());
         }

@@ -3,7 +3,18 @@
 use dfe_shared::records::SnapshotRecord;
 use tokio_postgres::Row;
 
-use crate::{Error, Registry, Result};
+use crate::{After, Error, Page, Paged, Registry, Result};
+
+/// Which snapshots a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter<'a> {
+    /// Only this instance's.
+    pub instance_id: Option<&'a str>,
+    /// Only this owner's (as text).
+    pub owner_id: Option<&'a str>,
+    /// Only those of these owners (what a client limited to owners may see).
+    pub owners: Option<&'a [String]>,
+}
 
 const COLUMNS: &str =
     "snapshot_id, instance_id, owner_id, job_id, destination, path, size, sha256, manifest, created_at";
@@ -55,22 +66,23 @@ impl Registry {
         row.as_ref().map(snapshot_from_row).transpose()
     }
 
-    /// Snapshots, newest first, optionally of one instance and/or one owner (as text).
-    pub async fn snapshots(
-        &self,
-        instance_id: Option<&str>,
-        owner_id: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<SnapshotRecord>> {
+    /// A page of the snapshots that pass `filter`, newest first.
+    pub async fn snapshots(&self, filter: &SnapshotFilter<'_>, page: &Page) -> Result<Paged<SnapshotRecord>> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM snapshots
              WHERE ($1::text IS NULL OR instance_id = $1)
                AND ($2::text IS NULL OR owner_id #>> '{{}}' = $2)
-             ORDER BY created_at DESC LIMIT $3"
+               AND ($3::text[] IS NULL OR owner_id #>> '{{}}' = ANY($3))
+               AND ($4::timestamptz IS NULL OR (created_at, snapshot_id) < ($4, $5::text))
+             ORDER BY created_at DESC, snapshot_id DESC LIMIT $6"
         );
-        let rows =
-            client.query(&sql, &[&instance_id, &owner_id, &limit]).await.map_err(Error::query("listing snapshots"))?;
-        rows.iter().map(snapshot_from_row).collect()
+        let (at, id) = page.after.as_ref().map(|a| (a.created_at, a.id.as_str())).unzip();
+        let rows = client
+            .query(&sql, &[&filter.instance_id, &filter.owner_id, &filter.owners, &at, &id, &(page.limit + 1)])
+            .await
+            .map_err(Error::query("listing snapshots"))?;
+        let snapshots = rows.iter().map(snapshot_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Paged::of(snapshots, page, |s| After { created_at: s.created_at, id: s.snapshot_id.clone() }))
     }
 }

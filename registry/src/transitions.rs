@@ -23,8 +23,12 @@ use dfe_shared::placement::Plan;
 use dfe_shared::records::{InstanceRecord, InstanceState, JobRecord, JobState};
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
-use crate::jobs::{job_from_row, Submitter, JOB_COLUMNS};
+use crate::jobs::{job_from_row, Cancelled, Submitter, JOB_COLUMNS};
 use crate::{Error, Registry, Result};
+
+/// How long the event relay leaves a cancelled job's failure event to the canceller before
+/// publishing it itself.
+const CANCEL_EVENT_GRACE_SECS: f64 = 30.0;
 
 /// How a job may go on with its instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,8 +199,9 @@ impl Registry {
         let insert = crate::stmt(
             &tx,
             "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
-                               client_id, idempotency_key, fingerprint)
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $7, $8, $9)
+                               client_id, idempotency_key, fingerprint, traceparent)
+             VALUES ($1, $2, 'queued', $3, coalesce($4, (SELECT owner_id FROM instances WHERE instance_id = $3)),
+                     $5, $6, $7, $7, $8, $9, $10)
              ON CONFLICT DO NOTHING
              RETURNING *",
         )
@@ -214,6 +219,7 @@ impl Registry {
                     &by.requested_by,
                     &by.idempotency_key,
                     &by.fingerprint,
+                    &by.traceparent,
                 ],
             )
             .await
@@ -226,7 +232,7 @@ impl Registry {
             return self.resubmission(job, by, &request).await;
         };
         let record = job_from_row(&row)?;
-        if let Err(refusal) = claim_in(&tx, job, &job_id, plan).await? {
+        if let Err(refusal) = claim_in(&tx, job, &job_id, plan, by.owners).await? {
             // Dropping the transaction rolls back the job row too: a refused job is not recorded.
             return Ok(SubmitOutcome::Refused(refusal));
         }
@@ -302,7 +308,7 @@ impl Registry {
         drop(client);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Error::query("starting a claim"))?;
-        let claimed = claim_in(&tx, job, job_id, plan).await?;
+        let claimed = claim_in(&tx, job, job_id, plan, None).await?;
         if claimed.is_ok() {
             tx.commit().await.map_err(Error::query("committing a claim"))?;
         }
@@ -396,6 +402,102 @@ impl Registry {
         Ok(true)
     }
 
+    /// Cancels job `job_id` for client `by`, if it has not started: a `queued` or `retrying`
+    /// job ends `failed` with `error.code` `cancelled`, in one transaction with handing back
+    /// its claim, and its failure event is recorded in the event outbox (due in a while: the
+    /// caller publishes it now and marks it delivered; if it cannot, the workers' event relay
+    /// does). A job of an owner outside `owners` is not found.
+    ///
+    /// The claim goes back by the job's kind of admission. One that never ran (no attempt)
+    /// made nothing: a new instance's claim is released (the id is free again), and an
+    /// instance a job moved (a deprovision: `deprovisioning`, from `provisioned` or
+    /// `failed`) goes back to the state and last job it had. One waiting for a retry may have
+    /// made or removed parts: its instance is left `failed`, as an abort leaves it, for a
+    /// deprovision to finish.
+    pub async fn cancel(&self, job_id: &str, by: &str, owners: Option<&[String]>) -> Result<Cancelled> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::query("starting a cancellation"))?;
+        let sql = format!("SELECT {JOB_COLUMNS}, owner_id FROM jobs WHERE job_id = $1 FOR UPDATE");
+        let Some(row) = tx.query_opt(&sql, &[&job_id]).await.map_err(Error::query("reading a job"))? else {
+            return Ok(Cancelled::NotFound);
+        };
+        let owner: Option<serde_json::Value> = row.get("owner_id");
+        let owner_text = owner.as_ref().map(|o| o.as_str().map_or_else(|| o.to_string(), str::to_owned));
+        if owners.is_some_and(|o| !owner_text.as_ref().is_some_and(|t| o.contains(t))) {
+            return Ok(Cancelled::NotFound);
+        }
+        let record = job_from_row(&row)?;
+        if !matches!(record.state, JobState::Queued | JobState::Retrying) {
+            return Ok(Cancelled::TooLate(record.state));
+        }
+        let error = EventError { code: "cancelled".into(), message: format!("cancelled by {by} before it ran") };
+        let sql = format!(
+            "UPDATE jobs SET state = 'failed', error = $2, result = '{{}}'::jsonb, finished_at = now(),
+                    updated_at = now(), next_retry_at = NULL, deadline_at = NULL
+             WHERE job_id = $1 RETURNING {JOB_COLUMNS}"
+        );
+        let error_json = serde_json::to_value(&error).unwrap_or_default();
+        let row = tx.query_one(&sql, &[&job_id, &error_json]).await.map_err(Error::query("cancelling a job"))?;
+        let cancelled = job_from_row(&row)?;
+        let instance = cancelled.instance_id.as_str();
+        let handed_back = if record.attempts == 0 {
+            let released = tx
+                .execute(
+                    "DELETE FROM instances WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning'",
+                    &[&instance, &job_id],
+                )
+                .await;
+            released.and(
+                tx.execute(
+                    "UPDATE instances SET state = coalesce(previous_state, 'failed'),
+                            job_id = coalesce(previous_job_id, job_id), previous_state = NULL,
+                            previous_job_id = NULL, updated_at = now()
+                     WHERE instance_id = $1 AND job_id = $2
+                       AND state NOT IN ('provisioning', 'provisioned', 'deprovisioned', 'failed')",
+                    &[&instance, &job_id],
+                )
+                .await,
+            )
+        } else {
+            tx.execute(
+                "UPDATE instances SET state = 'failed', updated_at = now()
+                 WHERE instance_id = $1 AND job_id = $2 AND state NOT IN ('provisioned', 'deprovisioned', 'failed')",
+                &[&instance, &job_id],
+            )
+            .await
+        };
+        handed_back.map_err(Error::query("handing back a cancelled job's claim"))?;
+        let name = dfe_shared::event::names::failed(cancelled.kind);
+        let event = dfe_shared::event::Event {
+            event_id: dfe_shared::event::Event::id_for(job_id, &name),
+            event: name.clone(),
+            occurred_at: time::OffsetDateTime::now_utc(),
+            job_id: Some(job_id.to_owned()),
+            service: "dfe-api".to_owned(),
+            instance_id: Some(cancelled.instance_id.clone()),
+            owner_id: owner,
+            request: cancelled.request.clone(),
+            result: serde_json::json!({}),
+            error: Some(error),
+            trace_id: cancelled.trace_id.clone(),
+        };
+        tx.execute(
+            "INSERT INTO event_outbox (event_id, routing_key, body, job_id, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, 0, now() + make_interval(secs => $5)) ON CONFLICT (event_id) DO NOTHING",
+            &[
+                &event.event_id,
+                &name,
+                &serde_json::to_value(&event).unwrap_or_default(),
+                &job_id,
+                &CANCEL_EVENT_GRACE_SECS,
+            ],
+        )
+        .await
+        .map_err(Error::query("keeping a cancelled job's failure event"))?;
+        tx.commit().await.map_err(Error::query("committing a cancellation"))?;
+        Ok(Cancelled::Done(Box::new((cancelled, event))))
+    }
+
     /// Places a new instance again, away from `lost` (its host became unreachable before
     /// any of its parts was made there): in one transaction with the cluster's hosts
     /// locked, as a claim. `Ok(None)`: nowhere else fits (the refusal says why).
@@ -451,18 +553,32 @@ impl Registry {
 }
 
 /// The claim inside a transaction: reads the instance for update, applies [`admit`], and
-/// writes what the admission says. `Ok(Err(_))` is a refusal (the caller rolls back).
+/// writes what the admission says. `Ok(Err(_))` is a refusal (the caller rolls back). With
+/// `owners`, an instance of another owner that the job would work on is refused as not
+/// found, exactly as one that does not exist.
 async fn claim_in(
     tx: &deadpool_postgres::Transaction<'_>,
     job: &Job,
     job_id: &str,
     plan: Option<&Plan>,
+    owners: Option<&[String]>,
 ) -> Result<std::result::Result<Claimed, Refusal>> {
     let id = job.instance_id().as_str();
     let select =
         crate::stmt(tx, &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 FOR UPDATE")).await?;
     let row = tx.query_opt(&select, &[&id]).await.map_err(Error::query("reading an instance"))?;
     let current = row.as_ref().map(instance_from_row).transpose()?;
+    let foreign = current.as_ref().is_some_and(|c| {
+        c.state != InstanceState::Deprovisioned && owners.is_some_and(|o| !o.contains(&c.owner_id.as_text()))
+    });
+    if foreign {
+        // An instance this submitter may not see: a job on it finds none; one that would make
+        // it finds the id taken, as instance ids are unique across owners.
+        return Ok(Err(match job.kind() {
+            JobKind::Provision | JobKind::Import => Refusal::exists(id),
+            _ => Refusal::not_found(id),
+        }));
+    }
     let admission = match admit(job.kind(), id, current.as_ref().map(|c| (c.state, c.job_id.as_str())), job_id) {
         Ok(a) => a,
         Err(refusal) => return Ok(Err(refusal)),
@@ -548,8 +664,11 @@ async fn claim_in(
             }
         }
         Admission::Begin(state) => {
+            // Where it came from is kept, so that cancelling the job before it runs hands the
+            // instance back as it was.
             let sql = format!(
-                "UPDATE instances SET state = $2, job_id = $3, updated_at = now()
+                "UPDATE instances SET previous_state = state, previous_job_id = job_id,
+                        state = $2, job_id = $3, updated_at = now()
                  WHERE instance_id = $1 RETURNING {INSTANCE_COLUMNS}"
             );
             let row = tx

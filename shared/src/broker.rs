@@ -45,14 +45,36 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-/// The AMQP properties of a job message: JSON, persistent, `message-id` = job id, `type`.
-pub fn job_properties(kind: JobKind, job_id: &str, app_id: &str) -> BasicProperties {
-    BasicProperties::default()
+/// The header carrying a job's W3C trace context from its publisher to the workers.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The AMQP properties of a job message: JSON, persistent, `message-id` = job id, `type`,
+/// and the `traceparent` header when the job is part of a trace.
+pub fn job_properties(kind: JobKind, job_id: &str, app_id: &str, traceparent: Option<&str>) -> BasicProperties {
+    let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(PERSISTENT)
         .with_message_id(job_id.into())
         .with_type(kind.message_type().into())
-        .with_app_id(app_id.into())
+        .with_app_id(app_id.into());
+    match traceparent {
+        Some(tp) => {
+            let mut headers = FieldTable::default();
+            set_header(&mut headers, TRACEPARENT_HEADER, tp);
+            props.with_headers(headers)
+        }
+        None => props,
+    }
+}
+
+/// The `traceparent` header of a message, when it has one as a string.
+pub fn traceparent_of(props: &BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(TRACEPARENT_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 /// A channel in confirm mode. Cloning shares the channel; publications from many tasks
@@ -110,9 +132,16 @@ impl Publisher {
         Ok(Pending { confirm, exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
     }
 
-    /// Publishes a job message onto `dfe.jobs`.
-    pub async fn publish_job(&self, kind: JobKind, job_id: &str, body: &[u8], app_id: &str) -> Result<()> {
-        let props = job_properties(kind, job_id, app_id);
+    /// Publishes a job message onto `dfe.jobs` (with its trace context, when it has one).
+    pub async fn publish_job(
+        &self,
+        kind: JobKind,
+        job_id: &str,
+        body: &[u8],
+        app_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<()> {
+        let props = job_properties(kind, job_id, app_id, traceparent);
         self.publish(JOBS_EXCHANGE, kind.as_str(), true, body, props).await
     }
 

@@ -72,6 +72,7 @@ pub struct EventError {
 
 /// An event body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct Event {
     /// Stable id: the same for a redelivered duplicate of the same event.
@@ -80,6 +81,7 @@ pub struct Event {
     pub event: String,
     /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "schema", schema(value_type = String, format = DateTime))]
     pub occurred_at: OffsetDateTime,
     /// The job it belongs to (absent for a message rejected before it had one).
     pub job_id: Option<String>,
@@ -87,15 +89,60 @@ pub struct Event {
     pub service: String,
     /// The instance the job is about, when known.
     pub instance_id: Option<String>,
-    /// The owner named by the job or recorded for the instance, when known.
+    /// The owner named by the job or recorded for the instance, when known (for a rejected
+    /// message, whatever its `owner-id` held).
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Value>))]
     pub owner_id: Option<serde_json::Value>,
     /// The original job (or, for a rejected message, what could be read of it).
+    #[cfg_attr(feature = "schema", schema(value_type = Value))]
     pub request: serde_json::Value,
     /// What was made; never a password or a token.
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
     pub result: serde_json::Value,
     /// Why it failed, for failure events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(required = false))]
     pub error: Option<EventError>,
+    /// The W3C trace id (32 hex digits) of the job's trace: the REST request or the incoming
+    /// `traceparent` it was submitted under, through every step of the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(required = false, pattern = "^[0-9a-f]{32}$"))]
+    pub trace_id: Option<String>,
+}
+
+/// What an event is about, for the events a catalogue lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum About {
+    /// A job's final success event.
+    Succeeded(JobKind),
+    /// A job's final failure event (also a cancelled job's).
+    Failed(JobKind),
+    /// A sub-provisioner's part of a job, before the job's final event.
+    Step(JobKind),
+    /// A message that could not become a job.
+    Rejected,
+    /// A fleet notice (a host unreachable or recovered).
+    Fleet,
+    /// An instance's expiry is near (one of `lifecycle.warn-days`).
+    Expiring,
+}
+
+/// Every event the services publish, by name: what the AsyncAPI document lists, one message
+/// each. A new event is added here with its name.
+pub fn catalogue() -> Vec<(String, About)> {
+    let mut all = Vec::new();
+    for kind in JobKind::ALL {
+        all.push((names::succeeded(kind), About::Succeeded(kind)));
+        all.push((names::failed(kind), About::Failed(kind)));
+        for component in [Component::Storage, Component::Database] {
+            all.push((names::component(component, kind), About::Step(kind)));
+        }
+    }
+    all.push((names::JOB_REJECTED.to_owned(), About::Rejected));
+    all.push((names::HOST_UNREACHABLE.to_owned(), About::Fleet));
+    all.push((names::HOST_RECOVERED.to_owned(), About::Fleet));
+    all.push((names::INSTANCE_EXPIRING.to_owned(), About::Expiring));
+    all
 }
 
 impl Event {

@@ -197,6 +197,14 @@ impl<'de> Deserialize<'de> for OwnerId {
     }
 }
 
+/// The trace id a W3C `traceparent` value names (`00-<trace-id>-<span-id>-<flags>`): 32
+/// lowercase hex digits, not all zero.
+pub fn trace_id_of_traceparent(traceparent: &str) -> Option<String> {
+    let id = traceparent.trim().split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
+}
+
 /// The JSON kind of a value, for error messages that must not echo the value itself.
 pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
@@ -236,6 +244,10 @@ mod tests {
         assert!(serde_json::from_str::<OwnerId>("\"a b\"").is_err());
         assert!(serde_json::from_str::<OwnerId>("null").is_err());
         assert_eq!(OwnerId::parse_cli("7"), Ok(OwnerId::Number(7)));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of_traceparent(tp).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id_of_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of_traceparent("garbage"), None);
         assert_eq!(OwnerId::parse_cli("x7"), Ok(OwnerId::Text("x7".into())));
     }
 }

@@ -199,6 +199,11 @@ pub struct JobRecord {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[cfg_attr(feature = "schema", schema(required))]
     pub deadline_at: Option<OffsetDateTime>,
+    /// The W3C trace id of the job's trace (the request or `traceparent` it was submitted
+    /// under), as its events carry it: where to look for it in a tracing backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(required = false, pattern = "^[0-9a-f]{32}$"))]
+    pub trace_id: Option<String>,
 }
 
 /// The registry view of an instance.

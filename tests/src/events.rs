@@ -154,3 +154,69 @@ async fn consume_durable(url: &str, queue: &str, sink: &Mutex<Vec<Value>>, ready
     }
     bail!("the event stream ended")
 }
+
+/// A message taken off an exchange: its AMQP `type`, `traceparent` header and body.
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    /// The AMQP `type` property.
+    pub kind: Option<String>,
+    /// The `traceparent` header.
+    pub traceparent: Option<String>,
+    /// The body, as JSON (a string holding the text when it is not JSON).
+    pub body: Value,
+}
+
+/// A copy of what is published onto `dfe.jobs`: an exclusive queue bound with every routing
+/// key the exchange serves, so the workers' queues still get every message.
+pub struct JobTap {
+    messages: Arc<Mutex<Vec<Tapped>>>,
+    _conn: lapin::Connection,
+}
+
+impl JobTap {
+    /// Binds a queue to `dfe.jobs` for each of `routing_keys` on the broker at `url`.
+    pub async fn subscribe(url: &str, routing_keys: &[&str]) -> Result<JobTap> {
+        let conn = dfe_shared::broker::connect(url, "dfe-tests job tap").await?;
+        dfe_shared::topology::declare(&conn).await?;
+        let channel = conn.create_channel().await?;
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), opts, FieldTable::default()).await?;
+        for key in routing_keys {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    "dfe.jobs".into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let mut consumer = channel
+            .basic_consume(queue.name().clone(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let body = serde_json::from_slice(&d.data)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into()));
+                let tapped = Tapped {
+                    kind: d.properties.kind().as_ref().map(|k| k.to_string()),
+                    traceparent: dfe_shared::broker::traceparent_of(&d.properties),
+                    body,
+                };
+                if let Ok(mut m) = sink.lock() {
+                    m.push(tapped);
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+        });
+        Ok(JobTap { messages, _conn: conn })
+    }
+
+    /// Everything taken so far.
+    pub fn all(&self) -> Vec<Tapped> {
+        self.messages.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}

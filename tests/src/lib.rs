@@ -7,8 +7,10 @@
 //! Docker of `deploy/setup.sh` are required: when one is missing, [`TestEnv::start`] fails
 //! with a message naming that command. Nothing here is a mock.
 
+pub mod asyncapi;
 pub mod events;
 pub mod fleet;
+pub mod otlp;
 pub mod probes;
 pub mod procs;
 
@@ -303,6 +305,20 @@ impl TestEnv {
         self.answer(self.http.get(format!("{}{path}", self.api_url)).bearer_auth(&self.token)).await
     }
 
+    /// GETs from the api with another token (or none).
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> Result<(u16, Value)> {
+        let mut req = self.http.get(format!("{}{path}", self.api_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.answer(req).await
+    }
+
+    /// POSTs JSON to the api with another token (or none).
+    pub async fn post_as(&self, token: Option<&str>, path: &str, body: &Value) -> Result<(u16, Value)> {
+        self.post_raw(path, body.to_string().as_bytes(), token, &[]).await
+    }
+
     async fn answer(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -434,6 +450,13 @@ impl TestEnv {
     pub fn registry(&self) -> &str {
         &self.registry_url
     }
+}
+
+/// An `[[api.clients]]` entry admitting `token` as client `id`, with `rights` (TOML lines
+/// such as `scopes = ["read"]`), for [`Options::extra_config`].
+pub fn client_config(id: &str, token: &str, rights: &str) -> String {
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    format!("\n[[api.clients]]\nid = \"{id}\"\ntoken-sha256 = \"{digest}\"\n{rights}\n")
 }
 
 fn test_config(token_digest: &str) -> String {

@@ -50,6 +50,10 @@ pub struct JobMeta {
     pub timings: Arc<StepTimings>,
     /// Sub-events published whose confirms are still to be awaited (before the final event).
     pub pending: Arc<tokio::sync::Mutex<Vec<(Event, Pending)>>>,
+    /// The trace id of the job's span (`trace-id` of its events).
+    pub trace_id: Option<String>,
+    /// The W3C trace context of the job's span, handed on to a retry of the job.
+    pub traceparent: Option<String>,
 }
 
 impl JobMeta {
@@ -64,6 +68,8 @@ impl JobMeta {
             attempt: 1,
             timings: Arc::default(),
             pending: Arc::default(),
+            trace_id: None,
+            traceparent: None,
         }
     }
 }
@@ -160,6 +166,7 @@ impl Events {
             request: meta.request.clone(),
             result,
             error,
+            trace_id: meta.trace_id.clone(),
         }
     }
 

@@ -151,6 +151,8 @@ impl Lifecycle {
                 "on-expiry": ExpiryAction::from_config(&self.config.on_expiry),
             }),
             error: None,
+            // The schedule runs outside any request: there is no trace to continue.
+            trace_id: None,
         };
         let publisher = match self.broker.publisher().await {
             Ok(p) => p,

@@ -29,9 +29,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dfe_shared::telemetry::init();
     let args = Args::parse();
     let config = dfe_shared::config::Config::load(Some(&args.config))?;
+    // Flushes the spans not yet exported when main returns.
+    let _telemetry = dfe_shared::telemetry::init_services("dfe-worker", &config.log, &config.telemetry);
     if args.reconcile {
         let report = dfe_worker::reconcile_once(config, args.fix).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);

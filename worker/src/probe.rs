@@ -150,6 +150,7 @@ impl Prober {
             request: serde_json::json!({}),
             result: serde_json::json!({ "host-id": host_id, "cluster-id": cluster_id }),
             error: error.map(|message| EventError { code: "host-unreachable".into(), message }),
+            trace_id: None,
         };
         let events = Events::new(publisher, self.registry.clone(), self.metrics.clone());
         if let Err(e) = events.publish(&event).await {

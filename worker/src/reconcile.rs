@@ -64,7 +64,7 @@ pub async fn reconcile(
     report.unreachable.sort();
     report.unreachable.dedup();
 
-    let records = registry.instances(false, i64::MAX).await?;
+    let records = registry.live_instances().await?;
     let live: HashMap<&str, InstanceState> = records.iter().map(|r| (r.instance_id.as_str(), r.state)).collect();
     let mut seen: BTreeSet<(String, &'static str)> = BTreeSet::new();
     for (inventory, part) in found {

@@ -26,6 +26,12 @@ impl StepTimings {
     }
 }
 
+/// The span of one step of a job (`storage`, `database`, `instance`, …), inside the job's
+/// span: its lines carry `step` beside the job's fields, and the trace shows each step.
+pub fn step_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!("step", step, otel.name = step)
+}
+
 /// `{"<step>-ms": 12.345, …}`: milliseconds to the microsecond.
 pub fn to_json(steps: &BTreeMap<&'static str, Duration>) -> serde_json::Value {
     let mut out = serde_json::Map::new();

@@ -5,11 +5,13 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use dfe_registry::fleet::{HostState, ServerState};
+use dfe_registry::After;
 use dfe_shared::config::{Config, HostConfig};
 use dfe_shared::records::{DatabaseServerRecord, HostRecord};
 use serde::Serialize;
 
-use crate::auth::Client;
+use crate::auth::{Admin, Read, Scoped};
+use crate::extract::{cursor, ListParams};
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
 use crate::AppState;
@@ -17,9 +19,9 @@ use crate::AppState;
 /// `{"hosts": [...]}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HostList {
-    /// Every configured Docker host, by cluster and id.
+    /// The configured Docker hosts, by id.
     pub hosts: Vec<HostRecord>,
-    /// Always null: the fleet is one page.
+    /// The `cursor` of the next page; null on the last.
     #[serde(rename = "next-cursor")]
     pub next_cursor: Option<String>,
 }
@@ -27,10 +29,10 @@ pub struct HostList {
 /// `{"database-servers": [...]}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DatabaseServerList {
-    /// Every configured database server.
+    /// The configured database servers, by id.
     #[serde(rename = "database-servers")]
     pub database_servers: Vec<DatabaseServerRecord>,
-    /// Always null: the fleet is one page.
+    /// The `cursor` of the next page; null on the last.
     #[serde(rename = "next-cursor")]
     pub next_cursor: Option<String>,
 }
@@ -87,15 +89,42 @@ async fn host_records(state: &AppState) -> Result<Vec<HostRecord>, Problem> {
     description = "Every configured Docker host with its state (`pending` until its first probe succeeds, \
         `active`, `cordoned`, `unreachable` after 3 failed probes in a row), what is placed on it against its \
         limits, and its last probe.",
-    security(("bearer" = [])),
+    params(crate::routes::read::PageQuery),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The hosts", body = HostList),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn hosts(State(state): State<AppState>, _c: Client) -> Result<Json<HostList>, Problem> {
-    Ok(Json(HostList { hosts: host_records(&state).await?, next_cursor: None }))
+pub async fn hosts(State(state): State<AppState>, _c: Scoped<Read>, q: ListParams) -> Result<Json<HostList>, Problem> {
+    q.only(&[])?;
+    let (hosts, next_cursor) = page_of(host_records(&state).await?, &q, |h| &h.host_id)?;
+    Ok(Json(HostList { hosts, next_cursor }))
+}
+
+/// A page of a list the configuration makes (hosts, database servers), in the order of
+/// their ids: `limit` rows after the cursor's id, and the cursor of the next page (one of the
+/// lists' own kind, with no time in it).
+fn page_of<T>(
+    mut rows: Vec<T>,
+    q: &ListParams,
+    id: impl Fn(&T) -> &String,
+) -> Result<(Vec<T>, Option<String>), Problem> {
+    let page = q.page()?;
+    rows.sort_by(|a, b| id(a).cmp(id(b)));
+    if let Some(after) = &page.after {
+        rows.retain(|r| id(r) > &after.id);
+    }
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|r| cursor::encode(&After { created_at: time::OffsetDateTime::UNIX_EPOCH, id: id(r).clone() }))
+    });
+    Ok((rows, next.flatten()))
 }
 
 /// GET /api/v1/hosts/{host-id}
@@ -106,18 +135,19 @@ pub async fn hosts(State(state): State<AppState>, _c: Client) -> Result<Json<Hos
     tag = "fleet",
     summary = "A Docker host",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The host", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn host(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     let found = host_records(&state).await?.into_iter().find(|h| h.host_id == id);
@@ -149,18 +179,19 @@ async fn set_cordon(state: &AppState, id: &str, cordoned: bool) -> Result<Json<H
     summary = "Cordon a host",
     description = "A cordoned host takes no new instances; the ones on it stay and are served as before.",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The host, cordoned", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn cordon(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Admin>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     set_cordon(&state, &id, true).await
@@ -175,18 +206,19 @@ pub async fn cordon(
     summary = "Uncordon a host",
     description = "The host takes new instances again (once it is active).",
     params(("host-id" = String, Path, description = "The host id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The host, not cordoned", body = HostRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such host", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn uncordon(
     State(state): State<AppState>,
-    _c: Client,
+    _c: Scoped<Admin>,
     Path(id): Path<String>,
 ) -> Result<Json<HostRecord>, Problem> {
     set_cordon(&state, &id, false).await
@@ -214,20 +246,30 @@ fn server_record(id: &str, config: &Config, state: Option<&ServerState>) -> Data
     summary = "The database servers",
     description = "Every configured database server with its engine, state (from the probes), and its \
         instance databases against `max-databases`.",
-    security(("bearer" = [])),
+    params(crate::routes::read::PageQuery),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The database servers", body = DatabaseServerList),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn database_servers(State(state): State<AppState>, _c: Client) -> Result<Json<DatabaseServerList>, Problem> {
+pub async fn database_servers(
+    State(state): State<AppState>,
+    _c: Scoped<Read>,
+    q: ListParams,
+) -> Result<Json<DatabaseServerList>, Problem> {
+    q.only(&[])?;
     let known = state.registry.database_servers().await?;
-    let database_servers = state
+    let all = state
         .config
         .databases
         .keys()
         .map(|id| server_record(id, &state.config, known.iter().find(|s| &s.server_id == id)))
         .collect();
-    Ok(Json(DatabaseServerList { database_servers, next_cursor: None }))
+    let (database_servers, next_cursor) = page_of(all, &q, |s| &s.server_id)?;
+    Ok(Json(DatabaseServerList { database_servers, next_cursor }))
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::auth::Client;
+use crate::auth::{Admin, Read, Scoped};
 use crate::extract::{instance_path, JobBody, ListParams};
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
@@ -68,12 +68,14 @@ fn parse_patch(body: &[u8]) -> Result<Option<OffsetDateTime>, Problem> {
         schedule's next run. A new expiry starts its warnings afresh.",
     params(("instance-id" = String, Path, description = "The instance id")),
     request_body(content = InstancePatch, content_type = "application/json"),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The instance with its new expiry", body = InstanceRecord),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
-        (status = 404, description = "No such instance", body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance (also one of an owner the token may not see)",
+            body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "The instance is deprovisioned", body = ProblemBody, content_type = PROBLEM),
         (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
         (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
@@ -84,12 +86,20 @@ fn parse_patch(body: &[u8]) -> Result<Option<OffsetDateTime>, Problem> {
 )]
 pub async fn patch_instance(
     State(state): State<AppState>,
-    client: Client,
+    client: Scoped<Admin>,
     Path(id): Path<String>,
     JobBody(body): JobBody,
 ) -> Result<Json<InstanceRecord>, Problem> {
     let id = instance_path(&id)?;
     let expires_at = parse_patch(&body)?;
+    // An instance of an owner the token may not see does not exist for it: looked up
+    // before anything changes, and answered like a missing one.
+    if client.owners().is_some() {
+        let owner = state.registry.instance(id.as_str()).await?.map(|i| i.owner_id.as_text());
+        if !owner.as_deref().is_some_and(|o| client.sees(Some(o))) {
+            return Err(Problem::not_found(format!("no instance {id}")));
+        }
+    }
     match state.registry.set_expiry(id.as_str(), expires_at).await? {
         Some(record) => {
             tracing::info!(instance = %id, client = %client.id, expires_at = ?expires_at, "expiry set");
@@ -153,22 +163,28 @@ pub struct LifecyclePreview {
         computed exactly as the schedule does; `due` steps happen at its next run. Nothing is changed \
         (`dfe expire --dry-run`).",
     params(("owner-id" = Option<String>, Query, description = "Only this owner's instances")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The schedule", body = LifecyclePreview),
         (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "`owner-id` names an owner the token may not see", body = ProblemBody,
+            content_type = PROBLEM),
         (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn preview(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     q: ListParams,
 ) -> Result<Json<LifecyclePreview>, Problem> {
     q.only(&["owner-id"])?;
     let owner = q.owner_id("owner-id")?;
+    if let Some(o) = owner.as_ref().filter(|o| !client.sees(Some(o))) {
+        return Err(Problem::not_found(format!("no owner {o} is known to this token")));
+    }
     let config = &state.config.lifecycle;
     let action = ExpiryAction::from_config(&config.on_expiry);
     let now = OffsetDateTime::now_utc();
@@ -177,6 +193,7 @@ pub async fn preview(
         .expiry_schedule()
         .await?
         .into_iter()
+        .filter(|(i, _)| client.sees(Some(&i.owner_id.as_text())))
         .filter(|(i, _)| owner.as_ref().is_none_or(|o| &i.owner_id.as_text() == o))
         .filter_map(|(i, sent)| {
             let expires_at = i.expires_at?;
@@ -230,23 +247,27 @@ pub struct OwnerUsage {
     summary = "An owner's instances against its quota",
     description = "An owner nobody provisioned for has no instances: an empty answer, not a 404.",
     params(("owner-id" = String, Path, description = "The owner id (as text; digits for a numeric id)")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The owner's usage", body = OwnerUsage),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
-        (status = 404, description = "Not an owner id", body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "Not an owner id, or one the token may not see", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn owner(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     Path(owner): Path<String>,
 ) -> Result<Json<OwnerUsage>, Problem> {
     // An owner id is 1-64 of [A-Za-z0-9._-] (digits for a numeric one): the rule of a tag.
     let owner = Tag::parse(&owner)
         .map_err(|_| Problem::not_found("no such owner (an owner id is 1-64 of [A-Za-z0-9._-])"))?
         .to_string();
+    if !client.sees(Some(&owner)) {
+        return Err(Problem::not_found(format!("no owner {owner} is known to this token")));
+    }
     let instances = state.registry.owner_instances(&owner).await?;
     let used: i64 = instances.values().sum();
     let max_instances = state.config.quotas.max_instances(&owner);

@@ -1,6 +1,7 @@
 //! Routes, one module per resource; [`crate::routes()`] lists them all, and the OpenAPI
 //! document is generated from that list and the handlers' `#[utoipa::path]` attributes.
 
+pub mod asyncapi;
 pub mod fleet;
 pub mod health;
 pub mod lifecycle;

@@ -20,7 +20,12 @@ use utoipa::OpenApi as _;
             the registry. Every error, including a path that names no endpoint (404) and a method an endpoint \
             does not take (405), is an RFC 9457 `application/problem+json` document (`Problem`); an \
             unexpected failure is a 500 problem whose cause is in the dfe-api log. Every operation but \
-            `/healthz`, `/readyz`, `/metrics` and this document needs a bearer token.",
+            `/healthz`, `/readyz`, `/metrics`, this document and the AsyncAPI document of the broker side \
+            (`/api/v1/asyncapi.json`) needs a bearer token, with the scope its security requirement names: \
+            `read` (every GET), `ops` (job submissions and cancel) or `admin` (cordons, reconciliation). A \
+            token limited to owners sees nothing of other owners: their instances, jobs and snapshots are \
+            404s. Lists are read a page at a time: `limit` and the `next-cursor` of the page before as \
+            `cursor`.",
     ),
     servers((url = "/")),
     tags(
@@ -28,7 +33,8 @@ use utoipa::OpenApi as _;
         (name = "registry", description = "Instances and snapshots as the registry holds them"),
         (name = "lifecycle", description = "Expiries (the schedule's dry run) and owners' quotas"),
         (name = "reconcile", description = "The workers' reconciliation of the registry with the hosts"),
-        (name = "health", description = "Liveness, readiness, metrics and this document (no token needed)"),
+        (name = "fleet", description = "Docker hosts and database servers, their state and capacity"),
+        (name = "health", description = "Liveness, readiness, metrics and the documents (no token needed)"),
     ),
     modifiers(&BearerAuth),
 )]
@@ -61,7 +67,16 @@ pub mod text {
     /// 400 of a job submission.
     pub const MALFORMED_BODY: &str = "The body is not JSON (or could not be read)";
     /// 401.
-    pub const UNAUTHORIZED: &str = "No `Authorization: Bearer <token>` header, or a token that is not accepted";
+    pub const UNAUTHORIZED: &str =
+        "No `Authorization: Bearer <token>` header, a token that is not accepted, or one that has expired \
+         (the detail says so)";
+    /// 403 of an operation needing the `read` scope.
+    pub const FORBIDDEN_READ: &str = "The token lacks the `read` scope (the detail names it)";
+    /// 403 of an operation needing the `ops` scope.
+    pub const FORBIDDEN_OPS: &str = "The token lacks the `ops` scope (the detail names it), or is limited to \
+        owners and the job names another owner";
+    /// 403 of an operation needing the `admin` scope.
+    pub const FORBIDDEN_ADMIN: &str = "The token lacks the `admin` scope (the detail names it)";
     /// 409 of a job on an existing instance.
     pub const BUSY: &str = "The instance is mid-operation or failed (`urn:dfe:problem:instance-busy`), or the \
         `job-id` or `Idempotency-Key` names another request (`…:conflict`)";
@@ -83,7 +98,11 @@ pub mod text {
     pub const REPEATED_PARAMETER: &str = "A query parameter is given more than once (`errors[].field` names it)";
     /// 422 of a list.
     pub const INVALID_PARAMETER: &str = "An unknown query parameter, or an invalid value (a `limit` outside 1 to \
-        1000, an instance id that is not one, an unknown state or type): `errors[].field` names it";
+        1000, a `cursor` this list did not hand out, an instance id that is not one, an unknown state or type): \
+        `errors[].field` names it";
+    /// 404 of a list filtered by owner.
+    pub const UNSEEN_OWNER: &str = "`owner-id` names an owner this token is limited away from (what it may not \
+        see does not exist for it; answered whether or not the owner has anything)";
     /// 400 of a path with an id.
     pub const UNDECODABLE_PATH: &str = "The path cannot be decoded (invalid percent-encoding)";
 }

@@ -7,18 +7,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dfe_registry::{SubmitOutcome, Submitter};
-use dfe_shared::ids::{FieldError, Tag};
+use dfe_registry::{Cancelled, SubmitOutcome, Submitter};
+use dfe_shared::ids::{FieldError, OwnerId, Tag};
 use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob, ResumeJob, SuspendJob};
 use dfe_shared::placement::{self, Plan};
-use dfe_shared::records::JobState;
+use dfe_shared::records::{JobRecord, JobState};
 use serde::Serialize;
 
-use crate::auth::Client;
+use crate::auth::{Client, Ops, Scoped};
 use crate::extract::JobBody;
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
@@ -72,12 +72,13 @@ pub struct IdempotencyKey {
         the job is never lost: if the broker is away, it is published when the broker is back.",
     params(IdempotencyKey),
     request_body(content = ProvisionJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "The instance exists (`urn:dfe:problem:instance-exists`) or is mid-operation \
             (`…:instance-busy`), or the `job-id` or `Idempotency-Key` names another request (`…:conflict`)",
             body = ProblemBody, content_type = PROBLEM),
@@ -89,7 +90,7 @@ pub struct IdempotencyKey {
 )]
 pub async fn provision(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -105,12 +106,13 @@ pub async fn provision(
     description = "Records the job, with its claim on `instance-id`, then publishes it to the workers.",
     params(IdempotencyKey),
     request_body(content = DeprovisionJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
@@ -122,7 +124,7 @@ pub async fn provision(
 )]
 pub async fn deprovision(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -139,12 +141,13 @@ pub async fn deprovision(
         as the snapshot's was, unless the job names a `guest-location`), then publishes it to the workers.",
     params(IdempotencyKey),
     request_body(content = ImportJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "The snapshot is not in the snapshot store (`urn:dfe:problem:not-found`)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
@@ -156,7 +159,7 @@ pub async fn deprovision(
 )]
 pub async fn import(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -173,12 +176,13 @@ pub async fn import(
         snapshot is written to the default store or the named `destination`.",
     params(IdempotencyKey),
     request_body(content = ExportJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
@@ -190,7 +194,7 @@ pub async fn import(
 )]
 pub async fn export(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -208,12 +212,13 @@ pub async fn export(
         suspended instance succeeds and changes nothing.",
     params(IdempotencyKey),
     request_body(content = SuspendJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
@@ -225,7 +230,7 @@ pub async fn export(
 )]
 pub async fn suspend(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -243,12 +248,13 @@ pub async fn suspend(
         instance succeeds and changes nothing.",
     params(IdempotencyKey),
     request_body(content = ResumeJob, content_type = "application/json", description = text::JOB_BODY),
-    security(("bearer" = [])),
+    security(("bearer" = ["ops"])),
     responses(
         (status = 202, description = text::ACCEPTED, body = Accepted,
             headers(("Location" = String, description = "The job's path (`links.self`)"))),
         (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
@@ -260,7 +266,7 @@ pub async fn suspend(
 )]
 pub async fn resume(
     state: State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     body: JobBody,
 ) -> Result<Response, Problem> {
@@ -269,23 +275,31 @@ pub async fn resume(
 
 async fn submit(
     State(state): State<AppState>,
-    client: Client,
+    client: Scoped<Ops>,
     headers: HeaderMap,
     JobBody(body): JobBody,
     kind: JobKind,
 ) -> Result<Response, Problem> {
     let idempotency_key = idempotency_key(&headers)?;
     let mut job = Job::parse(kind, &body)?;
-    let placement = plan(&state, &job).await?;
+    if let Some(owner) = job.owner_id().map(OwnerId::as_text).filter(|o| !client.sees(Some(o))) {
+        return Err(Problem::forbidden(format!("this token may not submit jobs for owner {owner}")));
+    }
+    let placement = plan(&state, &client, &job).await?;
     if job.job_id().is_none() {
         let id = uuid::Uuid::new_v4().to_string();
         job.set_job_id(Tag::parse(&id).map_err(|e| Problem::invalid_field(FieldError::new("job-id", e)))?);
     }
+    // The request's trace goes on in the worker: recorded with the job (for the outbox and
+    // retries) and sent in the message's `traceparent` header.
+    let traceparent = dfe_shared::telemetry::traceparent(&tracing::Span::current());
     let by = Submitter {
         source: "api",
         requested_by: &client.id,
         idempotency_key: idempotency_key.as_deref(),
         fingerprint: None,
+        traceparent: traceparent.as_deref(),
+        owners: client.owners(),
     };
     let recording = std::time::Instant::now();
     let outcome = state.registry.submit(&job, &by, placement.as_ref()).await.map_err(|e| {
@@ -305,8 +319,9 @@ async fn submit(
             state.metrics.submitted(kind);
             let recorded = recording.elapsed();
             let publishing = std::time::Instant::now();
-            publish(&state, &job, &record.job_id).await;
+            publish(&state, &job, &record.job_id, traceparent.as_deref()).await;
             state.metrics.submit_timings(recorded, publishing.elapsed());
+            tracing::debug!(job_id = %record.job_id, %kind, instance_id = %job.instance_id(), "job accepted");
             record
         }
         SubmitOutcome::Existing(record) => record,
@@ -323,14 +338,14 @@ async fn submit(
 }
 
 /// Publishes a recorded job; a failure is logged and left to the outbox relay.
-async fn publish(state: &AppState, job: &Job, job_id: &str) {
+async fn publish(state: &AppState, job: &Job, job_id: &str, traceparent: Option<&str>) {
     let body = match serde_json::to_vec(&job.to_value()) {
         Ok(b) => b,
         Err(e) => return tracing::error!(error = %e, job_id, "cannot serialize a job; the outbox will retry"),
     };
     let attempt = async {
         let publisher = state.broker.publisher().await?;
-        publisher.publish_job(job.kind(), job_id, &body, "dfe-api").await?;
+        publisher.publish_job(job.kind(), job_id, &body, "dfe-api", traceparent).await?;
         // Recorded in a batch by a background task (see `mark_published` in lib.rs).
         let _ = state.published.send(job_id.to_owned());
         Ok::<_, dfe_shared::Error>(())
@@ -346,6 +361,77 @@ async fn publish(state: &AppState, job: &Job, job_id: &str) {
             state.metrics.publish_failed();
             state.broker.reset().await;
             tracing::warn!(job_id, "job recorded but publishing timed out; the outbox will publish it");
+        }
+    }
+}
+
+/// `POST /api/v1/ops/jobs/{job-id}/cancel`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/jobs/{job-id}/cancel",
+    operation_id = "cancelJob",
+    tag = "ops",
+    summary = "Cancel a job that has not started",
+    description = "A `queued` or `retrying` job ends `failed` with `error.code` `cancelled`, in one \
+        transaction with handing back its claim on the instance (a new instance's claim is released; an \
+        instance a deprovision moved goes back to the state it came from; one a retrying job may have \
+        changed is left `failed`, for a deprovision to finish), and its one failure event \
+        (`dfe.<op>.failed`) is published. Its message is dropped when a worker takes it. A job that runs or \
+        has ended is a 409 and stays as it is.",
+    params(("job-id" = Tag, Path, description = "The job id")),
+    security(("bearer" = ["ops"])),
+    responses(
+        (status = 200, description = "The job, cancelled", body = JobRecord),
+        (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_OPS, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "The job runs or has ended (`urn:dfe:problem:conflict`; the detail names its \
+            state)", body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    client: Scoped<Ops>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, Problem> {
+    let id = crate::extract::job_path(&id)?;
+    match state.registry.cancel(id.as_str(), &client.id, client.owners()).await? {
+        Cancelled::NotFound => Err(Problem::not_found(format!("no job {id}"))),
+        Cancelled::TooLate(now) => {
+            Err(Problem::conflict(format!("job {id} is {now}: only a queued or retrying job can be cancelled")))
+        }
+        Cancelled::Done(done) => {
+            let (job, event) = *done;
+            tracing::info!(job_id = %id, by = %client.id, "job cancelled");
+            announce(&state, &event).await;
+            Ok(Json(job))
+        }
+    }
+}
+
+/// Publishes a cancelled job's failure event, then takes it out of the event outbox; if the
+/// broker does not take it now, the workers' event relay publishes it from there.
+async fn announce(state: &AppState, event: &dfe_shared::event::Event) {
+    let attempt = async {
+        let publisher = state.broker.publisher().await?;
+        publisher.publish_event(event, "dfe-api").await?;
+        Ok::<_, dfe_shared::Error>(())
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, attempt).await {
+        Ok(Ok(())) => {
+            if let Err(e) = state.registry.events_delivered(&[event.event_id]).await {
+                tracing::warn!(error = %e, event = %event.event, "published, but still in the event outbox: it may be published again");
+            }
+        }
+        Ok(Err(e)) => {
+            state.broker.reset().await;
+            tracing::warn!(error = %e, event = %event.event, "not published now; the event relay publishes it");
+        }
+        Err(_) => {
+            state.broker.reset().await;
+            tracing::warn!(event = %event.event, "publishing timed out; the event relay publishes it");
         }
     }
 }
@@ -367,7 +453,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
 
 /// What the configuration and the registry can tell now rather than as a failure event
 /// later, and, for a job that creates its instance, where it goes (recorded with the claim).
-async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
+async fn plan(state: &AppState, client: &Client, job: &Job) -> Result<Option<Plan>, Problem> {
     let cfg = &state.config;
     match job {
         Job::Provision(p) => placement::plan(
@@ -383,8 +469,10 @@ async fn plan(state: &AppState, job: &Job) -> Result<Option<Plan>, Problem> {
         .map_err(Problem::invalid_field),
         Job::Import(i) => {
             let id = i.snapshot.as_str();
-            let record = state.registry.snapshot(id).await?;
-            if record.is_none() && cfg.snapshots.locate(id).is_none() {
+            let record = crate::routes::read::visible_snapshot(state, client, id).await?;
+            // A client limited to owners imports only what the registry records as theirs.
+            let unrecorded_ok = client.owners().is_none() && cfg.snapshots.locate(id).is_some();
+            if record.is_none() && !unrecorded_ok {
                 return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
             }
             // A new instance is made as the snapshot's was; the manifest is read from the

@@ -6,23 +6,52 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
-use dfe_registry::JobFilter;
+use dfe_registry::{InstanceFilter, JobFilter, Paged, SnapshotFilter};
 use dfe_shared::ids::{InstanceId, OwnerId, Tag};
 use dfe_shared::job::JobKind;
-use dfe_shared::records::{InstanceRecord, JobRecord, JobState, SnapshotRecord};
+use dfe_shared::records::{InstanceRecord, InstanceState, JobRecord, JobState, SnapshotRecord};
 
-use crate::auth::Client;
-use crate::extract::{instance_path, job_path, snapshot_path, ListParams};
+use crate::auth::{Client, Read, Scoped};
+use crate::extract::{cursor, instance_path, job_path, snapshot_path, ListParams};
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
 use crate::AppState;
 
-/// The query parameters `GET /api/v1/ops/jobs` knows (besides `limit`).
+/// The query parameters `GET /api/v1/ops/jobs` knows (besides `limit` and `cursor`).
 pub const JOBS_FILTERS: &[&str] = &["instance-id", "owner-id", "state", "type"];
-/// The query parameters `GET /api/v1/instances` knows (besides `limit`).
-pub const INSTANCES_FILTERS: &[&str] = &["include-removed"];
-/// The query parameters `GET /api/v1/snapshots` knows (besides `limit`).
+/// The query parameters `GET /api/v1/instances` knows (besides `limit` and `cursor`).
+pub const INSTANCES_FILTERS: &[&str] = &["owner-id", "state", "host-id", "include-removed"];
+/// The query parameters `GET /api/v1/snapshots` knows (besides `limit` and `cursor`).
 pub const SNAPSHOTS_FILTERS: &[&str] = &["instance-id", "owner-id"];
+
+/// `limit` and `cursor` of a list, as its query documents them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// How many at most, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    pub limit: Option<i64>,
+    /// Where the page starts: the `next-cursor` of the page before, unchanged (opaque).
+    /// Following the cursors visits every row that was there at the start exactly once,
+    /// even while rows are added; anything else is a 422 naming `cursor`.
+    #[param(min_length = 1, max_length = 400, pattern = "^[A-Za-z0-9_-]+$")]
+    pub cursor: Option<String>,
+}
+
+/// The `next-cursor` of a page.
+fn next_cursor<T>(page: &Paged<T>) -> Option<String> {
+    page.next.as_ref().map(cursor::encode)
+}
+
+/// An `owner-id` filter, which must name an owner the client sees: another is a 404, as its
+/// instances do not exist for this client (answered without looking: nothing leaks).
+fn owner_filter(client: &Client, q: &ListParams) -> Result<Option<String>, Problem> {
+    let owner = q.owner_id("owner-id")?;
+    match owner {
+        Some(o) if !client.sees(Some(&o)) => Err(Problem::not_found(format!("no owner {o} is known to this token"))),
+        other => Ok(other),
+    }
+}
 
 /// The query of `GET /api/v1/ops/jobs` (read by [`ListParams`], described here).
 #[derive(utoipa::IntoParams)]
@@ -39,22 +68,24 @@ pub struct JobsQuery {
     /// Only the jobs of this kind.
     #[param(rename = "type")]
     pub kind: Option<JobKind>,
-    /// How many jobs at most, 1 to 1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    pub limit: Option<i64>,
 }
 
 /// The query of `GET /api/v1/instances`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InstancesQuery {
-    /// Also list deprovisioned instances (`true`/`false`; `1`/`0` and an empty value are
-    /// accepted too).
+    /// Only this owner's instances (digits are a numeric owner id).
+    #[param(rename = "owner-id")]
+    pub owner_id: Option<OwnerId>,
+    /// Only the instances in this state (`deprovisioned` ones too, when asked for).
+    pub state: Option<InstanceState>,
+    /// Only the instances placed on this Docker host.
+    #[param(rename = "host-id", min_length = 1, max_length = 255)]
+    pub host_id: Option<String>,
+    /// Also list deprovisioned instances when no `state` is asked for (`true`/`false`; `1`/`0`
+    /// and an empty value are accepted too).
     #[param(rename = "include-removed", default = false)]
     pub include_removed: Option<bool>,
-    /// How many instances at most, 1 to 1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    pub limit: Option<i64>,
 }
 
 /// The query of `GET /api/v1/snapshots`.
@@ -67,9 +98,6 @@ pub struct SnapshotsQuery {
     /// Only the snapshots of this owner (digits are a numeric owner id).
     #[param(rename = "owner-id")]
     pub owner_id: Option<OwnerId>,
-    /// How many snapshots at most, 1 to 1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    pub limit: Option<i64>,
 }
 
 /// `GET /api/v1/ops/jobs`
@@ -77,6 +105,9 @@ pub struct SnapshotsQuery {
 pub struct JobList {
     /// Newest first.
     pub jobs: Vec<JobRecord>,
+    /// The `cursor` of the next page; null on the last.
+    #[serde(rename = "next-cursor")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/instances`
@@ -84,6 +115,9 @@ pub struct JobList {
 pub struct InstanceList {
     /// Newest first.
     pub instances: Vec<InstanceRecord>,
+    /// The `cursor` of the next page; null on the last.
+    #[serde(rename = "next-cursor")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/snapshots`
@@ -91,6 +125,9 @@ pub struct InstanceList {
 pub struct SnapshotList {
     /// Newest first.
     pub snapshots: Vec<SnapshotRecord>,
+    /// The `cursor` of the next page; null on the last.
+    #[serde(rename = "next-cursor")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/snapshots/{snapshot-id}`: the record and where to download the archive.
@@ -174,22 +211,27 @@ pub struct SnapshotArchive(pub Vec<u8>);
     tag = "ops",
     summary = "A job",
     params(("job-id" = Tag, Path, description = "The job id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The job", body = JobRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such job", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn job(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, Problem> {
     let id = job_path(&id)?;
-    let record = state.registry.job(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let no_job = || Problem::not_found(format!("no job {id}"));
+    let record = state.registry.job(id.as_str()).await?.ok_or_else(no_job)?;
+    if client.owners().is_some() && !client.sees(state.registry.job_owner(id.as_str()).await?.as_deref()) {
+        return Err(no_job());
+    }
     Ok(Json(record))
 }
 
@@ -200,28 +242,35 @@ pub async fn job(
     operation_id = "listJobs",
     tag = "ops",
     summary = "List jobs, newest first",
-    params(JobsQuery),
-    security(("bearer" = [])),
+    params(JobsQuery, PageQuery),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The jobs", body = JobList),
         (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = text::UNSEEN_OWNER, body = ProblemBody, content_type = PROBLEM),
         (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn jobs(State(state): State<AppState>, _c: Client, q: ListParams) -> Result<Json<JobList>, Problem> {
+pub async fn jobs(
+    State(state): State<AppState>,
+    client: Scoped<Read>,
+    q: ListParams,
+) -> Result<Json<JobList>, Problem> {
     q.only(JOBS_FILTERS)?;
     let instance = q.instance_id("instance-id")?;
-    let owner = q.owner_id("owner-id")?;
+    let owner = owner_filter(&client, &q)?;
     let filter = JobFilter {
         instance_id: instance.as_ref().map(|i| i.as_str()),
         owner_id: owner.as_deref(),
         state: q.parsed::<JobState>("state")?,
         kind: q.parsed::<JobKind>("type")?,
+        owners: client.owners(),
     };
-    let jobs = state.registry.jobs(&filter, q.limit()?).await?;
-    Ok(Json(JobList { jobs }))
+    let page = state.registry.jobs(&filter, &q.page()?).await?;
+    Ok(Json(JobList { next_cursor: next_cursor(&page), jobs: page.items }))
 }
 
 /// GET /api/v1/instances/{instance-id}
@@ -232,23 +281,26 @@ pub async fn jobs(State(state): State<AppState>, _c: Client, q: ListParams) -> R
     tag = "registry",
     summary = "An instance",
     params(("instance-id" = InstanceId, Path, description = "The instance id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The instance (also a deprovisioned one)", body = InstanceRecord),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such instance", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn instance(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<InstanceRecord>, Problem> {
     let id = instance_path(&id)?;
-    let record =
-        state.registry.instance(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
+    let record = state.registry.instance(id.as_str()).await?;
+    let record = record
+        .filter(|r| client.sees(Some(&r.owner_id.as_text())))
+        .ok_or_else(|| Problem::not_found(format!("no instance {id}")))?;
     Ok(Json(record))
 }
 
@@ -259,24 +311,35 @@ pub async fn instance(
     operation_id = "listInstances",
     tag = "registry",
     summary = "List instances, newest first",
-    params(InstancesQuery),
-    security(("bearer" = [])),
+    params(InstancesQuery, PageQuery),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The instances", body = InstanceList),
         (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = text::UNSEEN_OWNER, body = ProblemBody, content_type = PROBLEM),
         (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn instances(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     q: ListParams,
 ) -> Result<Json<InstanceList>, Problem> {
     q.only(INSTANCES_FILTERS)?;
-    let instances = state.registry.instances(q.flag("include-removed")?, q.limit()?).await?;
-    Ok(Json(InstanceList { instances }))
+    let owner = owner_filter(&client, &q)?;
+    let host = q.get("host-id").filter(|h| !h.is_empty());
+    let filter = InstanceFilter {
+        state: q.parsed::<InstanceState>("state")?,
+        include_removed: q.flag("include-removed")?,
+        owner_id: owner.as_deref(),
+        host_id: host,
+        owners: client.owners(),
+    };
+    let page = state.registry.instances(&filter, &q.page()?).await?;
+    Ok(Json(InstanceList { next_cursor: next_cursor(&page), instances: page.items }))
 }
 
 /// GET /api/v1/ops/provisioners
@@ -286,13 +349,14 @@ pub async fn instances(
     operation_id = "listProvisioners",
     tag = "ops",
     summary = "Configured provisioners and their offerings",
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The provisioners", body = ProvisionerList),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn provisioners(State(state): State<AppState>, _c: Client) -> Json<ProvisionerList> {
+pub async fn provisioners(State(state): State<AppState>, _c: Scoped<Read>) -> Json<ProvisionerList> {
     let cfg = &state.config.provisioners;
     let provisioners = cfg
         .hosts
@@ -332,27 +396,43 @@ pub async fn provisioners(State(state): State<AppState>, _c: Client) -> Json<Pro
     operation_id = "listSnapshots",
     tag = "registry",
     summary = "List snapshots, newest first",
-    params(SnapshotsQuery),
-    security(("bearer" = [])),
+    params(SnapshotsQuery, PageQuery),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The snapshots", body = SnapshotList),
         (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = text::UNSEEN_OWNER, body = ProblemBody, content_type = PROBLEM),
         (status = 422, description = text::INVALID_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn snapshots(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     q: ListParams,
 ) -> Result<Json<SnapshotList>, Problem> {
     q.only(SNAPSHOTS_FILTERS)?;
     let instance = q.instance_id("instance-id")?;
-    let owner = q.owner_id("owner-id")?;
-    let snapshots =
-        state.registry.snapshots(instance.as_ref().map(|i| i.as_str()), owner.as_deref(), q.limit()?).await?;
-    Ok(Json(SnapshotList { snapshots }))
+    let owner = owner_filter(&client, &q)?;
+    let filter = SnapshotFilter {
+        instance_id: instance.as_ref().map(|i| i.as_str()),
+        owner_id: owner.as_deref(),
+        owners: client.owners(),
+    };
+    let page = state.registry.snapshots(&filter, &q.page()?).await?;
+    Ok(Json(SnapshotList { next_cursor: next_cursor(&page), snapshots: page.items }))
+}
+
+/// The snapshot `id` if it exists for `client` (one of an owner it does not see does not).
+pub(crate) async fn visible_snapshot(
+    state: &AppState,
+    client: &Client,
+    id: &str,
+) -> Result<Option<SnapshotRecord>, Problem> {
+    let record = state.registry.snapshot(id).await?;
+    Ok(record.filter(|r| client.sees(r.owner_id.as_ref().map(OwnerId::as_text).as_deref())))
 }
 
 /// GET /api/v1/snapshots/{snapshot-id}
@@ -363,23 +443,25 @@ pub async fn snapshots(
     tag = "registry",
     summary = "A snapshot",
     params(("snapshot-id" = Tag, Path, description = "The snapshot id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The snapshot, with the link to its archive", body = Snapshot),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such snapshot in the registry", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
 pub async fn snapshot(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<Snapshot>, Problem> {
     let id = snapshot_path(&id)?;
-    let record =
-        state.registry.snapshot(id.as_str()).await?.ok_or_else(|| Problem::not_found(format!("no snapshot {id}")))?;
+    let record = visible_snapshot(&state, &client, id.as_str())
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no snapshot {id}")))?;
     let links = DownloadLink { download: format!("/api/v1/snapshots/{id}/download") };
     Ok(Json(Snapshot { record, links }))
 }
@@ -392,15 +474,16 @@ pub async fn snapshot(
     tag = "registry",
     summary = "Download a snapshot archive (streamed)",
     description = "The archive as the export wrote it, from the snapshot store (also a snapshot copied \
-        into the store by hand, that the registry does not know).",
+        into the store by hand, that the registry does not know, for a token that sees every owner).",
     params(("snapshot-id" = Tag, Path, description = "The snapshot id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "The `.snapshot.tar.gz`, as an attachment", content_type = "application/gzip",
             body = inline(SnapshotArchive),
             headers(("Content-Disposition" = String, description = "`attachment; filename=\"<file name>\"`"))),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "The snapshot is not in the snapshot store", body = ProblemBody,
             content_type = PROBLEM),
         (status = 500, description = "The archive is in the store but cannot be read (see the dfe-api log)",
@@ -409,13 +492,17 @@ pub async fn snapshot(
 )]
 pub async fn download(
     State(state): State<AppState>,
-    _c: Client,
+    client: Scoped<Read>,
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, Problem> {
     use axum::http::header;
     use axum::response::IntoResponse;
     let id = snapshot_path(&id)?;
     let id = id.as_str();
+    // A client limited to owners downloads only what the registry records as theirs.
+    if client.owners().is_some() && visible_snapshot(&state, &client, id).await?.is_none() {
+        return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
+    }
     // The registry's path when it is recorded here, else the store (snapshots copied in).
     let (_, path) = state
         .config

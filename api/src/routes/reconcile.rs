@@ -13,7 +13,7 @@ use dfe_shared::ids::FieldError;
 use dfe_shared::records::Reconciliation;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Client;
+use crate::auth::{Admin, Scoped};
 use crate::extract::JobBody;
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
@@ -55,15 +55,16 @@ pub struct ReconcileAccepted {
     summary = "The last finished reconciliation",
     description = "The report of the last reconciliation that ended `done`: asked for with \
         `POST /api/v1/reconcile`, or run by a worker on its own schedule.",
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The last reconciliation that ended `done`", body = Reconciliation),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No reconciliation has finished yet", body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn last(State(state): State<AppState>, _c: Client) -> Result<Response, Problem> {
+pub async fn last(State(state): State<AppState>, _c: Scoped<Admin>) -> Result<Response, Problem> {
     let last = state.registry.last_reconciliation().await?;
     let last =
         last.ok_or_else(|| Problem::not_found("no reconciliation has finished yet; POST /api/v1/reconcile runs one"))?;
@@ -78,17 +79,22 @@ pub async fn last(State(state): State<AppState>, _c: Client) -> Result<Response,
     tag = "reconcile",
     summary = "A reconciliation",
     params(("id" = uuid::Uuid, Path, description = "The reconciliation's id (`links.self` of a 202)")),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The reconciliation, in whatever state it is", body = Reconciliation),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "No such reconciliation (also for an id that is not a UUID)",
             body = ProblemBody, content_type = PROBLEM),
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn one(State(state): State<AppState>, _c: Client, Path(id): Path<String>) -> Result<Response, Problem> {
+pub async fn one(
+    State(state): State<AppState>,
+    _c: Scoped<Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| Problem::not_found("no such reconciliation"))?;
     let r = state.registry.reconciliation(id).await?.ok_or_else(|| Problem::not_found("no such reconciliation"))?;
     Ok(Json(r).into_response())
@@ -108,13 +114,14 @@ pub async fn one(State(state): State<AppState>, _c: Client, Path(id): Path<Strin
     request_body(content = ReconcileRequest, content_type = "application/json",
         description = "`{\"fix\": true|false}`; an empty body is `{\"fix\": false}`. As for a job body: \
             `application/json` (or `application/*+json`, or no Content-Type), at most 64 KiB."),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "A worker finished it (`state` `done` or `failed`)", body = Reconciliation),
         (status = 202, description = "No worker finished it in time; it goes on", body = ReconcileAccepted,
             headers(("Location" = String, description = "`links.self`"))),
         (status = 400, description = "The body is not JSON", body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
         (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
         (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
         (status = 422, description = "The body is not `{\"fix\": true|false}` (`errors[].field` is `body`)",
@@ -122,7 +129,11 @@ pub async fn one(State(state): State<AppState>, _c: Client, Path(id): Path<Strin
         (status = 503, description = text::REGISTRY_AWAY, body = ProblemBody, content_type = PROBLEM),
     ),
 )]
-pub async fn run(State(state): State<AppState>, client: Client, JobBody(body): JobBody) -> Result<Response, Problem> {
+pub async fn run(
+    State(state): State<AppState>,
+    client: Scoped<Admin>,
+    JobBody(body): JobBody,
+) -> Result<Response, Problem> {
     let request: ReconcileRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReconcileRequest::default()
     } else {

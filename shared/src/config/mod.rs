@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::ids::OwnerId;
 use crate::secret::Secret;
 use crate::{Error, Result};
 
@@ -42,6 +43,12 @@ pub struct Config {
     /// Names of what the sub-provisioners make.
     #[serde(default)]
     pub naming: NamingConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Expiry of instances.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
@@ -174,14 +181,116 @@ impl Default for ApiConfig {
     }
 }
 
-/// An accepted API client: its id and the SHA-256 (hex) of its bearer token.
+/// An accepted API client: its id, the SHA-256 (hex) of its bearer token, and what it may do.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ApiClient {
-    /// Client id, recorded with the jobs it submits.
+    /// Client id, recorded with the jobs it submits (`requested-by`).
     pub id: String,
     /// Lowercase hex SHA-256 of the bearer token.
     pub token_sha256: String,
+    /// What the token may do; all three scopes when absent.
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+    /// The owners whose instances, jobs and snapshots the token may see and act for; every
+    /// owner when absent.
+    #[serde(default)]
+    pub owners: Option<Vec<OwnerId>>,
+    /// When the token stops being accepted (RFC 3339); never when absent.
+    #[serde(default, deserialize_with = "rfc3339_option")]
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+impl ApiClient {
+    /// A client with every scope, for every owner, that never expires.
+    pub fn new(id: impl Into<String>, token_sha256: impl Into<String>) -> ApiClient {
+        ApiClient { id: id.into(), token_sha256: token_sha256.into(), scopes: None, owners: None, expires_at: None }
+    }
+}
+
+/// What a token may do (`[[api.clients]] scopes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Every `GET`.
+    Read,
+    /// Job submissions and cancelling a job.
+    Ops,
+    /// Hosts (cordon), reconciliation, expiries and quotas.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope: what a client is given when its entry names none.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Ops, Scope::Admin];
+
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Ops => "ops",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Scope, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown scope {s:?} (known: read, ops, admin)"))
+    }
+}
+
+/// Reads an optional RFC 3339 timestamp: a TOML string (`"2027-01-01T00:00:00Z"`), or a TOML
+/// datetime, which the configuration loader hands over as its text.
+fn rfc3339_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<time::OffsetDateTime>, D::Error> {
+    use serde::de::Error;
+    let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map(Some)
+        .map_err(|e| D::Error::custom(format!("expires-at must be an RFC 3339 time such as 2027-01-01T00:00:00Z: {e}")))
+}
+
+/// Log output (`[log]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LogConfig {
+    /// `text` (the default) or `json`: one JSON object a line, the fields of the event and
+    /// of its spans at the top level.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// Traces (`[telemetry]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP (protobuf) collector, e.g. `http://127.0.0.1:4318` (spans go
+    /// to `/v1/traces`, or to the URL as given when it has a path); no export when absent.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// dfe-worker.

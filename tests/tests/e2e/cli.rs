@@ -268,7 +268,7 @@ async fn provision_and_deprovision_with_wait_over_the_api_show_their_steps_and_t
     // A deprovisioned instance leaves the default list but not the registry.
     let (out, err) = dfe(&env, &["instances"], 0).await;
     assert_eq!((out.as_str(), err.as_str()), ("", "no instances\n"));
-    let (out, _) = dfe(&env, &["instances", "--all"], 0).await;
+    let (out, _) = dfe(&env, &["instances", "--include-removed"], 0).await;
     let rows = table(&out);
     assert_eq!((rows.len(), rows[0]["STATE"].as_str()), (1, "deprovisioned"), "{out}");
     let (out, _) = dfe(&env, &["jobs", "--instance-id", &instance], 0).await;
@@ -535,7 +535,9 @@ async fn an_unreachable_api_or_broker_and_a_refused_or_missing_token_are_named_w
     assert_eq!(err, unreachable, "--api-url wins over DFE_API_URL");
 
     let (_, err) = dfe_with(&env, &["instances"], &[("DFE_TOKEN", Some("not-the-token"))], 1).await;
-    assert!(err.contains(&format!("the API at {} refused the token (401 Unauthorized)", env.api_url)), "{err}");
+    let refused =
+        format!("the API at {} refused the token (401 Unauthorized: the bearer token is not accepted)", env.api_url);
+    assert!(err.contains(&refused), "the API's reason is shown: {err}");
     assert!(err.contains("set DFE_TOKEN or --token-file") && err.contains("`dfe token` mints one"), "{err}");
     assert!(!err.contains("not-the-token"), "the token is never shown: {err}");
     let vars = [("DFE_TOKEN", Some("not-the-token"))];

@@ -1,7 +1,10 @@
 //! End-to-end tests against the real RabbitMQ, PostgreSQL and Docker engine started by
 //! `deploy/setup.sh`, with real `dfe-api` and `dfe-worker` processes.
 
+mod access;
+mod asyncapi;
 mod bad_input;
+mod cancel;
 mod cli;
 mod concurrency;
 mod conflicts;
@@ -15,13 +18,16 @@ mod lifecycle;
 mod metrics;
 mod mysql;
 mod openapi;
+mod pagination;
 mod reconcile;
 mod repairs;
 mod resilience;
 mod retries;
+mod schemathesis;
 mod secrets;
 mod snapshots;
 mod suspend;
+mod telemetry;
 
 use std::time::Duration;
 

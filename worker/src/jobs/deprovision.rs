@@ -10,6 +10,7 @@ use dfe_registry::Transition;
 use dfe_shared::event::{names, Component};
 use dfe_shared::job::{Job, JobKind};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{Env, Outcome};
 use crate::error::Result;
@@ -17,6 +18,7 @@ use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
 use crate::runner::JobSpec;
+use crate::timings::step_span;
 
 /// The deprovision job kind.
 pub struct Deprovision;
@@ -58,13 +60,13 @@ async fn steps(plan: &Plan<'_>, meta: &JobMeta, events: &Events, keep_database: 
     let ctx = &plan.ctx;
 
     let t = Instant::now();
-    p.instance.deprovision(ctx).await?;
+    p.instance.deprovision(ctx).instrument(step_span("instance")).await?;
     meta.timings.record("instance", t.elapsed());
     hold_after("instance").await;
 
     let t = Instant::now();
     if !keep_database {
-        p.db.deprovision(ctx).await?;
+        p.db.deprovision(ctx).instrument(step_span("database")).await?;
     }
     meta.timings.record("database", t.elapsed());
     let name = names::component(Component::Database, JobKind::Deprovision);
@@ -72,7 +74,7 @@ async fn steps(plan: &Plan<'_>, meta: &JobMeta, events: &Events, keep_database: 
     hold_after("database").await;
 
     let t = Instant::now();
-    p.storage.deprovision(ctx).await?;
+    p.storage.deprovision(ctx).instrument(step_span("storage")).await?;
     meta.timings.record("storage", t.elapsed());
     let name = names::component(Component::Storage, JobKind::Deprovision);
     events.emit(meta, &name, json!({ "volume": ctx.names.volume }), None).await?;

@@ -14,6 +14,7 @@ use dfe_shared::job::{ExportJob, Job, JobKind};
 use dfe_shared::records::SnapshotRecord;
 use serde_json::json;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
@@ -21,6 +22,7 @@ use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::runner::JobSpec;
 use crate::snapshot::{self, Manifest, FORMAT_VERSION};
+use crate::timings::step_span;
 
 /// Namespace of snapshot ids (UUID v5 of the export's job id).
 const SNAPSHOT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6466_652e_736e_6170_7368_6f74_2d76_0001);
@@ -93,14 +95,14 @@ async fn export(
     let snapshot_id = uuid::Uuid::new_v5(&SNAPSHOT_NAMESPACE, meta.job_id.as_bytes()).to_string();
 
     let database = work.join(snapshot::DATABASE);
-    p.db.export(ctx, &database).await?;
+    p.db.export(ctx, &database).instrument(step_span("database")).await?;
     let db_member = hashed(&database).await?;
     let result = json!({ "database": ctx.names.database, "size": db_member.size, "sha256": db_member.sha256 });
     events.emit(meta, &names::component(Component::Database, JobKind::Export), result, None).await?;
     hold_after("database").await;
 
     let storage = work.join(snapshot::STORAGE);
-    let skipped = p.storage.export(ctx, &storage).await?;
+    let skipped = p.storage.export(ctx, &storage).instrument(step_span("storage")).await?;
     let st_member = hashed(&storage).await?;
     let result = json!({
         "volume": ctx.names.volume, "size": st_member.size, "sha256": st_member.sha256, "skipped-entries": skipped,

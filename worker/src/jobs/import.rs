@@ -14,6 +14,7 @@ use dfe_shared::job::{ImportJob, Job, JobKind};
 use dfe_shared::placement;
 use dfe_shared::records::InstanceRecord;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::provision::{self, Created};
 use super::{Env, Outcome};
@@ -23,6 +24,7 @@ use crate::fault::hold_after;
 use crate::manager::Plan;
 use crate::runner::JobSpec;
 use crate::snapshot::{self, Verified};
+use crate::timings::step_span;
 
 /// The import job kind.
 pub struct Import;
@@ -193,13 +195,13 @@ async fn restore(
     swapped: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
     let (p, ctx) = (plan.provisioner, &plan.ctx);
-    p.db.import(ctx, &v.database).await?;
+    p.db.import(ctx, &v.database).instrument(step_span("database")).await?;
     swapped.store(true, std::sync::atomic::Ordering::SeqCst);
     let storage = async {
         let result = json!({ "database": ctx.names.database, "snapshot": job.snapshot });
         events.emit(meta, &names::component(Component::Database, JobKind::Import), result, None).await?;
         hold_after("database").await;
-        p.storage.import(ctx, &v.storage, job.clean.unwrap_or(false), backup).await
+        p.storage.import(ctx, &v.storage, job.clean.unwrap_or(false), backup).instrument(step_span("storage")).await
     };
     if let Err(e) = storage.await {
         if let Err(r) = p.db.rollback_import(ctx).await {

@@ -13,6 +13,7 @@ use dfe_shared::job::{Job, JobKind};
 use dfe_shared::placement;
 use dfe_shared::records::InstanceRecord;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::{Env, Outcome};
 use crate::error::{Error, Result};
@@ -20,6 +21,7 @@ use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
 use crate::runner::JobSpec;
+use crate::timings::step_span;
 
 /// The provision job kind.
 pub struct Provision;
@@ -157,7 +159,7 @@ async fn steps(
     let placement = json!({ "cluster-id": record.cluster_id, "host-id": record.host_id, "database-server": record.database_server });
 
     let t = Instant::now();
-    let storage = p.storage.provision(ctx).await?;
+    let storage = p.storage.provision(ctx).instrument(step_span("storage")).await?;
     *on_host = storage.volume.is_some();
     meta.timings.record("storage", t.elapsed());
     if announce {
@@ -167,7 +169,7 @@ async fn steps(
     hold_after("storage").await;
 
     let t = Instant::now();
-    let db = p.db.provision(ctx).await?;
+    let db = p.db.provision(ctx).instrument(step_span("database")).await?;
     meta.timings.record("database", t.elapsed());
     let db_result = json!({
         "database": db.database, "database-role": db.username, "database-host": db.host,
@@ -180,7 +182,7 @@ async fn steps(
     hold_after("database").await;
 
     let t = Instant::now();
-    let instance = p.instance.provision(ctx, &storage, &db).await?;
+    let instance = p.instance.provision(ctx, &storage, &db).instrument(step_span("instance")).await?;
     meta.timings.record("instance", t.elapsed());
     if let Some(health) = instance.health_wait {
         meta.timings.record("health", health);
@@ -223,6 +225,10 @@ fn with(base: &Value, mut extra: Value) -> Value {
 /// them this job's, and a redelivered job cannot know which an earlier run made, so all are
 /// removed; removing an absent part is a success.
 pub(super) async fn rollback(plan: &Plan<'_>) -> Result<()> {
+    remove_all(plan).instrument(step_span("rollback")).await
+}
+
+async fn remove_all(plan: &Plan<'_>) -> Result<()> {
     let p = plan.provisioner;
     let ctx = &plan.ctx;
     let mut first_error = None;

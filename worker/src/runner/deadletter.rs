@@ -61,6 +61,8 @@ pub async fn reject(events: &Events, kind: JobKind, body: &[u8], props: &BasicPr
         result: serde_json::json!({ "queue": queue_name(kind), "dead-lettered-to": DEAD_QUEUE, "size": body.len() }),
         request,
         error: Some(EventError { code: "invalid-message".into(), message: reason.to_owned() }),
+        // The trace the message came with (the delivery's span continues it).
+        trace_id: dfe_shared::telemetry::trace_id(&tracing::Span::current()),
     };
     events.publish(&event).await?;
     tracing::warn!(queue = %queue_name(kind), reason, "message dead-lettered");

@@ -24,6 +24,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::BasicProperties;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::{deadletter, retry, JobSpec, Outcome, Runner};
 use crate::error::{Error, Result};
@@ -59,6 +60,25 @@ impl Failure {
 impl<C: Clone + Send + Sync + 'static> Runner<C> {
     /// Handles a delivery from the queue of `kind` and settles it.
     pub(super) async fn handle(&self, events: &Events, kind: JobKind, delivery: Delivery) {
+        // The delivery runs in the job's span: a continuation of the publisher's trace (its
+        // `traceparent` header), else the root of one. Every line it writes carries the span's
+        // `job_id`, `instance_id` (once read) and `trace_id`.
+        let span = tracing::info_span!(
+            "job",
+            kind = %kind,
+            job_id = tracing::field::Empty,
+            instance_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.name = %format!("job {kind}"),
+        );
+        dfe_shared::telemetry::continue_trace(&span, broker::traceparent_of(&delivery.properties).as_deref());
+        if let Some(id) = dfe_shared::telemetry::trace_id(&span) {
+            span.record("trace_id", id.as_str());
+        }
+        self.handle_in_span(events, kind, delivery).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, events: &Events, kind: JobKind, delivery: Delivery) {
         let Delivery { data, properties, acker, redelivered, .. } = delivery;
         let _busy = self.metrics.in_flight();
         let number = retry::delivery_number(&properties, redelivered);
@@ -156,14 +176,25 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             }
         };
         job.set_job_id(job_id.clone());
-        let by =
-            Submitter { source: "queue", requested_by: "queue", fingerprint: Some(&fingerprint), ..Default::default() };
+        let span = tracing::Span::current();
+        span.record("job_id", job_id.as_str());
+        span.record("instance_id", job.instance_id().as_str());
+        let traceparent = dfe_shared::telemetry::traceparent(&span);
+        let by = Submitter {
+            source: "queue",
+            requested_by: "queue",
+            fingerprint: Some(&fingerprint),
+            traceparent: traceparent.as_deref(),
+            ..Default::default()
+        };
         let record = self.registry.record(&job, &by).await.map_err(Error::from)?;
         if record.kind != kind {
             let reason = format!("job-id {job_id} already names a {} job", record.kind);
             return Ok(self.reject(events, kind, data, props, &reason).await?);
         }
         let mut meta = JobMeta::new(job_id.to_string(), kind, job.instance_id().to_string(), job.to_value());
+        meta.trace_id = dfe_shared::telemetry::trace_id(&span);
+        meta.traceparent = traceparent;
         if meta.owner_id.is_none() {
             meta.owner_id = self
                 .registry
@@ -173,8 +204,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 .and_then(|i| serde_json::to_value(i.owner_id).ok());
         }
         if record.state.is_terminal() {
-            tracing::info!(job_id = %job_id, "job already ended; announcing its outcome again");
-            return Ok(events.emit_final(&meta, &record).await?);
+            return Ok(announce_again(events, &meta, &record).await?);
         }
 
         let key = spec.lock_key(&job).clone();
@@ -224,7 +254,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             let record = record.ok_or_else(|| {
                 Error::Registry(dfe_registry::Error::Inconsistent(format!("job {} vanished", meta.job_id)))
             })?;
-            return Ok(events.emit_final(&meta, &record).await?);
+            return Ok(announce_again(events, &meta, &record).await?);
         };
         meta.attempt = u32::try_from(started.attempts).unwrap_or(u32::MAX);
         let run_started = std::time::Instant::now();
@@ -282,7 +312,8 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let mut task = {
             let (spec, context, job, meta, events) =
                 (spec.clone(), self.context.clone(), job.clone(), meta.clone(), events.clone());
-            tokio::spawn(async move { spec.run(&context, &job, &meta, &events).await })
+            let body = async move { spec.run(&context, &job, &meta, &events).await };
+            tokio::spawn(body.instrument(tracing::Span::current()))
         };
         let hard_deadline = self.deadline + HARD_DEADLINE_GRACE;
         match tokio::time::timeout(hard_deadline, &mut task).await {
@@ -320,7 +351,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let error = outcome.error.clone().unwrap_or(EventError { code: "unknown".into(), message: String::new() });
         self.registry.schedule_retry(&meta.job_id, delay.as_secs_f64(), &error).await?;
         let body = serde_json::to_vec(&meta.request).map_err(|e| Error::Invalid(e.to_string()))?;
-        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id)
+        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id, meta.traceparent.as_deref())
             .with_expiration(delay.as_millis().to_string().into());
         events.publisher().publish("", &topology::retry_queue_name(meta.kind), true, &body, props).await?;
         self.metrics.retried();
@@ -335,12 +366,27 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     async fn out_of_attempts(&self, events: &Events, meta: &JobMeta, outcome: &Outcome) -> Result<()> {
         let body = serde_json::to_vec(&meta.request).map_err(|e| Error::Invalid(e.to_string()))?;
         let reason = outcome.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id);
+        let props = broker::job_properties(meta.kind, &meta.job_id, &self.worker_id, meta.traceparent.as_deref());
         deadletter::dead_letter(events, meta.kind, &body, &props, &reason).await?;
         self.metrics.dead_lettered();
         Ok(())
     }
 }
+
+/// Announces the outcome of a job that has ended again, for a duplicate delivery (the first
+/// may have ended before its final event went out) — except a cancelled job's: the one that
+/// cancelled it announced it, so its message is dropped.
+async fn announce_again(events: &Events, meta: &JobMeta, record: &JobRecord) -> Result<()> {
+    if record.error.as_ref().is_some_and(|e| e.code == CANCELLED) {
+        tracing::info!(job_id = %meta.job_id, "job was cancelled before it ran; its message is dropped");
+        return Ok(());
+    }
+    tracing::info!(job_id = %meta.job_id, "job already ended; announcing its outcome again");
+    events.emit_final(meta, record).await
+}
+
+/// `error.code` of a job cancelled before it ran.
+const CANCELLED: &str = "cancelled";
 
 /// The step durations of a run (`result.timings` of its final event), also observed in the
 /// metrics: queue wait (recorded → started, by the registry's clock), each step the body

@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/ops/resume", &["post"]),
     ("/api/v1/ops/jobs", &["get"]),
     ("/api/v1/ops/jobs/{job-id}", &["get"]),
+    ("/api/v1/ops/jobs/{job-id}/cancel", &["post"]),
     ("/api/v1/ops/provisioners", &["get"]),
     ("/api/v1/instances", &["get"]),
     ("/api/v1/instances/{instance-id}", &["get", "patch"]),
@@ -45,13 +46,14 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/hosts/{host-id}/uncordon", &["post"]),
     ("/api/v1/database-servers", &["get"]),
     ("/api/v1/openapi.json", &["get"]),
+    ("/api/v1/asyncapi.json", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
 ];
 
 /// The paths that need no token.
-const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
+const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/v1/asyncapi.json"];
 
 /// The token the test router accepts.
 const TOKEN: &str = "a-test-token";
@@ -168,6 +170,35 @@ fn only_health_metrics_and_the_document_need_no_token() {
     }
 }
 
+/// The scope each operation needs: every GET `read`, but the reconciliation's; job
+/// submissions and cancel `ops`; the fleet's cordons, expiries and the reconciliation `admin`.
+fn expected_scope(o: &Operation) -> &'static str {
+    match (o.method.as_str(), o.path.as_str()) {
+        (_, p) if p.starts_with("/api/v1/reconcile") => "admin",
+        ("post", p) if p.ends_with("/cordon") || p.ends_with("/uncordon") => "admin",
+        ("patch", p) if p.starts_with("/api/v1/instances/") => "admin",
+        ("post", _) => "ops",
+        _ => "read",
+    }
+}
+
+#[test]
+fn every_operation_needing_a_token_names_its_one_scope_and_documents_403() {
+    let doc = doc();
+    for o in operations(&doc).into_iter().filter(Operation::needs_token) {
+        let security = o.op["security"].as_array().expect("security");
+        let scopes: Vec<&str> = security
+            .iter()
+            .flat_map(|r| r["bearer"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(scopes, [expected_scope(&o)], "{}", o.name());
+        let forbidden = o.response(StatusCode::FORBIDDEN).unwrap_or_else(|| panic!("{} documents 403", o.name()));
+        let said = forbidden["description"].as_str().unwrap_or_default();
+        assert!(said.contains(&format!("`{}` scope", expected_scope(&o))), "{}: {said}", o.name());
+    }
+}
+
 #[test]
 fn every_documented_error_is_a_problem() {
     let doc = doc();
@@ -199,6 +230,12 @@ fn the_operations_taking_a_body_or_a_list_query_document_their_refusals() {
         if o.query().contains(&"limit".to_owned()) {
             expected.extend([StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY]);
         }
+        if o.query().contains(&"owner-id".to_owned()) {
+            expected.push(StatusCode::NOT_FOUND);
+        }
+        if o.needs_token() {
+            expected.push(StatusCode::FORBIDDEN);
+        }
         if !o.parameters("path").is_empty() {
             expected.push(StatusCode::NOT_FOUND);
         }
@@ -211,16 +248,18 @@ fn the_operations_taking_a_body_or_a_list_query_document_their_refusals() {
 #[test]
 fn the_documented_query_parameters_are_the_ones_the_lists_accept() {
     let doc = doc();
-    let lists = [
+    let lists: [(&str, &[&str]); 5] = [
         ("/api/v1/ops/jobs", JOBS_FILTERS),
         ("/api/v1/instances", INSTANCES_FILTERS),
         ("/api/v1/snapshots", SNAPSHOTS_FILTERS),
+        ("/api/v1/hosts", &[]),
+        ("/api/v1/database-servers", &[]),
     ];
     for o in operations(&doc) {
-        let accepted = lists.iter().find(|(path, _)| *path == o.path).map(|(_, known)| *known).unwrap_or_default();
-        let mut expected: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
-        if !accepted.is_empty() {
-            expected.push("limit".to_owned());
+        let list = lists.iter().find(|(path, _)| *path == o.path).map(|(_, known)| *known);
+        let mut expected: Vec<String> = list.unwrap_or_default().iter().map(|s| s.to_string()).collect();
+        if list.is_some() {
+            expected.extend(crate::extract::PAGE_PARAMETERS.iter().map(|s| s.to_string()));
         }
         // The expiry preview filters by owner but is not paged: it is one schedule.
         if o.path == "/api/v1/lifecycle" {
@@ -417,16 +456,18 @@ fn probes(doc: &Value) -> Router {
                 "patch" => MethodFilter::PATCH,
                 other => panic!("a method the probes do not know: {other}"),
             };
-            let known: Vec<String> = o.query().into_iter().filter(|q| q != "limit").collect();
+            let known: Vec<String> =
+                o.query().into_iter().filter(|q| !crate::extract::PAGE_PARAMETERS.contains(&q.as_str())).collect();
             methods = match (path.as_str(), o.needs_token(), o.has_body(), o.query().contains(&"limit".to_owned())) {
                 ("/healthz", ..) => methods.on(filter, crate::routes::health::healthz),
                 ("/api/v1/openapi.json", ..) => methods.on(filter, super::openapi),
+                ("/api/v1/asyncapi.json", ..) => methods.on(filter, crate::routes::asyncapi::asyncapi),
                 (_, false, ..) => continue,
                 (_, true, true, _) => methods.on(filter, |_: Client, _: JobBody| async { StatusCode::NO_CONTENT }),
                 (_, true, false, true) => methods.on(filter, move |_: Client, q: ListParams| async move {
                     let known: Vec<&str> = known.iter().map(String::as_str).collect();
                     q.only(&known)?;
-                    q.limit().map(|_| StatusCode::NO_CONTENT)
+                    q.page().map(|_| StatusCode::NO_CONTENT)
                 }),
                 (_, true, false, false) => methods.on(filter, |_: Client| async { StatusCode::NO_CONTENT }),
             };
@@ -436,10 +477,7 @@ fn probes(doc: &Value) -> Router {
             router = router.route(path, methods);
         }
     }
-    let client = dfe_shared::config::ApiClient {
-        id: "tests".into(),
-        token_sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
-    };
+    let client = dfe_shared::config::ApiClient::new("tests", hex::encode(Sha256::digest(TOKEN.as_bytes())));
     let clients: Clients = std::sync::Arc::new(crate::auth::client_keys(&[client]).expect("a client key"));
     crate::answering_problems(router).with_state(clients)
 }
@@ -543,7 +581,7 @@ fn chunks(bytes: Vec<u8>) -> Body {
 async fn a_list_query_out_of_range_unknown_or_repeated_is_the_documented_422_or_400() {
     let doc = doc();
     let lists = operations(&doc).into_iter().filter(|o| o.query().contains(&"limit".to_owned())).collect::<Vec<_>>();
-    assert_eq!(lists.len(), 3, "jobs, instances, snapshots");
+    assert_eq!(lists.len(), 5, "jobs, instances, snapshots, hosts, database servers");
     for o in lists {
         let get = |query: &str| {
             request(&o, &format!("{}?{query}", o.path))
@@ -557,14 +595,23 @@ async fn a_list_query_out_of_range_unknown_or_repeated_is_the_documented_422_or_
             ("limit=ten", StatusCode::UNPROCESSABLE_ENTITY, "limit"),
             ("colour=red", StatusCode::UNPROCESSABLE_ENTITY, "colour"),
             ("limit=5&limit=6", StatusCode::BAD_REQUEST, "limit"),
+            ("cursor=not-a-cursor", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
+            ("cursor=", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
+            ("cursor=MTIz", StatusCode::UNPROCESSABLE_ENTITY, "cursor"),
         ] {
             let (status, body, _) = answer(&doc, &o, get(query)).await;
             assert_eq!(status, expected, "{}?{query}: {body}", o.name());
             assert_eq!(body["errors"][0]["field"], field, "{}?{query}", o.name());
         }
-        for query in
-            ["limit=1", "limit=1000"].into_iter().map(str::to_owned).chain(o.query().iter().map(|q| format!("{q}=1")))
-        {
+        let cursor = crate::extract::cursor::encode(&dfe_registry::After {
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            id: "acme-1".into(),
+        });
+        let documented = o.query().into_iter().map(|q| match q.as_str() {
+            "cursor" => format!("cursor={cursor}"),
+            q => format!("{q}=1"),
+        });
+        for query in ["limit=1", "limit=1000"].into_iter().map(str::to_owned).chain(documented) {
             let (status, body, _) = answer(&doc, &o, get(&query)).await;
             assert_eq!(status, StatusCode::NO_CONTENT, "{}?{query} is documented, so accepted: {body}", o.name());
         }
@@ -603,11 +650,15 @@ async fn what_is_not_an_operation_answers_a_problem_too() {
 #[tokio::test]
 async fn liveness_and_the_document_answer_as_documented_without_a_token() {
     let doc = doc();
-    for o in operations(&doc).into_iter().filter(|o| o.path == "/healthz" || o.path == "/api/v1/openapi.json") {
+    let served = ["/healthz", "/api/v1/openapi.json", "/api/v1/asyncapi.json"];
+    for o in operations(&doc).into_iter().filter(|o| served.contains(&o.path.as_str())) {
         let (status, body, _) = answer(&doc, &o, request(&o, &o.path).body(Body::empty()).expect("a request")).await;
         assert_eq!(status, StatusCode::OK, "{}", o.name());
         if o.path == "/api/v1/openapi.json" {
             assert_eq!(body, doc);
+        }
+        if o.path == "/api/v1/asyncapi.json" {
+            assert_eq!(&body, crate::routes::asyncapi::document());
         }
     }
 }
