@@ -47,6 +47,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Ids of jobs just published, marked in the registry in batches.
     pub published: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The broker connection of the event streams.
+    pub streams: routes::stream::Streams,
 }
 
 impl FromRef<AppState> for auth::Clients {
@@ -59,7 +61,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{asyncapi, fleet, health, openapi, ops, read, reconcile};
+    use routes::{asyncapi, fleet, health, openapi, ops, read, reconcile, stream, whoami};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -81,6 +83,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::cordon))
         .routes(routes!(fleet::uncordon))
         .routes(routes!(fleet::database_servers))
+        .routes(routes!(whoami::whoami))
+        .routes(routes!(stream::stream))
         .routes(routes!(openapi::openapi))
         .routes(routes!(asyncapi::asyncapi))
         .routes(routes!(health::healthz))
@@ -142,6 +146,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     tokio::spawn(dfe_registry::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), shutdown.clone()));
     let (published, marks) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mark_published(registry.clone(), marks));
+    let streams = routes::stream::Streams::new(&config.amqp.url);
     let state = AppState {
         registry,
         broker,
@@ -149,6 +154,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         clients: Arc::new(clients),
         metrics: Arc::default(),
         published,
+        streams,
     };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     shutdown.cancel();

@@ -33,6 +33,8 @@ use utoipa::OpenApi as _;
         (name = "registry", description = "Instances and snapshots as the registry holds them"),
         (name = "reconcile", description = "The workers' reconciliation of the registry with the hosts"),
         (name = "fleet", description = "Docker hosts and database servers, their state and capacity"),
+        (name = "events", description = "The events of dfe.events as they happen, for the console and scripts"),
+        (name = "access", description = "What the request's token may do"),
         (name = "health", description = "Liveness, readiness, metrics and the documents (no token needed)"),
     ),
     modifiers(&BearerAuth),

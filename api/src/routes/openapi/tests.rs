@@ -41,6 +41,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/hosts/{host-id}/cordon", &["post"]),
     ("/api/v1/hosts/{host-id}/uncordon", &["post"]),
     ("/api/v1/database-servers", &["get"]),
+    ("/api/v1/whoami", &["get"]),
+    ("/api/v1/events/stream", &["get"]),
     ("/api/v1/openapi.json", &["get"]),
     ("/api/v1/asyncapi.json", &["get"]),
     ("/healthz", &["get"]),
@@ -248,11 +250,16 @@ fn the_documented_query_parameters_are_the_ones_the_lists_accept() {
         ("/api/v1/instances", INSTANCES_FILTERS),
         ("/api/v1/snapshots", SNAPSHOTS_FILTERS),
     ];
+    // Not lists: no `limit` or `cursor`.
+    let unpaged = [("/api/v1/events/stream", crate::routes::stream::STREAM_PARAMETERS)];
     for o in operations(&doc) {
         let accepted = lists.iter().find(|(path, _)| *path == o.path).map(|(_, known)| *known).unwrap_or_default();
         let mut expected: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
         if !accepted.is_empty() {
             expected.extend(crate::extract::PAGE_PARAMETERS.iter().map(|s| s.to_string()));
+        }
+        if let Some((_, known)) = unpaged.iter().find(|(path, _)| *path == o.path) {
+            expected = known.iter().map(|s| s.to_string()).collect();
         }
         assert_eq!(o.query(), expected, "{}", o.name());
     }
