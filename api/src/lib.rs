@@ -11,8 +11,10 @@
 //!   as the contract says.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`console`]: the operator console at `/console`, its assets and its views.
 
 pub mod auth;
+pub mod console;
 pub mod extract;
 pub mod metrics;
 pub mod problem;
@@ -85,6 +87,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::database_servers))
         .routes(routes!(whoami::whoami))
         .routes(routes!(stream::stream))
+        .routes(routes!(crate::console::page))
         .routes(routes!(openapi::openapi))
         .routes(routes!(asyncapi::asyncapi))
         .routes(routes!(health::healthz))
@@ -92,9 +95,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// The router: [`routes()`], and a problem+json answer for everything else.
+/// The router: [`routes()`], the console's parts, and a problem+json answer for everything
+/// else.
 pub fn router(state: AppState) -> Router {
-    answering_problems(routes().split_for_parts().0).with_state(state)
+    answering_problems(routes().split_for_parts().0.merge(console::router())).with_state(state)
 }
 
 /// What the router adds to the routes: every answer that is not one of theirs, or that
