@@ -7,6 +7,7 @@
 //! Docker of `deploy/setup.sh` are required: when one is missing, [`TestEnv::start`] fails
 //! with a message naming that command. Nothing here is a mock.
 
+pub mod console;
 pub mod events;
 pub mod fleet;
 pub mod probes;

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod conflicts;
+mod console;
 mod crash;
 mod failures;
 mod fleet;
@@ -19,6 +20,7 @@ mod resilience;
 mod retries;
 mod secrets;
 mod snapshots;
+mod stream;
 
 use std::time::Duration;
 
