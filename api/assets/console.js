@@ -485,7 +485,7 @@
     what.append(el('code', name));
     const inst = el('td');
     if (ev['instance-id']) {
-      const a = el('a', ev['instance-id']);
+      const a = el('a', ev['instance-id'], 'iid');
       a.href = '#/instances/' + enc(ev['instance-id']);
       inst.append(a);
     }
@@ -696,6 +696,11 @@
   });
 
   window.addEventListener('hashchange', () => render(true));
+
+  // Ages go on counting between refreshes (in this page only: nothing is asked of the API).
+  setInterval(() => {
+    for (const t of document.querySelectorAll('#view time[data-age]')) showTime(t);
+  }, 30000);
 
   document.addEventListener('DOMContentLoaded', () => {
     $('#sign-out').addEventListener('click', () => signOut('Signed out.'));

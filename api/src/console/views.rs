@@ -333,7 +333,7 @@ pub fn instances(
         div.fragment data-live="instances" data-title="Instances" {
             h1 { "Instances" }
             form.filters data-filter="instances" role="search" aria-label="Filter instances" {
-                label { "Search" input type="search" name="q" value=(f.q) placeholder="part of an instance or owner id"; }
+                label { "Search" input type="search" name="q" value=(f.q) placeholder="instance or owner id"; }
                 label { "State"
                     select name="state" {
                         option value="" selected[f.state.is_empty()] { "any but removed" }
@@ -396,10 +396,16 @@ fn expires_at(record: &InstanceRecord) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(&text, &Rfc3339).ok()
 }
 
-/// Names of what was made, without anything that could be a secret.
+/// What the resources of an instance record say beside its details, shown apart.
+const SHOWN_IN_DETAILS: &[&str] =
+    &["cluster-id", "host", "host-id", "instance-id", "guest-location", "resource-uri", "database-server"];
+
+/// Names of what was made, without what the details show and anything that could be a
+/// secret.
 fn parts(resources: &Value) -> Vec<(String, String)> {
     let Some(map) = resources.as_object() else { return Vec::new() };
     map.iter()
+        .filter(|(k, _)| !SHOWN_IN_DETAILS.contains(&k.as_str()))
         .filter(|(k, _)| {
             let k = k.to_lowercase();
             !(k.contains("pass") || k.contains("secret") || k.contains("token"))
