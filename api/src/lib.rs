@@ -150,7 +150,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     tokio::spawn(dfe_registry::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), shutdown.clone()));
     let (published, marks) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mark_published(registry.clone(), marks));
-    let streams = routes::stream::Streams::new(&config.amqp.url);
+    let streams = routes::stream::Streams::new(&config.amqp.url, shutdown.clone());
     let state = AppState {
         registry,
         broker,

@@ -12,7 +12,8 @@
 //! publishers do not wait for readers. A reader that falls behind has its queue capped at
 //! [`QUEUE_MAX_LENGTH`] (the oldest are dropped first), and the api takes at most
 //! [`PREFETCH`] unacknowledged deliveries at a time, so its memory does not grow with a slow
-//! client either.
+//! client either. Streams end when the api shuts down: a graceful shutdown waits for open
+//! requests, and a stream would otherwise never end.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use lapin::{Channel, Connection, Consumer};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Client, Read, Scoped};
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
@@ -53,12 +55,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct Streams {
     url: String,
     conn: Arc<Mutex<Option<Connection>>>,
+    shutdown: CancellationToken,
 }
 
 impl Streams {
-    /// Streams from the broker at `url` (connected on first use).
-    pub fn new(url: &str) -> Streams {
-        Streams { url: url.to_owned(), conn: Arc::default() }
+    /// Streams from the broker at `url` (connected on first use), ended at `shutdown`.
+    pub fn new(url: &str, shutdown: CancellationToken) -> Streams {
+        Streams { url: url.to_owned(), conn: Arc::default(), shutdown }
     }
 
     async fn channel(&self) -> Result<Channel, dfe_shared::Error> {
@@ -194,19 +197,43 @@ fn visible(client: &Client, body: &[u8]) -> Option<SseEvent> {
 
 /// Where a stream is: delivering, or past its token's expiry (one last event, then the end).
 enum Tail {
-    Open { sub: Subscription, client: Client },
+    Open { sub: Subscription, client: Client, shutdown: CancellationToken },
     Done,
 }
 
-/// The events of `sub` that `client` sees, until the broker ends them or the token expires.
-fn tail(sub: Subscription, client: Client) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures::stream::unfold(Tail::Open { sub, client }, |tail| async move {
-        let Tail::Open { mut sub, client } = tail else { return None };
+/// What ended a wait for the next delivery.
+enum Next {
+    Delivery(Option<Result<lapin::message::Delivery, lapin::Error>>),
+    Expired,
+    ShuttingDown,
+}
+
+/// The events of `sub` that `client` sees, until the broker ends them, the token expires or
+/// the api shuts down.
+fn tail(
+    sub: Subscription,
+    client: Client,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(Tail::Open { sub, client, shutdown }, |tail| async move {
+        let Tail::Open { mut sub, client, shutdown } = tail else { return None };
         loop {
             let left = client.expires_at.map(|at| (at - OffsetDateTime::now_utc()).max(time::Duration::ZERO));
-            let next = match left {
-                Some(left) => tokio::time::timeout(left.unsigned_abs(), sub.consumer.next()).await.ok(),
-                None => Some(sub.consumer.next().await),
+            let expiry = async {
+                match left {
+                    Some(left) => tokio::time::sleep(left.unsigned_abs()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                d = sub.consumer.next() => Next::Delivery(d),
+                () = expiry => Next::Expired,
+                () = shutdown.cancelled() => Next::ShuttingDown,
+            };
+            let next = match next {
+                Next::ShuttingDown => return None,
+                Next::Expired => None,
+                Next::Delivery(d) => Some(d),
             };
             match next {
                 None => {
@@ -224,7 +251,7 @@ fn tail(sub: Subscription, client: Client) -> impl Stream<Item = Result<SseEvent
                     // Acked once taken: the stream's own queue, nothing to redeliver to.
                     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                     if let Some(event) = event {
-                        return Some((Ok(event), Tail::Open { sub, client }));
+                        return Some((Ok(event), Tail::Open { sub, client, shutdown }));
                     }
                 }
             }
@@ -275,7 +302,8 @@ pub async fn stream(
         .map_err(|e| Problem::unavailable("the broker is not reachable; retry later", &e))?;
     tracing::debug!(client = %client.id, %pattern, "event stream opened");
     let ready = SseEvent::default().event("ready").data(serde_json::json!({ "pattern": pattern }).to_string());
-    let events = futures::stream::once(async move { Ok(ready) }).chain(tail(sub, client.0));
+    let events =
+        futures::stream::once(async move { Ok(ready) }).chain(tail(sub, client.0, state.streams.shutdown.clone()));
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
     // Proxies that buffer answers (nginx) would hold events back.
     response.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));

@@ -99,15 +99,26 @@ async fn a_stream_reader_sees_a_jobs_events_and_an_owner_limited_token_only_its_
     }
 }
 
+/// An RFC 3339 time `secs` seconds from now (the tests crate has no date library).
+fn in_seconds(secs: u32) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("+{secs} seconds"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[tokio::test]
-async fn whoami_tells_a_token_what_it_may_do_and_nothing_secret() {
+async fn whoami_tells_a_token_what_it_may_do_and_a_stream_ends_with_its_token_or_the_api() {
     let viewer = format!("viewer-token-{}", random_hex(24));
-    let extra = client_entry(
+    let brief = format!("brief-token-{}", random_hex(24));
+    let mut extra = client_entry(
         "viewer",
         &viewer,
         "scopes = [\"read\"]\nowners = [7, \"acme\"]\nexpires-at = \"2999-01-01T00:00:00Z\"",
     );
-    let env =
+    extra.push_str(&client_entry("brief", &brief, &format!("expires-at = \"{}\"", in_seconds(40))));
+    let mut env =
         TestEnv::start_with(Options { extra_config: extra, workers: 0, ..Default::default() }).await.expect("env");
     let (status, all) = env.get("/api/v1/whoami").await.expect("answer");
     assert_eq!(status, 200, "{all}");
@@ -124,4 +135,17 @@ async fn whoami_tells_a_token_what_it_may_do_and_nothing_secret() {
         json!({"client-id": "viewer", "scopes": ["read"], "owners": ["7", "acme"], "expires-at": "2999-01-01T00:00:00Z"})
     );
     assert!(!text.contains(&viewer), "the token is not repeated");
+
+    // A stream opened with a token that expires says so when it does, and ends.
+    let expiring = EventStream::open(&env.api_url, &brief, "dfe.#").await.expect("stream");
+    let ended = expiring.wait_for(|e| e.name == "expired", Duration::from_secs(60)).await.expect("`expired`");
+    assert!(ended.data.as_str().is_some_and(|d| d.contains("expired")), "{ended:?}");
+    let (status, _) = env.get("/api/v1/whoami").await.expect("answer");
+    assert_eq!(status, 200, "the other tokens go on");
+
+    // An open stream does not hold up a graceful stop of the api.
+    let _open = EventStream::open(&env.api_url, &env.token, "dfe.#").await.expect("stream");
+    let api = env.api.as_mut().expect("the api");
+    api.terminate().expect("SIGTERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(15)).await.expect("the api stops"), Some(0));
 }
