@@ -323,3 +323,5 @@ say "OK: docker $docker_version (docker0 $DOCKER0_IP), postgresql $PG_VERSION on
     "(superuser $DB_ADMIN_USER/$DB_ADMIN_PASSWORD, registry db $DB_REGISTRY), rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f," \
     "image $IMAGE ready"
 step "fleet" && "$SCRIPT_DIR/setup-fleet.sh" || die "deploy/setup-fleet.sh failed (the extra engines and servers of the fleet tests; see above)"
+# chromium, node and playwright-core for the console's browser tests.
+step "console" && "$SCRIPT_DIR/setup-console.sh" || die "deploy/setup-console.sh failed (the console's browser tests; see above)"

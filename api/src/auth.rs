@@ -69,6 +69,8 @@ pub struct Client {
     pub scopes: BTreeSet<Scope>,
     /// The owners it may see and act for, as text (`None`: every owner).
     owners: Option<Vec<String>>,
+    /// When its token stops being accepted (a stream it opened ends then too).
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 impl Client {
@@ -121,7 +123,12 @@ where
                 "the bearer token expired at {when}; ask for a new one (`dfe token` mints one)"
             )));
         }
-        Ok(Client { id: key.id, scopes: key.scopes, owners: key.owners.map(|o| o.into_iter().collect()) })
+        Ok(Client {
+            id: key.id,
+            scopes: key.scopes,
+            owners: key.owners.map(|o| o.into_iter().collect()),
+            expires_at: key.expires_at,
+        })
     }
 }
 
@@ -180,6 +187,19 @@ where
 }
 
 #[cfg(test)]
+impl Client {
+    /// A client with every scope, limited to `owners`, for the unit tests of other modules.
+    pub(crate) fn for_tests(owners: Option<&[&str]>) -> Client {
+        Client {
+            id: "tests".into(),
+            scopes: Scope::ALL.into(),
+            owners: owners.map(|o| o.iter().map(|s| (*s).to_owned()).collect()),
+            expires_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -188,6 +208,7 @@ mod tests {
             id: "c".into(),
             scopes: Scope::ALL.into(),
             owners: owners.map(|o| o.iter().map(|s| (*s).to_owned()).collect()),
+            expires_at: None,
         }
     }
 

@@ -11,8 +11,10 @@
 //!   as the contract says.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`console`]: the operator console at `/console`, its assets and its views.
 
 pub mod auth;
+pub mod console;
 pub mod extract;
 pub mod metrics;
 pub mod problem;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Ids of jobs just published, marked in the registry in batches.
     pub published: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The broker connection of the event streams.
+    pub streams: routes::stream::Streams,
 }
 
 impl FromRef<AppState> for auth::Clients {
@@ -59,7 +63,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{asyncapi, fleet, health, lifecycle, openapi, ops, read, reconcile};
+    use routes::{asyncapi, fleet, health, lifecycle, openapi, ops, read, reconcile, stream, whoami};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -85,6 +89,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::cordon))
         .routes(routes!(fleet::uncordon))
         .routes(routes!(fleet::database_servers))
+        .routes(routes!(whoami::whoami))
+        .routes(routes!(stream::stream))
+        .routes(routes!(crate::console::page))
         .routes(routes!(openapi::openapi))
         .routes(routes!(asyncapi::asyncapi))
         .routes(routes!(health::healthz))
@@ -92,9 +99,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// The router: [`routes()`], and a problem+json answer for everything else.
+/// The router: [`routes()`], the console's parts, and a problem+json answer for everything
+/// else.
 pub fn router(state: AppState) -> Router {
-    answering_problems(routes().split_for_parts().0).with_state(state)
+    answering_problems(routes().split_for_parts().0.merge(console::router())).with_state(state)
 }
 
 /// What the router adds to the routes: every answer that is not one of theirs, or that
@@ -146,6 +154,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     tokio::spawn(dfe_registry::outbox::relay(registry.clone(), broker.clone(), "dfe-api".into(), shutdown.clone()));
     let (published, marks) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mark_published(registry.clone(), marks));
+    let streams = routes::stream::Streams::new(&config.amqp.url, shutdown.clone());
     let state = AppState {
         registry,
         broker,
@@ -153,6 +162,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         clients: Arc::new(clients),
         metrics: Arc::default(),
         published,
+        streams,
     };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     shutdown.cancel();

@@ -8,6 +8,7 @@
 //! with a message naming that command. Nothing here is a mock.
 
 pub mod asyncapi;
+pub mod console;
 pub mod events;
 pub mod fleet;
 pub mod otlp;

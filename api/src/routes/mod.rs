@@ -9,6 +9,8 @@ pub mod openapi;
 pub mod ops;
 pub mod read;
 pub mod reconcile;
+pub mod stream;
+pub mod whoami;
 
 use serde::Serialize;
 

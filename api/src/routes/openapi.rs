@@ -20,8 +20,8 @@ use utoipa::OpenApi as _;
             the registry. Every error, including a path that names no endpoint (404) and a method an endpoint \
             does not take (405), is an RFC 9457 `application/problem+json` document (`Problem`); an \
             unexpected failure is a 500 problem whose cause is in the dfe-api log. Every operation but \
-            `/healthz`, `/readyz`, `/metrics`, this document and the AsyncAPI document of the broker side \
-            (`/api/v1/asyncapi.json`) needs a bearer token, with the scope its security requirement names: \
+            `/healthz`, `/readyz`, `/metrics`, this document, the AsyncAPI document of the broker side \
+            (`/api/v1/asyncapi.json`) and the console's page (`/console`) needs a bearer token, with the scope its security requirement names: \
             `read` (every GET), `ops` (job submissions and cancel) or `admin` (cordons, reconciliation). A \
             token limited to owners sees nothing of other owners: their instances, jobs and snapshots are \
             404s. Lists are read a page at a time: `limit` and the `next-cursor` of the page before as \
@@ -34,6 +34,9 @@ use utoipa::OpenApi as _;
         (name = "lifecycle", description = "Expiries (the schedule's dry run) and owners' quotas"),
         (name = "reconcile", description = "The workers' reconciliation of the registry with the hosts"),
         (name = "fleet", description = "Docker hosts and database servers, their state and capacity"),
+        (name = "events", description = "The events of dfe.events as they happen, for the console and scripts"),
+        (name = "access", description = "What the request's token may do"),
+        (name = "console", description = "The operator console, a page for a browser (no token needed to load it)"),
         (name = "health", description = "Liveness, readiness, metrics and the documents (no token needed)"),
     ),
     modifiers(&BearerAuth),

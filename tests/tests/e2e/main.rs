@@ -8,6 +8,7 @@ mod cancel;
 mod cli;
 mod concurrency;
 mod conflicts;
+mod console;
 mod crash;
 mod expiry;
 mod failures;
@@ -26,6 +27,7 @@ mod retries;
 mod schemathesis;
 mod secrets;
 mod snapshots;
+mod stream;
 mod suspend;
 mod telemetry;
 

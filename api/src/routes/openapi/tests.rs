@@ -45,6 +45,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/hosts/{host-id}/cordon", &["post"]),
     ("/api/v1/hosts/{host-id}/uncordon", &["post"]),
     ("/api/v1/database-servers", &["get"]),
+    ("/api/v1/whoami", &["get"]),
+    ("/api/v1/events/stream", &["get"]),
+    ("/console", &["get"]),
     ("/api/v1/openapi.json", &["get"]),
     ("/api/v1/asyncapi.json", &["get"]),
     ("/healthz", &["get"]),
@@ -53,7 +56,8 @@ const ROUTES: &[(&str, &[&str])] = &[
 ];
 
 /// The paths that need no token.
-const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/v1/asyncapi.json"];
+const PUBLIC: &[&str] =
+    &["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/v1/asyncapi.json", "/console"];
 
 /// The token the test router accepts.
 const TOKEN: &str = "a-test-token";
@@ -255,15 +259,20 @@ fn the_documented_query_parameters_are_the_ones_the_lists_accept() {
         ("/api/v1/hosts", &[]),
         ("/api/v1/database-servers", &[]),
     ];
+    // Not lists: no `limit` or `cursor`.
+    let unpaged: [(&str, &[&str]); 2] = [
+        ("/api/v1/events/stream", crate::routes::stream::STREAM_PARAMETERS),
+        // The expiry preview filters by owner but is one schedule, not pages.
+        ("/api/v1/lifecycle", &["owner-id"]),
+    ];
     for o in operations(&doc) {
         let list = lists.iter().find(|(path, _)| *path == o.path).map(|(_, known)| *known);
         let mut expected: Vec<String> = list.unwrap_or_default().iter().map(|s| s.to_string()).collect();
         if list.is_some() {
             expected.extend(crate::extract::PAGE_PARAMETERS.iter().map(|s| s.to_string()));
         }
-        // The expiry preview filters by owner but is not paged: it is one schedule.
-        if o.path == "/api/v1/lifecycle" {
-            expected.push("owner-id".to_owned());
+        if let Some((_, known)) = unpaged.iter().find(|(path, _)| *path == o.path) {
+            expected = known.iter().map(|s| s.to_string()).collect();
         }
         assert_eq!(o.query(), expected, "{}", o.name());
     }
@@ -442,8 +451,8 @@ fn the_records_as_served_validate_against_their_schemas() {
 /// A router with, at each documented path and method that needs a token, a probe taking
 /// what the operation is documented to read: the client's token, then a job body (when it
 /// documents a request body) or the list query (when it documents `limit`). The probes answer
-/// 204 when the extractors let the request through. `/healthz` and this document are the
-/// real handlers (they need no state); the other public routes are left out (they need the
+/// 204 when the extractors let the request through. `/healthz`, the documents and the console's
+/// page are the real handlers (they need no state); the other public routes are left out (they need the
 /// registry and the broker).
 fn probes(doc: &Value) -> Router {
     let mut router = Router::<Clients>::new();
@@ -462,6 +471,7 @@ fn probes(doc: &Value) -> Router {
                 ("/healthz", ..) => methods.on(filter, crate::routes::health::healthz),
                 ("/api/v1/openapi.json", ..) => methods.on(filter, super::openapi),
                 ("/api/v1/asyncapi.json", ..) => methods.on(filter, crate::routes::asyncapi::asyncapi),
+                ("/console", ..) => methods.on(filter, crate::console::page),
                 (_, false, ..) => continue,
                 (_, true, true, _) => methods.on(filter, |_: Client, _: JobBody| async { StatusCode::NO_CONTENT }),
                 (_, true, false, true) => methods.on(filter, move |_: Client, q: ListParams| async move {
