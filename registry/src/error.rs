@@ -35,6 +35,9 @@ pub enum Error {
     /// Publishing from an outbox failed.
     #[error(transparent)]
     Broker(#[from] dfe_shared::Error),
+    /// A snapshot destination failed while a snapshot was being removed (the row stays).
+    #[error(transparent)]
+    Store(dfe_shared::Error),
 }
 
 /// Result with [`Error`].
@@ -52,7 +55,7 @@ impl Error {
         match self {
             Error::Query { source, .. } => crate::pg_is_transient(source),
             Error::Pool(_) => true,
-            Error::Broker(e) => e.is_transient(),
+            Error::Broker(e) | Error::Store(e) => e.is_transient(),
             Error::Setup(_) | Error::Corrupt { .. } | Error::Inconsistent(_) => false,
         }
     }

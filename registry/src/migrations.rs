@@ -156,6 +156,35 @@ ALTER TABLE instances ADD COLUMN memory_reserved bigint NOT NULL DEFAULT 0;
 CREATE INDEX instances_placed_host ON instances (host_id) WHERE state <> 'deprovisioned';
 CREATE INDEX instances_placed_server ON instances (database_server) WHERE state <> 'deprovisioned';
 "#,
+    // Snapshots anywhere (a directory or a bucket: the key in the destination), encrypted or
+    // not, and the schedule that made them; leases, by which one process at a time runs a
+    // periodic duty (the snapshot schedules); and the slots of the schedules, each exported
+    // by one job whose id derives from (schedule, instance, slot).
+    r#"
+ALTER TABLE snapshots ADD COLUMN key text;
+UPDATE snapshots SET key = regexp_replace(path, '^.*/', '') WHERE key IS NULL;
+ALTER TABLE snapshots ALTER COLUMN key SET NOT NULL;
+ALTER TABLE snapshots ADD COLUMN encrypted boolean NOT NULL DEFAULT false;
+ALTER TABLE snapshots ADD COLUMN schedule text;
+CREATE INDEX snapshots_schedule ON snapshots (schedule, instance_id, created_at DESC) WHERE schedule IS NOT NULL;
+
+CREATE TABLE leases (
+    name        text PRIMARY KEY,
+    holder      text NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    taken_at    timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE schedule_slots (
+    job_id       text PRIMARY KEY,
+    schedule     text NOT NULL,
+    instance_id  text NOT NULL,
+    slot         bigint NOT NULL,
+    submitted_at timestamptz,
+    overdue_at   timestamptz,
+    UNIQUE (schedule, instance_id, slot)
+);
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

@@ -10,6 +10,8 @@
 //! - [`records`]: the job, instance, snapshot and reconciliation records the API serves.
 //! - [`placement`]: where a new instance goes and which offering items it gets.
 //! - [`snapshot_store`]: where snapshot archives are written and found.
+//! - `store` (feature `store`): the destinations' client, directories and S3-compatible
+//!   buckets, streaming archives both ways.
 //! - [`secret`]: a string that never prints.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the crate's error type.
@@ -24,6 +26,8 @@ pub mod placement;
 pub mod records;
 pub mod secret;
 pub mod snapshot_store;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod telemetry;
 pub mod topology;
 
