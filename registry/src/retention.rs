@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use dfe_shared::config::ScheduleConfig;
-use dfe_shared::records::{PruneReport, Pruned, SnapshotRecord};
+use dfe_shared::records::{InstanceRecord, PruneReport, Pruned, SnapshotRecord};
 use dfe_shared::store::Stores;
 use time::OffsetDateTime;
 
+use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
 use crate::{Error, Registry, Result};
 
 /// The snapshots of `scheduled` (every snapshot a schedule made, newest first) that their
@@ -99,6 +100,37 @@ impl Registry {
             report.snapshots.push(pruned);
         }
         Ok(report)
+    }
+
+    /// The instances that are provisioned now (what a schedule may export).
+    pub async fn provisioned_instances(&self) -> Result<Vec<InstanceRecord>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE state = 'provisioned' ORDER BY instance_id");
+        let rows = client.query(&sql, &[]).await.map_err(Error::query("listing provisioned instances"))?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    /// The registry server's clock: the one clock every worker shares, so that all of them
+    /// count the same slots.
+    pub async fn now(&self) -> Result<OffsetDateTime> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT now()", &[]).await.map_err(Error::query("reading the time"))?;
+        Ok(row.get(0))
+    }
+
+    /// Whether `schedule` submitted an export of `instance_id` for a slot before `slot`
+    /// (it ran for that instance before, so a missed slot is a missed one, not its start).
+    pub async fn ran_before(&self, schedule: &str, instance_id: &str, slot: i64) -> Result<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM schedule_slots WHERE schedule = $1 AND instance_id = $2 AND slot < $3
+                                  AND submitted_at IS NOT NULL)",
+                &[&schedule, &instance_id, &slot],
+            )
+            .await
+            .map_err(Error::query("reading a schedule's slots"))?;
+        Ok(row.get(0))
     }
 
     /// Records that job `job_id` exports slot `slot` of `schedule` for `instance_id`.

@@ -40,6 +40,10 @@ pub mod names {
     /// `dfe.host.recovered`: a Docker host answers again after an outage.
     pub const HOST_RECOVERED: &str = "dfe.host.recovered";
 
+    /// `dfe.snapshot.overdue`: a snapshot schedule's slot passed without a snapshot of an
+    /// instance it selects (no worker held the schedules, or the export failed).
+    pub const SNAPSHOT_OVERDUE: &str = "dfe.snapshot.overdue";
+
     /// `dfe.provisioned`, `dfe.deprovisioned`, `dfe.imported`, `dfe.exported`.
     pub fn succeeded(kind: JobKind) -> String {
         format!("dfe.{}", kind.done())

@@ -392,9 +392,10 @@ pub struct UploadSink {
 
 impl UploadSink {
     fn send(&mut self, chunk: Chunk) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("the upload has ended"))?;
+        let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped");
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
         // The upload task dropped its end: it failed, and says why when awaited.
-        tx.blocking_send(chunk).map_err(|_| io::Error::other("the upload stopped (its error follows)"))
+        tx.blocking_send(chunk).map_err(|_| stopped())
     }
 
     /// Hands over what is buffered and marks the end: the upload completes.
@@ -428,16 +429,23 @@ impl Write for UploadSink {
     }
 }
 
-/// The async end of an upload.
+/// The async end of an upload. Dropped before it ends (the job timed out), it stops the
+/// upload: a temporary file is removed, a multipart upload left unfinished (never an object).
 pub struct UploadTask {
     task: tokio::task::JoinHandle<Result<u64>>,
+}
+
+impl Drop for UploadTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl UploadTask {
     /// Waits for the upload to complete (the sink ended) or fail (the sink dropped, the
     /// destination refused); returns the bytes stored.
-    pub async fn wait(self) -> Result<u64> {
-        self.task.await.map_err(|e| Error::Store {
+    pub async fn wait(mut self) -> Result<u64> {
+        (&mut self.task).await.map_err(|e| Error::Store {
             destination: String::new(),
             context: "the upload task failed".into(),
             transient: false,
