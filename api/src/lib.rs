@@ -3,7 +3,7 @@
 //!
 //! Module map:
 //! - [`routes`]: `ops` (job submission), `read` (jobs, instances, snapshots, provisioners),
-//!   `reconcile`, `health`, and `openapi`: the document generated from the list in [`routes()`].
+//!   `snapshots` (removal and retention), `reconcile`, `health`, and `openapi`: the document generated from the list in [`routes()`].
 //! - [`auth`]: bearer tokens checked against the configured SHA-256 digests.
 //! - [`extract`]: job bodies, list queries and path ids, read and checked as the contract says.
 //! - [`problem`]: RFC 9457 problem+json errors, the one place errors reach clients.
@@ -38,6 +38,9 @@ pub struct AppState {
     pub broker: BrokerHandle,
     /// The configuration.
     pub config: Arc<Config>,
+    /// The snapshot destinations (downloads stream from them, removals delete from them:
+    /// the api needs the credentials of the S3 destinations too).
+    pub stores: dfe_shared::store::Stores,
     /// Accepted clients.
     pub clients: auth::Clients,
     /// Counters.
@@ -56,7 +59,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{fleet, health, openapi, ops, read, reconcile};
+    use routes::{fleet, health, openapi, ops, read, reconcile, snapshots};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -68,8 +71,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::instances))
         .routes(routes!(read::instance))
         .routes(routes!(read::snapshots))
-        .routes(routes!(read::snapshot))
+        .routes(routes!(read::snapshot, snapshots::delete))
         .routes(routes!(read::download))
+        .routes(routes!(snapshots::prune))
         .routes(routes!(reconcile::last, reconcile::run))
         .routes(routes!(reconcile::one))
         .routes(routes!(fleet::hosts))
@@ -105,6 +109,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if clients.is_empty() {
         tracing::warn!("no [[api.clients]] configured: every request needing a token will be refused");
     }
+    let stores = dfe_shared::store::Stores::from_config(&config.snapshots)?;
     let registry = Registry::connect(&config.registry.url, config.registry.pool_size).await?;
     // The hosts' rows are what a placement locks: they exist before the first submission.
     let (hosts, servers) = config.fleet_ids();
@@ -120,6 +125,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         registry,
         broker,
         config: Arc::new(config),
+        stores,
         clients: Arc::new(clients),
         metrics: Arc::default(),
         published,

@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod ops;
 pub mod read;
 pub mod reconcile;
+pub mod snapshots;
 
 use serde::Serialize;
 
