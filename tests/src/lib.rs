@@ -11,6 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod probes;
 pub mod procs;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +34,19 @@ pub const PG_ADMIN_URL: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A fresh age key pair: the identity file written at `path` (as `age-keygen` writes it)
+/// and the recipient (`age1…`) to encrypt to.
+pub fn age_identity(path: &Path) -> Result<String> {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("# public key: {recipient}\n{}\n", identity.to_string().expose_secret()))?;
+    Ok(recipient)
 }
 
 /// A short random hex string.
@@ -201,8 +215,16 @@ impl TestEnv {
 
     /// Starts (or restarts) the api and waits for its address.
     pub async fn start_api(&mut self) -> Result<()> {
+        self.start_api_with(&[]).await
+    }
+
+    /// Starts (or restarts) the api with extra environment variables.
+    pub async fn start_api_with(&mut self, extra: &[(String, String)]) -> Result<()> {
+        if let Some(mut old) = self.api.take() {
+            old.kill();
+        }
         let mut cmd = Command::new(bin("dfe-api")?);
-        cmd.arg("--config").arg(&self.config_path).envs(self.service_env());
+        cmd.arg("--config").arg(&self.config_path).envs(self.service_env()).envs(extra.iter().cloned());
         let proc = Proc::spawn("api", cmd, &self.dir)?;
         let line = proc.wait_for_line("dfe-api listening on ", Duration::from_secs(30)).await?;
         self.api_url = line.split("listening on ").nth(1).unwrap_or_default().trim().to_owned();

@@ -13,7 +13,8 @@
 //!
 //! A slot that passes without a snapshot of an instance the schedule ran for before (no
 //! worker held the lease then, or the export failed) is announced once as
-//! `dfe.snapshot.overdue`. After the slots, each schedule's retention prunes
+//! `dfe.snapshot.overdue`, by the holder of the lease at the time or the next one (it looks
+//! back over the slots a lease's length covers). After the slots, each schedule's retention prunes
 //! (`dfe_registry::retention`).
 
 use std::collections::HashSet;
@@ -142,9 +143,12 @@ impl Scheduler {
         for (name, schedule) in &self.config.snapshots.schedules {
             let every = schedule.every.secs();
             let slot = slot_of(now, every);
+            // Far enough back to see the slots a dead holder missed before its lease lapsed.
+            let lookback = (self.config.snapshots.lease_secs.div_ceil(every.max(1)) + 2).min(10);
+            let lookback = i64::try_from(lookback).unwrap_or(10);
             for instance in instances.iter().filter(|i| schedule.selects(&i.owner_id, &i.guest_location)) {
                 self.submit(name, schedule, instance, slot, memory).await?;
-                for past in [slot - 2, slot - 1] {
+                for past in (slot - lookback)..slot {
                     self.check_overdue(name, schedule, instance, past, memory).await?;
                 }
             }
@@ -255,7 +259,8 @@ impl Scheduler {
             }),
             None if self.registry.ran_before(name, &instance.instance_id, slot).await? => Some((
                 "not-submitted".to_owned(),
-                "no export was submitted in the slot (no worker ran the schedules then)".to_owned(),
+                "no export was submitted in the slot (no worker ran the schedules then, or the instance was busy throughout)"
+                    .to_owned(),
             )),
             None => None,
         };

@@ -308,6 +308,45 @@ mod tests {
         }
     }
 
+    #[derive(Deserialize)]
+    struct Only {
+        snapshots: SnapshotsConfig,
+    }
+
+    #[test]
+    fn an_s3_destination_takes_its_secret_from_the_environment_and_never_prints_it() {
+        let dir = tempfile_dir();
+        let path = dir.join("s3.toml");
+        std::fs::write(
+            &path,
+            "[snapshots]\npath = \"/tmp/x\"\n[snapshots.destinations.offsite]\nkind = \"s3\"\n\
+             endpoint = \"http://127.0.0.1:9000\"\nbucket = \"b\"\nprefix = \"/dfe/\"\naccess-key-id = \"AKIA1\"\n\
+             [snapshots.schedules.nightly]\nevery = \"24h\"\ndestination = \"offsite\"\nkeep-last = 3\n",
+        )
+        .expect("write");
+        let env = [("DFE__SNAPSHOTS__DESTINATIONS__OFFSITE__SECRET_ACCESS_KEY", "s3cr3t-value")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let cfg: Only = crate::config::load_layers(Some(&path), Some(env)).expect("loads");
+        let d = &cfg.snapshots.destinations["offsite"];
+        assert_eq!((d.kind, d.prefix()), (DestinationKind::S3, "dfe"));
+        assert_eq!(d.secret_access_key.as_ref().map(Secret::expose), Some("s3cr3t-value"));
+        assert!(!format!("{cfg:?}", cfg = cfg.snapshots).contains("s3cr3t-value"), "the secret prints");
+        assert_eq!(cfg.snapshots.check(), Ok(()));
+        assert_eq!(cfg.snapshots.schedules["nightly"].every.secs(), 86_400);
+        let mut broken = cfg.snapshots.clone();
+        broken.schedules.get_mut("nightly").expect("nightly").destination = Some("nowhere".into());
+        assert!(broken.check().expect_err("unknown destination").contains("names no"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dfe-snapshots-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
     #[test]
     fn a_schedule_selects_by_owner_and_guest_location() {
         let s: ScheduleConfig =

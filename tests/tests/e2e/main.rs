@@ -14,6 +14,7 @@ mod lifecycle;
 mod metrics;
 mod openapi;
 mod reconcile;
+mod remote_snapshots;
 mod repairs;
 mod resilience;
 mod retries;
