@@ -5,8 +5,8 @@
 # encrypted to an age key — exports it there, imports the snapshot as a new instance, and
 # prints the time of each and the peak memory (VmHWM, reset before each run through
 # /proc/PID/clear_refs) of the worker that ran them. Uses the services deploy/setup.sh
-# started, with its own dfe-api and a single dfe-worker (so the peak belongs to the job),
-# release build. Cleans up after itself.
+# started, with a RabbitMQ vhost and a registry database of its own, its own dfe-api and a
+# single dfe-worker (so the peak belongs to the job), release build. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB="${SIZE_MB:-200}"
@@ -40,11 +40,18 @@ s3dest() {   # name, encrypt-to line
     s3dest s3plain ""
     s3dest s3age "encrypt-to = [\"$RECIPIENT\"]"
 } >"$CONFIG"
+VHOST=dfe-bench-snapshots
+rabbitmqctl -q add_vhost "$VHOST" 2>/dev/null || true
+rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*'
+PGPASSWORD=dfe psql -qAt -h 127.0.0.1 -U dfe postgres -c "SELECT 1 FROM pg_database WHERE datname = 'dfe_bench_snapshots'" | grep -q 1 \
+    || PGPASSWORD=dfe psql -q -h 127.0.0.1 -U dfe postgres -c "CREATE DATABASE dfe_bench_snapshots"
+export DFE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$VHOST" DFE__API__LISTEN=127.0.0.1:0
+export DFE__REGISTRY__URL="postgres://dfe:dfe@127.0.0.1:5432/dfe_bench_snapshots"
 export DFE__SNAPSHOTS__IDENTITY_FILE="$RUN_DIR/key.txt" DFE__SNAPSHOTS__WORK_DIR="$RUN_DIR/work"
 setsid nohup "$BIN/dfe-api" --config "$CONFIG" >"$RUN_DIR/api.log" 2>&1 </dev/null & API=$!
 setsid nohup "$BIN/dfe-worker" --config "$CONFIG" --worker-id bench-worker >"$RUN_DIR/worker.log" 2>&1 </dev/null & WORKER=$!
 trap 'kill $API $WORKER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "consuming" "$RUN_DIR/worker.log" && grep -q "listening on" "$RUN_DIR/api.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "consuming" "$RUN_DIR/worker.log" && grep -q "listening on" "$RUN_DIR/api.log" && break; sleep 0.1; done
 export DFE_API_URL="$(sed -n 's/^dfe-api listening on //p' "$RUN_DIR/api.log")"
 
 A="bench-src-$RANDOM"

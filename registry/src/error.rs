@@ -36,8 +36,9 @@ pub enum Error {
     #[error(transparent)]
     Broker(#[from] dfe_shared::Error),
     /// A snapshot destination failed while a snapshot was being removed (the row stays).
+    /// Boxed: a second unboxed `dfe_shared::Error` would make every registry error larger.
     #[error(transparent)]
-    Store(dfe_shared::Error),
+    Store(Box<dfe_shared::Error>),
 }
 
 /// Result with [`Error`].
@@ -55,7 +56,8 @@ impl Error {
         match self {
             Error::Query { source, .. } => crate::pg_is_transient(source),
             Error::Pool(_) => true,
-            Error::Broker(e) | Error::Store(e) => e.is_transient(),
+            Error::Broker(e) => e.is_transient(),
+            Error::Store(e) => e.is_transient(),
             Error::Setup(_) | Error::Corrupt { .. } | Error::Inconsistent(_) => false,
         }
     }

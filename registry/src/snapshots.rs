@@ -130,12 +130,12 @@ impl Registry {
         let row = tx.query_opt(&sql, &[&id]).await.map_err(Error::query("reading a snapshot"))?;
         let Some(record) = row.as_ref().map(snapshot_from_row).transpose()? else { return Ok(None) };
         let store = stores.get(Some(&record.destination)).ok_or_else(|| {
-            Error::Store(dfe_shared::Error::Config(format!(
+            Error::Store(Box::new(dfe_shared::Error::Config(format!(
                 "snapshot {id} is in destination {:?}, which is no longer configured",
                 record.destination
-            )))
+            ))))
         })?;
-        store.delete(&record.key).await.map_err(Error::Store)?;
+        store.delete(&record.key).await.map_err(|e| Error::Store(Box::new(e)))?;
         tx.execute("DELETE FROM snapshots WHERE snapshot_id = $1", &[&id])
             .await
             .map_err(Error::query("deleting a snapshot"))?;

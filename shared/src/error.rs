@@ -45,11 +45,10 @@ pub enum Error {
         reason: String,
     },
     /// A snapshot destination (a directory or an S3-compatible bucket) failed.
-    #[error("snapshot destination {destination}: {context}")]
+    #[error("snapshot destination {context}")]
     Store {
-        /// The destination's name.
-        destination: String,
-        /// What was being done.
+        /// The destination's name and what was being done (`offsite: uploading …`): one
+        /// string, so that the error stays small.
         context: String,
         /// Whether it may pass by itself (the server unreachable, a timeout, a 5xx) rather
         /// than stay the same (refused credentials, a missing bucket is a 404 too).

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::FutureExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, WriteMultipart};
@@ -206,14 +207,13 @@ impl Store {
                 | object_store::Error::NotImplemented { .. }
                 | object_store::Error::UnknownConfigurationKey { .. }
         );
-        Error::Store { destination: self.name.clone(), context: context.into(), transient, source: Box::new(source) }
+        Error::Store { context: format!("{}: {}", self.name, context.into()), transient, source: Box::new(source) }
     }
 
     fn io_err(&self, context: impl Into<String>) -> impl FnOnce(io::Error) -> Error + '_ {
         let context = context.into();
         move |source| Error::Store {
-            destination: self.name.clone(),
-            context,
+            context: format!("{}: {context}", self.name),
             transient: false,
             source: Box::new(source),
         }
@@ -286,11 +286,13 @@ impl Store {
                 match chunk {
                     Chunk::Data(bytes) => {
                         size += bytes.len() as u64;
+                        let failed = |e| self.err(format!("uploading a part of {key}"), e);
+                        // A part that failed is noticed now, not once the next parts are full.
+                        if let Some(Err(e)) = writer.wait_for_capacity(1).now_or_never() {
+                            return Err(failed(e));
+                        }
                         // At most PARTS parts in flight: the writer waits, memory stays bounded.
-                        writer
-                            .wait_for_capacity(PARTS)
-                            .await
-                            .map_err(|e| self.err(format!("uploading a part of {key}"), e))?;
+                        writer.wait_for_capacity(PARTS).await.map_err(failed)?;
                         writer.put(bytes);
                     }
                     Chunk::End => return Ok(()),
@@ -314,8 +316,7 @@ impl Store {
 
     fn abandoned(&self, key: &str) -> Error {
         Error::Store {
-            destination: self.name.clone(),
-            context: format!("the archive writer stopped before the end of {key}"),
+            context: format!("{}: the archive writer stopped before the end of {key}", self.name),
             transient: false,
             source: Box::new(io::Error::other("abandoned")),
         }
@@ -446,7 +447,6 @@ impl UploadTask {
     /// destination refused); returns the bytes stored.
     pub async fn wait(mut self) -> Result<u64> {
         (&mut self.task).await.map_err(|e| Error::Store {
-            destination: String::new(),
             context: "the upload task failed".into(),
             transient: false,
             source: Box::new(e),

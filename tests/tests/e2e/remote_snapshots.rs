@@ -180,7 +180,7 @@ async fn an_upload_cut_off_by_the_s3_server_leaves_no_row_and_the_export_retries
     let snapshot = done["result"]["snapshot-id"].as_str().expect("id").to_owned();
     let key = format!("dfe/{snapshot}.snapshot.tar.gz");
     let objects = s3::objects(&server.endpoint, bucket).await.expect("list");
-    assert_eq!(objects.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [key.clone()], "one complete object");
+    assert_eq!(objects.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), [key.as_str()], "one complete object");
     let (_, one) = env.get(&format!("/api/v1/snapshots/{snapshot}")).await.expect("one");
     assert_eq!(one["key"], key.as_str());
     assert_eq!(json!(objects[0].1), one["size"], "the row's size is the object's");
@@ -385,7 +385,7 @@ async fn a_schedule_every_few_seconds_exports_to_an_encrypted_bucket_and_prunes_
         .filter_map(|p| p["snapshot-id"].as_str())
         .collect();
     assert_eq!(removed, older.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(), "{report}");
-    assert_eq!(scheduled(&env, "often").await, [newest.clone()]);
+    assert_eq!(scheduled(&env, "often").await, std::slice::from_ref(&newest));
     let objects = s3::objects(s3::ENDPOINT, &bucket).await.expect("list");
     assert!(older.iter().all(|k| !in_bucket(&objects, &k.2)), "pruned objects are gone: {objects:?}");
     assert!(in_bucket(&objects, &newest.2), "the newest stays: {objects:?}");

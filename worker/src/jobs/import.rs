@@ -193,7 +193,7 @@ async fn fetch(env: &Env, id: &str, work: &Path) -> Result<PathBuf> {
             Err(Error::SnapshotNotFound(format!("{id} (its archive {} is gone)", path.display())))
         };
     }
-    let target = work.join(&dfe_shared::snapshot_store::archive_name(id, record.encrypted));
+    let target = work.join(dfe_shared::snapshot_store::archive_name(id, record.encrypted));
     let download = store.open(&record.key).await.map_err(|e| match e {
         dfe_shared::Error::StoreNotFound { .. } => {
             Error::SnapshotNotFound(format!("{id} (destination {} holds no {})", store.name(), record.key))
@@ -227,8 +227,7 @@ async fn download_to(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             Error::Shared(dfe_shared::Error::Store {
-                destination: destination.to_owned(),
-                context: "reading the archive".into(),
+                context: format!("{destination}: reading the archive"),
                 // A read cut off part-way (the server went away) may pass.
                 transient: true,
                 source: Box::new(e),
