@@ -31,7 +31,7 @@ DB_ADMIN_PASSWORD=dfe
 DB_REGISTRY=dfe
 DOCKERD_LOG=/var/log/dfe-dockerd.log
 PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl
-          mariadb-server mariadb-client)
+          mariadb-server mariadb-client python3-venv python3-pip)
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DOCKER_BUILDKIT=0   # docker.io 20.10 has no buildx; the legacy builder is what works
@@ -325,3 +325,4 @@ say "OK: docker $docker_version (docker0 $DOCKER0_IP), postgresql $PG_VERSION on
 step "fleet" && "$SCRIPT_DIR/setup-fleet.sh" || die "deploy/setup-fleet.sh failed (the extra engines and servers of the fleet tests; see above)"
 # chromium, node and playwright-core for the console's browser tests.
 step "console" && "$SCRIPT_DIR/setup-console.sh" || die "deploy/setup-console.sh failed (the console's browser tests; see above)"
+step "s3" && "$SCRIPT_DIR/setup-s3.sh" || die "deploy/setup-s3.sh failed (the S3-compatible server of the snapshot tests; see above)"

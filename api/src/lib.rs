@@ -3,8 +3,10 @@
 //!
 //! Module map:
 //! - [`routes`]: `ops` (job submission and cancel), `read` (jobs, instances, snapshots,
-//!   provisioners), `fleet`, `reconcile`, `health`, `openapi` (the document generated from the
-//!   list in [`routes()`]) and `asyncapi` (the broker's document, from the same types).
+//!   provisioners), `snapshots` (removal and retention), `fleet`, `lifecycle` (expiries,
+//!   quotas), `stream` (events as SSE), `whoami`, `reconcile`, `health`, `openapi` (the
+//!   document generated from the list in [`routes()`]) and `asyncapi` (the broker's
+//!   document, from the same types).
 //! - [`auth`]: bearer tokens checked against the configured SHA-256 digests, their expiry,
 //!   scopes (the [`auth::Scoped`] extractor) and the owners they may see.
 //! - [`extract`]: job bodies, list queries (with their cursors) and path ids, read and checked
@@ -43,6 +45,9 @@ pub struct AppState {
     pub broker: BrokerHandle,
     /// The configuration.
     pub config: Arc<Config>,
+    /// The snapshot destinations (downloads stream from them, removals delete from them:
+    /// the api needs the credentials of the S3 destinations too).
+    pub stores: dfe_shared::store::Stores,
     /// Accepted clients.
     pub clients: auth::Clients,
     /// Counters.
@@ -63,7 +68,7 @@ impl FromRef<AppState> for auth::Clients {
 /// the OpenAPI document ([`routes::openapi::document`]) are made from. A route added with
 /// anything but `.routes(routes!(…))` would be served undocumented.
 pub fn routes() -> OpenApiRouter<AppState> {
-    use routes::{asyncapi, fleet, health, lifecycle, openapi, ops, read, reconcile, stream, whoami};
+    use routes::{asyncapi, fleet, health, lifecycle, openapi, ops, read, reconcile, snapshots, stream, whoami};
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(ops::provision))
         .routes(routes!(ops::deprovision))
@@ -80,8 +85,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::preview))
         .routes(routes!(lifecycle::owner))
         .routes(routes!(read::snapshots))
-        .routes(routes!(read::snapshot))
+        .routes(routes!(read::snapshot, snapshots::delete))
         .routes(routes!(read::download))
+        .routes(routes!(snapshots::prune))
         .routes(routes!(reconcile::last, reconcile::run))
         .routes(routes!(reconcile::one))
         .routes(routes!(fleet::hosts))
@@ -143,6 +149,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if clients.is_empty() {
         tracing::warn!("no [[api.clients]] configured: every request needing a token will be refused");
     }
+    let stores = dfe_shared::store::Stores::from_config(&config.snapshots)?;
     let registry = Registry::connect(&config.registry.url, config.registry.pool_size).await?;
     // The hosts' rows are what a placement locks: they exist before the first submission.
     let (hosts, servers) = config.fleet_ids();
@@ -159,6 +166,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         registry,
         broker,
         config: Arc::new(config),
+        stores,
         clients: Arc::new(clients),
         metrics: Arc::default(),
         published,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dfe_shared::job::{Job, JobKind};
-use dfe_shared::records::{InstanceRecord, JobRecord, JobState, Reconciliation, SnapshotRecord};
+use dfe_shared::records::{InstanceRecord, JobRecord, JobState, PruneReport, Reconciliation, SnapshotRecord};
 use dfe_shared::secret::Secret;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -21,6 +21,8 @@ use crate::error::CliError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `POST /api/v1/snapshots/prune` may take: it removes archives one by one.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `POST /api/v1/reconcile` may take: the API waits up to 25 s for a worker to
 /// finish before it answers 202.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(40);
@@ -218,6 +220,21 @@ impl ApiClient {
     pub async fn snapshots(&self, query: &[(&str, String)]) -> anyhow::Result<Fetched<SnapshotList>> {
         let req = self.request(Method::GET, "/api/v1/snapshots").query(query);
         self.fetch(req, Subject::Snapshots, "a snapshot list").await
+    }
+
+    /// `DELETE /api/v1/snapshots/{id}`: the deleted snapshot's record.
+    pub async fn delete_snapshot(&self, id: &str) -> anyhow::Result<Fetched<SnapshotRecord>> {
+        let path = format!("/api/v1/snapshots/{}", path_segment(id));
+        self.fetch(self.request(Method::DELETE, &path), Subject::Snapshot(id), "a snapshot record").await
+    }
+
+    /// `POST /api/v1/snapshots/prune` `{"dry-run": dry_run}`.
+    pub async fn prune(&self, dry_run: bool) -> anyhow::Result<Fetched<PruneReport>> {
+        let req = self
+            .request(Method::POST, "/api/v1/snapshots/prune")
+            .timeout(PRUNE_TIMEOUT)
+            .json(&serde_json::json!({ "dry-run": dry_run }));
+        self.fetch(req, Subject::Snapshots, "a pruning report").await
     }
 
     /// `POST /api/v1/reconcile` `{"fix": fix}`: the workers' reconciliation, finished (200)

@@ -454,6 +454,38 @@ pub struct SnapshotsArgs {
 pub enum SnapshotsCommand {
     /// Download a snapshot's archive (.snapshot.tar.gz), checked against its recorded SHA-256.
     Download(DownloadArgs),
+    /// Delete a snapshot: its archive in its destination, then its registry row (admin).
+    Delete(DeleteArgs),
+    /// Remove the schedules' snapshots beyond their retention (keep-last, keep-days), or with
+    /// --dry-run show what would go (admin).
+    #[command(long_about = "Remove the schedules' snapshots beyond their retention: each schedule keeps, \
+        of each instance, its keep-last newest snapshots and those younger than keep-days; an \
+        instance's newest snapshot always stays, and snapshots a client exported are never \
+        considered. Archive and registry row go together. --dry-run only shows what would go. \
+        The workers running the schedules prune the same way on their own; this is for an \
+        operator who changed a retention, or wants to see it.")]
+    Prune(PruneArgs),
+}
+
+/// `dfe snapshots delete`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// The snapshot to delete.
+    pub snapshot_id: String,
+    /// Print the API's JSON (the deleted snapshot's record).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dfe snapshots prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Remove nothing: show what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dfe snapshots download`.
@@ -580,6 +612,14 @@ mod tests {
         let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
         let Some(SnapshotsCommand::Download(d)) = a.action else { panic!("not download") };
         assert_eq!((d.snapshot_id.as_str(), d.output), ("snap-1", Some(PathBuf::from("-"))));
+        let cli = Cli::try_parse_from(["dfe", "snapshots", "prune", "--dry-run"]).expect("parses");
+        let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
+        assert!(matches!(a.action, Some(SnapshotsCommand::Prune(PruneArgs { dry_run: true, json: false }))));
+        let cli = Cli::try_parse_from(["dfe", "snapshots", "delete", "snap-1"]).expect("parses");
+        let Command::Snapshots(a) = cli.command else { panic!("not snapshots") };
+        assert!(
+            matches!(a.action, Some(SnapshotsCommand::Delete(DeleteArgs { ref snapshot_id, .. })) if snapshot_id == "snap-1")
+        );
         // Filters are for the list, not for one snapshot.
         assert!(Cli::try_parse_from(["dfe", "snapshots", "snap-1", "--instance-id", "acme-1"]).is_err());
         assert!(Cli::try_parse_from(["dfe", "snapshots", "--owner-id", "7", "--limit", "1001"]).is_err());

@@ -71,7 +71,11 @@ impl Target {
     /// The target of `-o` for snapshot `id`: a directory gets the archive's own file name in
     /// it; an existing file is refused unless `force`.
     pub fn resolve(output: Option<&Path>, id: &str, force: bool) -> Result<Target, CliError> {
-        let name = dfe_shared::snapshot_store::file_name(id);
+        Target::resolve_named(output, dfe_shared::snapshot_store::file_name(id), force)
+    }
+
+    /// [`Target::resolve`] for an archive named `name` (`….tar.gz.age` when encrypted).
+    pub fn resolve_named(output: Option<&Path>, name: String, force: bool) -> Result<Target, CliError> {
         let path = match output {
             Some(p) if p == Path::new("-") => return Ok(Target::Stdout),
             Some(p) if p.is_dir() => p.join(name),
@@ -156,15 +160,17 @@ impl Progress {
 pub async fn run(settings: &Settings, args: &DownloadArgs) -> anyhow::Result<()> {
     let id = snapshot_id(&args.snapshot_id)?;
     let id = id.as_str();
-    let target = Target::resolve(args.output.as_deref(), id, args.force)?;
     let api = ApiClient::new(settings.api_url()?, settings.token()?)?;
     // The record says what the archive must be. An archive copied into the store by hand has
     // no record; the API still serves it, and it can only be checked against its length.
-    let expected = match api.snapshot(id).await {
-        Ok(fetched) => Expected::of_record(&fetched.record),
-        Err(e) if matches!(e.downcast_ref::<CliError>(), Some(CliError::Api { status: 404, .. })) => None,
+    let (expected, encrypted) = match api.snapshot(id).await {
+        Ok(fetched) => (Expected::of_record(&fetched.record), fetched.record.encrypted),
+        Err(e) if matches!(e.downcast_ref::<CliError>(), Some(CliError::Api { status: 404, .. })) => (None, false),
         Err(e) => return Err(e),
     };
+    // An encrypted archive keeps its `.age`: it is what `age -d` reads.
+    let name = dfe_shared::snapshot_store::archive_name(id, encrypted);
+    let target = Target::resolve_named(args.output.as_deref(), name, args.force)?;
     let response = api.download(id).await?;
     if expected.is_none() {
         eprintln!("warning: snapshot {id} has no registry record; its archive cannot be checked against a SHA-256");

@@ -15,6 +15,7 @@
 //! - [`lifecycle`]: `dfe expire` (the schedule's dry run, an expiry set) and `dfe owner`.
 //! - [`reconcile`]: `dfe reconcile`: the workers' reconciliation, asked for through the API.
 //! - [`download`]: `dfe snapshots download`: an archive streamed to disk and verified.
+//! - [`remove`]: `dfe snapshots delete` and `dfe snapshots prune [--dry-run]`.
 //! - [`completions`]: `dfe completions`: shell completion scripts.
 //! - [`token`]: `dfe token`: minting bearer tokens and their `[[api.clients]]` entries.
 //! - [`output`]: tables, detail views, and printing that survives a closed pipe.
@@ -35,6 +36,7 @@ pub mod inspect;
 pub mod lifecycle;
 pub mod output;
 pub mod reconcile;
+pub mod remove;
 pub mod request;
 pub mod settings;
 pub mod submit;
@@ -80,6 +82,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Instances(a) => inspect::instances(&settings, a).await?,
                 Command::Snapshots(a) => match &a.action {
                     Some(SnapshotsCommand::Download(d)) => download::run(&settings, d).await?,
+                    Some(SnapshotsCommand::Delete(d)) => remove::delete(&settings, d).await?,
+                    Some(SnapshotsCommand::Prune(p)) => return remove::prune(&settings, p).await,
                     None => inspect::snapshots(&settings, a).await?,
                 },
                 Command::Events(a) => events::run(&settings, a).await?,

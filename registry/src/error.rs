@@ -35,6 +35,10 @@ pub enum Error {
     /// Publishing from an outbox failed.
     #[error(transparent)]
     Broker(#[from] dfe_shared::Error),
+    /// A snapshot destination failed while a snapshot was being removed (the row stays).
+    /// Boxed: a second unboxed `dfe_shared::Error` would make every registry error larger.
+    #[error(transparent)]
+    Store(Box<dfe_shared::Error>),
 }
 
 /// Result with [`Error`].
@@ -53,6 +57,7 @@ impl Error {
             Error::Query { source, .. } => crate::pg_is_transient(source),
             Error::Pool(_) => true,
             Error::Broker(e) => e.is_transient(),
+            Error::Store(e) => e.is_transient(),
             Error::Setup(_) | Error::Corrupt { .. } | Error::Inconsistent(_) => false,
         }
     }

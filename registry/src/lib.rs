@@ -5,7 +5,9 @@
 //!   instances (submit, claim, complete), used by the API and every job body alike.
 //! - [`jobs`]: job rows: recording a queue message, starting a run, retries, reading.
 //! - [`instances`]: instance rows: reading and listing.
-//! - [`snapshots`]: the snapshots written by exports.
+//! - [`snapshots`]: the snapshots written by exports, removed with their archives.
+//! - [`retention`]: what the snapshot schedules keep and prune, and their slots.
+//! - [`leases`]: one process at a time for a duty (the snapshot schedules), by expiring leases.
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
 //! - [`leases`]: one holder at a time for a schedule.
 //! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
@@ -30,6 +32,7 @@ pub mod lock;
 mod migrations;
 pub mod outbox;
 pub mod reconciliation;
+pub mod retention;
 pub mod snapshots;
 pub mod transitions;
 

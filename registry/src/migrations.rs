@@ -193,6 +193,30 @@ ALTER TABLE instances ADD COLUMN previous_state text;
 ALTER TABLE instances ADD COLUMN previous_job_id text;
 ALTER TABLE jobs ADD COLUMN traceparent text;
 "#,
+    // Snapshots anywhere (a directory or a bucket: the key in the destination), encrypted or
+    // not, and the schedule that made them; the leases' expiry named as elsewhere; and the slots of the schedules, each exported
+    // by one job whose id derives from (schedule, instance, slot).
+    r#"
+ALTER TABLE snapshots ADD COLUMN key text;
+UPDATE snapshots SET key = regexp_replace(path, '^.*/', '') WHERE key IS NULL;
+ALTER TABLE snapshots ALTER COLUMN key SET NOT NULL;
+ALTER TABLE snapshots ADD COLUMN encrypted boolean NOT NULL DEFAULT false;
+ALTER TABLE snapshots ADD COLUMN schedule text;
+CREATE INDEX snapshots_schedule ON snapshots (schedule, instance_id, created_at DESC) WHERE schedule IS NOT NULL;
+
+-- The leases table came with the lifecycle (migration 6): one name for its expiry column.
+ALTER TABLE leases RENAME COLUMN until TO expires_at;
+
+CREATE TABLE schedule_slots (
+    job_id       text PRIMARY KEY,
+    schedule     text NOT NULL,
+    instance_id  text NOT NULL,
+    slot         bigint NOT NULL,
+    submitted_at timestamptz,
+    overdue_at   timestamptz,
+    UNIQUE (schedule, instance_id, slot)
+);
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

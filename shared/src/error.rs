@@ -44,6 +44,27 @@ pub enum Error {
         /// Why the publication is not confirmed.
         reason: String,
     },
+    /// A snapshot destination (a directory or an S3-compatible bucket) failed.
+    #[error("snapshot destination {context}")]
+    Store {
+        /// The destination's name and what was being done (`offsite: uploading …`): one
+        /// string, so that the error stays small.
+        context: String,
+        /// Whether it may pass by itself (the server unreachable, a timeout, a 5xx) rather
+        /// than stay the same (refused credentials, a missing bucket is a 404 too).
+        transient: bool,
+        /// The object store's or the file system's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A destination holds no archive under that key.
+    #[error("snapshot destination {destination} holds no {key}")]
+    StoreNotFound {
+        /// The destination's name.
+        destination: String,
+        /// The object key or file name.
+        key: String,
+    },
 }
 
 /// Result with [`Error`].
@@ -56,6 +77,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Broker { .. } | Error::NotConfirmed { .. } => true,
+            Error::Store { transient, .. } => *transient,
+            Error::StoreNotFound { .. } => false,
             Error::Config(_) | Error::ConfigLoad(_) | Error::Json(_) | Error::TooLarge { .. } | Error::Field(_) => {
                 false
             }

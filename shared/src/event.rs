@@ -42,6 +42,9 @@ pub mod names {
 
     /// `dfe.instance.expiring`: an instance's `expires-at` is near (once per `lifecycle.warn-days`).
     pub const INSTANCE_EXPIRING: &str = "dfe.instance.expiring";
+    /// `dfe.snapshot.overdue`: a snapshot schedule's slot passed without a snapshot of an
+    /// instance it selects (no worker held the schedules, or the export failed).
+    pub const SNAPSHOT_OVERDUE: &str = "dfe.snapshot.overdue";
 
     /// `dfe.provisioned`, `dfe.deprovisioned`, `dfe.imported`, `dfe.exported`.
     pub fn succeeded(kind: JobKind) -> String {
@@ -125,6 +128,8 @@ pub enum About {
     Fleet,
     /// An instance's expiry is near (one of `lifecycle.warn-days`).
     Expiring,
+    /// A snapshot schedule's slot passed without a snapshot.
+    Overdue,
 }
 
 /// Every event the services publish, by name: what the AsyncAPI document lists, one message
@@ -142,6 +147,7 @@ pub fn catalogue() -> Vec<(String, About)> {
     all.push((names::HOST_UNREACHABLE.to_owned(), About::Fleet));
     all.push((names::HOST_RECOVERED.to_owned(), About::Fleet));
     all.push((names::INSTANCE_EXPIRING.to_owned(), About::Expiring));
+    all.push((names::SNAPSHOT_OVERDUE.to_owned(), About::Overdue));
     all
 }
 

@@ -11,6 +11,8 @@
 //! - [`lifecycle`]: the expiry schedule of an instance (warnings, then the job at expiry).
 //! - [`placement`]: where a new instance goes and which offering items it gets.
 //! - [`snapshot_store`]: where snapshot archives are written and found.
+//! - `store` (feature `store`): the destinations' client, directories and S3-compatible
+//!   buckets, streaming archives both ways.
 //! - [`secret`]: a string that never prints.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the crate's error type.
@@ -26,6 +28,8 @@ pub mod placement;
 pub mod records;
 pub mod secret;
 pub mod snapshot_store;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod telemetry;
 pub mod topology;
 

@@ -280,6 +280,17 @@ pub struct SnapshotRecord {
     pub job_id: String,
     /// The store it is in (`default` or a named destination).
     pub destination: String,
+    /// The archive's key in its destination: its file name in a directory, or
+    /// `<prefix>/<snapshot-id>.snapshot.tar.gz` in a bucket (`.age` appended when encrypted).
+    #[serde(default)]
+    pub key: String,
+    /// Whether the archive is encrypted to the destination's age recipients.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The schedule whose export made it (none: an export asked for by a client).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub schedule: Option<String>,
     /// Size of the archive in bytes.
     pub size: i64,
     /// SHA-256 (hex) of the archive.
@@ -290,9 +301,48 @@ pub struct SnapshotRecord {
     /// When it was written.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    /// Where the file is on the store's host (not shown to clients).
+    /// Where the archive is: a path on the store's host, or `s3://<bucket>/<key>` (not
+    /// shown to clients).
     #[serde(skip)]
     pub path: String,
+}
+
+/// A snapshot that a retention removes (or, in a dry run, would remove).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct Pruned {
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// Its instance.
+    pub instance_id: String,
+    /// The schedule whose retention no longer keeps it.
+    pub schedule: String,
+    /// Its destination.
+    pub destination: String,
+    /// Its key there.
+    pub key: String,
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Why it goes, e.g. `beyond keep-last 3 and older than keep-days 7`.
+    pub reason: String,
+    /// Whether it was removed (archive and registry row); false in a dry run or on an error.
+    pub removed: bool,
+    /// Why its removal failed (it stays, archive and row).
+    #[cfg_attr(feature = "schema", schema(required))]
+    pub error: Option<String>,
+}
+
+/// What a pruning removed, or would remove.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneReport {
+    /// Whether nothing was removed, only listed.
+    pub dry_run: bool,
+    /// The snapshots beyond their schedule's retention, oldest first.
+    pub snapshots: Vec<Pruned>,
 }
 
 /// A Docker host as `GET /api/v1/hosts` shows it: configured limits, what is placed on it,

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod otlp;
 pub mod probes;
 pub mod procs;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +40,19 @@ pub const MYSQL_ADMIN_URL: &str = "mysql://dfe:dfe@127.0.0.1:3306";
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A fresh age key pair: the identity file written at `path` (as `age-keygen` writes it)
+/// and the recipient (`age1…`) to encrypt to.
+pub fn age_identity(path: &Path) -> Result<String> {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("# public key: {recipient}\n{}\n", identity.to_string().expose_secret()))?;
+    Ok(recipient)
 }
 
 /// A short random hex string.
@@ -210,8 +224,16 @@ impl TestEnv {
 
     /// Starts (or restarts) the api and waits for its address.
     pub async fn start_api(&mut self) -> Result<()> {
+        self.start_api_with(&[]).await
+    }
+
+    /// Starts (or restarts) the api with extra environment variables.
+    pub async fn start_api_with(&mut self, extra: &[(String, String)]) -> Result<()> {
+        if let Some(mut old) = self.api.take() {
+            old.kill();
+        }
         let mut cmd = Command::new(bin("dfe-api")?);
-        cmd.arg("--config").arg(&self.config_path).envs(self.service_env());
+        cmd.arg("--config").arg(&self.config_path).envs(self.service_env()).envs(extra.iter().cloned());
         let proc = Proc::spawn("api", cmd, &self.dir)?;
         let line = proc.wait_for_line("dfe-api listening on ", Duration::from_secs(30)).await?;
         self.api_url = line.split("listening on ").nth(1).unwrap_or_default().trim().to_owned();
@@ -292,13 +314,38 @@ impl TestEnv {
 
     /// PATCHes JSON to the api with the token; returns status and body.
     pub async fn patch(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let req = self
-            .http
-            .patch(format!("{}{path}", self.api_url))
-            .header("content-type", "application/json")
-            .bearer_auth(&self.token)
-            .body(body.to_string());
-        self.answer(req).await
+        self.request_as("PATCH", Some(&self.token), path, Some(body)).await
+    }
+
+    /// Any method with another token (or none) and an optional JSON body. An answer that is
+    /// an event stream is not read (it would not end): its body is null.
+    pub async fn request_as(
+        &self,
+        method: &str,
+        token: Option<&str>,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
+        let mut req = self.http.request(method, format!("{}{path}", self.api_url));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let streamed = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streamed {
+            return Ok((resp.status().as_u16(), Value::Null));
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        self.answers.lock().map(|mut a| a.push(text.clone())).ok();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
     /// GETs from the api with the token.

@@ -66,6 +66,9 @@ pub enum Error {
     /// A snapshot archive is refused (checksum, format, unsafe member).
     #[error("snapshot refused: {0}")]
     SnapshotInvalid(String),
+    /// The snapshot is encrypted to keys this worker does not hold (or it holds none).
+    #[error("snapshot refused: {0}")]
+    SnapshotKeyMissing(String),
     /// The snapshot's database is of another engine than the target's.
     #[error("the snapshot holds a {snapshot} database and the target instance uses {target}; import it into an instance of a {snapshot} provisioner")]
     EngineMismatch {
@@ -160,10 +163,13 @@ impl Error {
             Error::LockBusy(_) => "instance-busy",
             Error::SnapshotInvalid(_) => "snapshot-invalid",
             Error::SnapshotNotFound(_) => "snapshot-not-found",
+            Error::SnapshotKeyMissing(_) => "snapshot-key-missing",
             Error::EngineMismatch { .. } => "engine-mismatch",
             Error::Io { .. } => "io-error",
             Error::Tool { .. } => "tool-failed",
             Error::Shared(dfe_shared::Error::Broker { .. } | dfe_shared::Error::NotConfirmed { .. }) => "broker-error",
+            Error::Shared(dfe_shared::Error::Store { .. }) => "destination-error",
+            Error::Shared(dfe_shared::Error::StoreNotFound { .. }) => "snapshot-not-found",
             Error::Shared(_) => "invalid-job",
             Error::Registry(_) => "registry-error",
             Error::Config(_) => "configuration-error",
@@ -221,6 +227,12 @@ impl Error {
             source = s.source();
         }
         out
+    }
+
+    /// Whether this is a write into a destination's sink that the destination had stopped
+    /// taking (its upload failed, and says why).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     /// Wraps an I/O error with what was being done.

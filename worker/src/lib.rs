@@ -9,7 +9,9 @@
 //!   reached (socket, mutual TLS, SSH with checked host keys: [`ssh`]).
 //! - [`provisioners`]: the storage, database and instance sub-provisioners, each with the
 //!   inventory the reconciler compares against.
-//! - [`snapshot`]: the snapshot archive format, written and verified by streaming.
+//! - [`snapshot`]: the snapshot archive format, written and verified by streaming, and
+//!   its encryption to age recipients.
+//! - [`schedules`]: the snapshot schedules, run by the worker holding their lease.
 //! - [`lifecycle`]: the expiry schedule, run by the worker holding its lease.
 //! - [`probe`]: the health of hosts and servers, probed by the workers together.
 //! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
@@ -32,6 +34,7 @@ pub mod probe;
 pub mod provisioners;
 pub mod reconcile;
 pub mod runner;
+pub mod schedules;
 pub mod snapshot;
 pub mod ssh;
 pub mod timings;
@@ -63,6 +66,14 @@ pub struct Options {
 pub async fn run(config: Config, options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let manager = Arc::new(manager::Manager::new(config.clone())?);
+    // The snapshot destinations and keys are checked before any job is taken: a recipient
+    // or an identity file that cannot be read is a configuration error, not a failed job.
+    let stores = dfe_shared::store::Stores::from_config(&config.snapshots)?;
+    for store in stores.all() {
+        snapshot::recipients(store.recipients())
+            .map_err(|e| anyhow::anyhow!("snapshots.destinations.{}: {e}", store.name()))?;
+    }
+    let identities = Arc::new(snapshot::identities(config.snapshots.identity_file.as_deref())?);
     let registry = loop {
         match Registry::connect(&config.registry.url, config.registry.pool_size).await {
             Ok(r) => break r,
@@ -132,7 +143,13 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         .run(background.clone()),
     );
 
-    let context = jobs::Env { registry: registry.clone(), manager: manager.clone(), config: config.clone() };
+    let context = jobs::Env {
+        registry: registry.clone(),
+        manager: manager.clone(),
+        config: config.clone(),
+        stores: stores.clone(),
+        identities: identities.clone(),
+    };
     let reconciler = reconcile::Reconciler {
         worker_id: options.worker_id.clone(),
         manager: manager.clone(),
@@ -146,6 +163,18 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         let interval = Duration::from_secs(config.worker.reconcile_interval_secs);
         tokio::spawn(reconciler.periodic(interval, config.worker.reconcile_fix, background.clone()));
     }
+
+    tokio::spawn(
+        schedules::Scheduler {
+            worker_id: options.worker_id.clone(),
+            registry: registry.clone(),
+            config: config.clone(),
+            stores: stores.clone(),
+            broker: BrokerHandle::new(&config.amqp.url, &format!("{} schedules", options.worker_id)),
+            metrics: metrics.clone(),
+        }
+        .run(background.clone()),
+    );
 
     let runner = Arc::new(Runner {
         worker_id: options.worker_id.clone(),

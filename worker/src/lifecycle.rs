@@ -72,8 +72,8 @@ impl Lifecycle {
         let interval = Duration::from_secs(self.config.interval_secs.max(1));
         let mut last_run: Option<Instant> = None;
         loop {
-            match self.registry.take_lease(LEASE, &self.worker_id, LEASE_TTL.as_secs_f64()).await {
-                Ok(true) => {
+            match self.registry.take_lease(LEASE, &self.worker_id, LEASE_TTL).await {
+                Ok(Some(_)) => {
                     if last_run.is_none_or(|t| t.elapsed() >= interval) {
                         if last_run.is_none() {
                             tracing::info!(worker = %self.worker_id, "this worker runs the expiry schedule");
@@ -84,7 +84,7 @@ impl Lifecycle {
                         }
                     }
                 }
-                Ok(false) => last_run = None,
+                Ok(None) => last_run = None,
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot reach the registry for the lifecycle lease");
                     last_run = None;

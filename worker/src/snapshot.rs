@@ -1,9 +1,19 @@
 //! The snapshot archive: `<id>.snapshot.tar.gz` holding `snapshot.json` (the manifest),
 //! `database.sql` and `storage.tar`.
 //!
-//! Everything streams through files: members are hashed while they are written, and an
-//! archive is checked member by member while it is unpacked into a work directory, so no
-//! dump or archive is ever held in memory. An archive is refused before anything touches a
+//! Everything streams: members are hashed while they are written, the archive is written
+//! straight into its destination's sink (a file, or a multipart upload), and an archive is
+//! checked member by member while it is unpacked into a work directory, so no dump or
+//! archive is ever held in memory.
+//!
+//! Encryption is a layer of the stream: tar → gzip → age (to the destination's
+//! `encrypt-to` recipients) → the destination. Compression comes first (ciphertext does
+//! not compress); the archive's SHA-256 (recorded in the registry, checked by downloads) is
+//! of the bytes stored, the manifest's checksums of the plain members, checked after
+//! decryption. An encrypted archive starts with age's header, which is how a reader knows
+//! it; one encrypted to keys this worker does not hold is refused before anything else.
+//!
+//! An archive is refused before anything touches a
 //! target when a member is unknown, duplicated, not a regular file, or escapes with an
 //! absolute path or `..`; when the manifest has an unknown format version; when a
 //! member's size or SHA-256 differs from the manifest; or when `storage.tar` holds anything
@@ -126,21 +136,81 @@ fn append_file<W: Write>(builder: &mut tar::Builder<W>, name: &str, path: &Path)
     builder.append_data(&mut header, name, &mut file).map_err(Error::io(format!("archiving {name}")))
 }
 
-/// Writes `<dir>/<id>.snapshot.tar.gz` from the manifest and the two member files, through
-/// a temporary file renamed into place, so a crash never leaves a half archive under the
-/// snapshot's name. Returns the path and the archive's own size and SHA-256.
-pub fn write_archive(dir: &Path, manifest: &Manifest, database: &Path, storage: &Path) -> Result<(PathBuf, Member)> {
-    let name = dfe_shared::snapshot_store::file_name(&manifest.snapshot_id);
-    let final_path = dir.join(&name);
-    // Removed when dropped, so a failure part-way leaves nothing behind in the store.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(Error::io(format!("creating a temporary archive in {}", dir.display())))?;
-    let (file, tmp) = tmp.into_parts();
-    let hashing = Hashing::new(BufWriter::new(file));
-    let gz = flate2::write::GzEncoder::new(hashing, flate2::Compression::fast());
+/// The age recipients of `encrypt-to`, parsed (none: the archive is not encrypted).
+pub fn recipients(encrypt_to: &[String]) -> Result<Vec<age::x25519::Recipient>> {
+    encrypt_to
+        .iter()
+        .map(|r| r.parse::<age::x25519::Recipient>().map_err(|e| Error::Config(format!("encrypt-to {r:?}: {e}"))))
+        .collect()
+}
+
+/// The identities of `[snapshots] identity-file` (none: encrypted archives are refused).
+pub fn identities(file: Option<&Path>) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>> {
+    let Some(file) = file else { return Ok(Vec::new()) };
+    let text =
+        File::open(file).map_err(|e| Error::Config(format!("snapshots.identity-file {}: {e}", file.display())))?;
+    let identities = age::IdentityFile::from_buffer(BufReader::new(text))
+        .and_then(|f| f.into_identities().map_err(io::Error::other))
+        .map_err(|e| Error::Config(format!("snapshots.identity-file {}: {e}", file.display())))?;
+    if identities.is_empty() {
+        return Err(Error::Config(format!("snapshots.identity-file {} holds no identity", file.display())));
+    }
+    Ok(identities)
+}
+
+/// The compressed stream, encrypted on its way out when there are recipients.
+enum Sealed<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealed<W> {
+    fn new(inner: W, recipients: &[age::x25519::Recipient]) -> Result<Self> {
+        if recipients.is_empty() {
+            return Ok(Sealed::Plain(inner));
+        }
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| Error::Config(format!("encrypt-to: {e}")))?;
+        Ok(Sealed::Age(encryptor.wrap_output(inner).map_err(Error::io("writing the age header"))?))
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Sealed::Plain(w) => Ok(w),
+            Sealed::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sealed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sealed::Plain(w) => w.write(buf),
+            Sealed::Age(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.flush(),
+            Sealed::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Writes the archive of the manifest and the two member files into `sink` (tar, gzip,
+/// and age to `recipients` when there are any), and hands the sink back with the size and
+/// SHA-256 of the bytes it took. Blocking: run it off the async runtime.
+pub fn write_archive<W: Write>(
+    sink: W,
+    manifest: &Manifest,
+    database: &Path,
+    storage: &Path,
+    recipients: &[age::x25519::Recipient],
+) -> Result<(W, Member)> {
+    let hashing = Hashing::new(sink);
+    let sealed = Sealed::new(hashing, recipients)?;
+    let gz = flate2::write::GzEncoder::new(sealed, flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
     let manifest_json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::SnapshotInvalid(e.to_string()))?;
     let mut header = tar::Header::new_gnu();
@@ -154,13 +224,51 @@ pub fn write_archive(dir: &Path, manifest: &Manifest, database: &Path, storage: 
     append_file(&mut builder, DATABASE, database)?;
     append_file(&mut builder, STORAGE, storage)?;
     let gz = builder.into_inner().map_err(Error::io("finishing the archive"))?;
-    let hashing = gz.finish().map_err(Error::io("finishing the compression"))?;
-    let (writer, member) = hashing.finish();
-    let file = writer.into_inner().map_err(|e| Error::io("flushing the archive")(e.into_error()))?;
-    file.sync_all().map_err(Error::io("syncing the archive"))?;
-    tmp.persist(&final_path)
-        .map_err(|e| Error::io(format!("moving the archive to {}", final_path.display()))(e.error))?;
-    Ok((final_path, member))
+    let sealed = gz.finish().map_err(Error::io("finishing the compression"))?;
+    let hashing = sealed.finish().map_err(Error::io("finishing the encryption"))?;
+    Ok(hashing.finish())
+}
+
+/// The first line of an age file.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/";
+
+/// Whether the archive at `path` is encrypted (it starts with age's header).
+pub fn is_encrypted(path: &Path) -> Result<bool> {
+    let mut head = [0u8; AGE_MAGIC.len()];
+    let mut file = File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let mut read = 0;
+    while read < head.len() {
+        match io::Read::read(&mut file, &mut head[read..]).map_err(Error::io(format!("reading {}", path.display())))? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    Ok(read == head.len() && head == AGE_MAGIC)
+}
+
+/// The plain stream of an archive file: decrypted with `identities` when it is encrypted.
+/// An encrypted archive that none of them opens is refused here, before anything else.
+fn plain_reader(archive: &Path, identities: &[Box<dyn age::Identity + Send + Sync>]) -> Result<Box<dyn io::Read>> {
+    let encrypted = is_encrypted(archive)?;
+    let file = File::open(archive).map_err(Error::io(format!("opening {}", archive.display())))?;
+    if !encrypted {
+        return Ok(Box::new(BufReader::new(file)));
+    }
+    if identities.is_empty() {
+        return Err(Error::SnapshotKeyMissing(
+            "the snapshot is encrypted and this worker has no [snapshots] identity-file to decrypt it".into(),
+        ));
+    }
+    let decryptor = age::Decryptor::new_buffered(BufReader::new(file))
+        .map_err(|e| refuse(format!("the encrypted archive has no valid age header: {e}")))?;
+    match decryptor.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity)) {
+        Ok(reader) => Ok(Box::new(reader)),
+        Err(age::DecryptError::NoMatchingKeys) => Err(Error::SnapshotKeyMissing(
+            "the snapshot is encrypted to keys this worker does not hold (none of [snapshots] identity-file opens it)"
+                .into(),
+        )),
+        Err(e) => Err(refuse(format!("the encrypted archive cannot be decrypted: {e}"))),
+    }
 }
 
 /// The unpacked, verified members of an archive.
@@ -178,10 +286,15 @@ fn refuse(why: impl Into<String>) -> Error {
     Error::SnapshotInvalid(why.into())
 }
 
-/// Unpacks `archive` into `work` and verifies it completely (see the module doc).
-pub fn unpack_verified(archive: &Path, work: &Path) -> Result<Verified> {
-    let file = File::open(archive).map_err(Error::io(format!("opening {}", archive.display())))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+/// Unpacks `archive` into `work` and verifies it completely (see the module doc),
+/// decrypting it with `identities` when it is encrypted.
+pub fn unpack_verified(
+    archive: &Path,
+    work: &Path,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<Verified> {
+    let plain = plain_reader(archive, identities)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(plain));
     let mut found: BTreeMap<String, Member> = BTreeMap::new();
     let entries = tar.entries().map_err(|e| refuse(format!("not a tar.gz archive: {e}")))?;
     for entry in entries {
@@ -365,12 +478,30 @@ mod tests {
         b.finish().expect("finish");
         drop(b);
         let m = manifest(&hash_file(&dir.join("db.sql")).expect("h"), &hash_file(&dir.join("st.tar")).expect("h"));
-        let (path, member) = write_archive(&dir, &m, &dir.join("db.sql"), &dir.join("st.tar")).expect("write");
-        assert_eq!(hash_file(&path).expect("hash"), member);
-        let work = temp("rt-work");
-        let v = unpack_verified(&path, &work).expect("verifies");
-        assert_eq!(v.manifest.snapshot_id, "snap-1");
-        assert_eq!(std::fs::read(v.database).expect("read"), b"CREATE TABLE t (x int);\n");
+        let key = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        for recipients in [vec![], vec![key.to_public()]] {
+            let path = dir.join(format!("a-{}.snapshot.tar.gz", recipients.len()));
+            let out = File::create(&path).expect("create");
+            let (_, member) =
+                write_archive(out, &m, &dir.join("db.sql"), &dir.join("st.tar"), &recipients).expect("write");
+            assert_eq!(hash_file(&path).expect("hash"), member);
+            assert_eq!(is_encrypted(&path).expect("read"), !recipients.is_empty());
+            let work = temp("rt-work");
+            let mine: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(key.clone())];
+            let v = unpack_verified(&path, &work, &mine).expect("verifies");
+            assert_eq!(v.manifest.snapshot_id, "snap-1");
+            assert_eq!(std::fs::read(v.database).expect("read"), b"CREATE TABLE t (x int);\n");
+            if !recipients.is_empty() {
+                let raw = std::fs::read(&path).expect("raw");
+                assert!(!raw.windows(12).any(|w| w == b"CREATE TABLE"), "no plaintext in an encrypted archive");
+                let theirs: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(other.clone())];
+                let e = unpack_verified(&path, &temp("rt-other"), &theirs).expect_err("a key it is not for");
+                assert_eq!(e.code(), "snapshot-key-missing", "{e}");
+                let e = unpack_verified(&path, &temp("rt-none"), &[]).expect_err("no key at all");
+                assert_eq!(e.code(), "snapshot-key-missing", "{e}");
+            }
+        }
     }
 
     #[test]

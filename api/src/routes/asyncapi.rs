@@ -131,6 +131,25 @@ fn event_payload(name: &str, about: About, schemas: &mut Schemas) -> (Value, Str
              running the expiry schedule, with no job (the job at expiry has events of its own)."
                 .to_owned()
         }
+        About::Overdue => {
+            properties.insert(
+                "result".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "schedule": { "type": "string" },
+                        "slot": { "type": "integer" },
+                        "slot-start": { "type": "string", "format": "date-time" },
+                        "slot-end": { "type": "string", "format": "date-time" },
+                    },
+                    "required": ["schedule", "slot", "slot-start", "slot-end"],
+                }),
+            );
+            "A snapshot schedule's slot passed without a snapshot of an instance it selects: once per slot, \
+             `error.code` `not-submitted` (no worker held the schedules) or the export's failure; `job-id` is \
+             the slot's export job id."
+                .to_owned()
+        }
     };
     let payload = json!({
         "allOf": [

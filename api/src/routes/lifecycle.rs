@@ -216,7 +216,7 @@ pub async fn preview(
         interval_secs: config.interval_secs,
         warn_days: config.warn_days.clone(),
         on_expiry: action,
-        lease_holder: state.registry.lease_holder("lifecycle").await?,
+        lease_holder: state.registry.lease_holder("lifecycle").await?.map(|l| l.holder),
         expiries,
     }))
 }

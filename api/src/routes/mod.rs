@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ops;
 pub mod read;
 pub mod reconcile;
+pub mod snapshots;
 pub mod stream;
 pub mod whoami;
 

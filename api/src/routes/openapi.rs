@@ -116,6 +116,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOCUMENT.get_or_init(|| {
         let mut doc = crate::routes().into_openapi();
         optional_body(&mut doc, "/api/v1/reconcile");
+        optional_body(&mut doc, "/api/v1/snapshots/prune");
         doc
     })
 }

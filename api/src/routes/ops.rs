@@ -501,7 +501,7 @@ async fn plan(state: &AppState, client: &Client, job: &Job) -> Result<Option<Pla
         }
         Job::Export(e) => {
             if let Some(d) = &e.destination {
-                if cfg.snapshots.dir(Some(d.as_str())).is_none() {
+                if !cfg.snapshots.has_destination(d.as_str()) {
                     return Err(Problem::invalid_field(FieldError::new(
                         "destination",
                         "names no configured snapshot destination ([snapshots.destinations.<name>])",

@@ -330,7 +330,15 @@ pub async fn instances(
 ) -> Result<Json<InstanceList>, Problem> {
     q.only(INSTANCES_FILTERS)?;
     let owner = owner_filter(&client, &q)?;
-    let host = q.get("host-id").filter(|h| !h.is_empty());
+    let host = match q.get("host-id") {
+        Some(h) if h.is_empty() || h.len() > 255 => {
+            return Err(Problem::invalid_field(dfe_shared::ids::FieldError::new(
+                "host-id",
+                "must be a host id of 1 to 255 characters",
+            )))
+        }
+        h => h,
+    };
     let filter = InstanceFilter {
         state: q.parsed::<InstanceState>("state")?,
         include_removed: q.flag("include-removed")?,
@@ -473,13 +481,16 @@ pub async fn snapshot(
     operation_id = "downloadSnapshot",
     tag = "registry",
     summary = "Download a snapshot archive (streamed)",
-    description = "The archive as the export wrote it, from the snapshot store (also a snapshot copied \
-        into the store by hand, that the registry does not know, for a token that sees every owner).",
+    description = "The archive as the export wrote it, streamed from wherever it lives: the snapshot store, a \
+        local destination or an S3-compatible bucket (the API needs the destination's credentials too). An \
+        encrypted snapshot downloads as it is stored (`….snapshot.tar.gz.age`, `application/octet-stream`): \
+        decrypt it with `age -d -i <identity>`. A snapshot copied into a local store by hand, that the \
+        registry does not know, downloads too (for a token that sees every owner).",
     params(("snapshot-id" = Tag, Path, description = "The snapshot id")),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "The `.snapshot.tar.gz`, as an attachment", content_type = "application/gzip",
-            body = inline(SnapshotArchive),
+        (status = 200, description = "The `.snapshot.tar.gz` (or `.snapshot.tar.gz.age`), as an attachment",
+            content_type = "application/gzip", body = inline(SnapshotArchive),
             headers(("Content-Disposition" = String, description = "`attachment; filename=\"<file name>\"`"))),
         (status = 400, description = text::UNDECODABLE_PATH, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
@@ -487,6 +498,8 @@ pub async fn snapshot(
         (status = 404, description = "The snapshot is not in the snapshot store", body = ProblemBody,
             content_type = PROBLEM),
         (status = 500, description = "The archive is in the store but cannot be read (see the dfe-api log)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = "The registry, or the snapshot's destination, does not answer; retry later",
             body = ProblemBody, content_type = PROBLEM),
     ),
 )]
@@ -497,26 +510,44 @@ pub async fn download(
 ) -> Result<axum::response::Response, Problem> {
     use axum::http::header;
     use axum::response::IntoResponse;
+    use futures::StreamExt;
     let id = snapshot_path(&id)?;
     let id = id.as_str();
+    let missing = || Problem::not_found(format!("snapshot {id} is not in the snapshot store"));
+    // Where the registry says it is, else a local store (snapshots copied in by hand).
+    let record = state.registry.snapshot(id).await?;
     // A client limited to owners downloads only what the registry records as theirs.
-    if client.owners().is_some() && visible_snapshot(&state, &client, id).await?.is_none() {
-        return Err(Problem::not_found(format!("snapshot {id} is not in the snapshot store")));
+    let theirs = |r: &SnapshotRecord| client.sees(r.owner_id.as_ref().map(OwnerId::as_text).as_deref());
+    if client.owners().is_some() && !record.as_ref().is_some_and(theirs) {
+        return Err(missing());
     }
-    // The registry's path when it is recorded here, else the store (snapshots copied in).
-    let (_, path) = state
-        .config
-        .snapshots
-        .locate(id)
-        .ok_or_else(|| Problem::not_found(format!("snapshot {id} is not in the snapshot store")))?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| Problem::internal(&e))?;
-    let len = file.metadata().await.map_err(|e| Problem::internal(&e))?.len();
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let name = dfe_shared::snapshot_store::file_name(id);
+    let (name, download) = match record {
+        Some(record) => {
+            let store = state.stores.get(Some(&record.destination)).ok_or_else(missing)?;
+            let download = store.open(&record.key).await.map_err(|e| match e {
+                dfe_shared::Error::StoreNotFound { .. } => missing(),
+                e => crate::routes::snapshots::store_problem(&e),
+            })?;
+            (dfe_shared::snapshot_store::archive_name(id, record.encrypted), download)
+        }
+        None => {
+            let (_, path) = state.config.snapshots.locate(id).ok_or_else(missing)?;
+            let file = tokio::fs::File::open(&path).await.map_err(|e| Problem::internal(&e))?;
+            let size = file.metadata().await.map_err(|e| Problem::internal(&e))?.len();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, dfe_shared::store::Download { size, stream: tokio_util::io::ReaderStream::new(file).boxed() })
+        }
+    };
+    let content_type = if name.ends_with(dfe_shared::snapshot_store::ENCRYPTED_SUFFIX) {
+        "application/octet-stream"
+    } else {
+        "application/gzip"
+    };
+    let body = axum::body::Body::from_stream(download.stream);
     Ok((
         [
-            (header::CONTENT_TYPE, "application/gzip".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_LENGTH, download.size.to_string()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
         ],
         body,

@@ -51,6 +51,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The api's connection for event streams, opened on the first stream and again after it
 /// is lost; each stream takes a channel of it.
+/// One message of the stream, as its fields (`event: …`, `id: …`, `data: …`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the stream's messages, which axum's `Event` writes.
+pub struct SseMessage {
+    /// `ready`, `expired`, or the event's name (`dfe.provisioned`, …).
+    event: Option<String>,
+    /// The event's `event-id` (absent on `ready` and `expired`).
+    id: Option<String>,
+    /// One line of JSON: the event's body, or `{"pattern": …}` on `ready`.
+    data: String,
+}
+
 #[derive(Clone)]
 pub struct Streams {
     url: String,
@@ -283,7 +295,8 @@ fn tail(
         pattern = r"^([A-Za-z0-9_-]+|\*|#)(\.([A-Za-z0-9_-]+|\*|#))*$", max_length = 255)),
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream: each message as its fields", content_type = "text/event-stream",
+            body = SseMessage),
         (status = 400, description = text::REPEATED_PARAMETER, body = ProblemBody, content_type = PROBLEM),
         (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
         (status = 403, description = text::FORBIDDEN_READ, body = ProblemBody, content_type = PROBLEM),

@@ -11,8 +11,10 @@ use crate::secret::Secret;
 use crate::{Error, Result};
 
 pub mod fleet;
+pub mod snapshots;
 
 pub use fleet::{ClusterConfig, HostConfig, PlacementPolicy};
+pub use snapshots::{DestinationKind, Every, ScheduleConfig, SnapshotDestination, SnapshotsConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -532,36 +534,6 @@ fn default_admin_db() -> String {
     "postgres".into()
 }
 
-/// The snapshot store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct SnapshotsConfig {
-    /// Directory of the snapshots.
-    #[serde(default = "default_snapshots_path")]
-    pub path: PathBuf,
-    /// Named destinations an export may choose (`destination`), each a directory.
-    #[serde(default)]
-    pub destinations: BTreeMap<String, SnapshotDestination>,
-}
-
-/// A named snapshot destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct SnapshotDestination {
-    /// Its directory.
-    pub path: PathBuf,
-}
-
-fn default_snapshots_path() -> PathBuf {
-    PathBuf::from("/var/lib/dfe/snapshots")
-}
-
-impl Default for SnapshotsConfig {
-    fn default() -> Self {
-        SnapshotsConfig { path: default_snapshots_path(), destinations: BTreeMap::new() }
-    }
-}
-
 /// Names of what the sub-provisioners make.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -691,6 +663,7 @@ impl Config {
                 }
             }
         }
+        self.snapshots.check().map_err(Error::Config)?;
         let p = &self.naming.prefix;
         if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(Error::Config(format!("naming.prefix = {p:?} must be 1-16 of [a-z0-9]")));

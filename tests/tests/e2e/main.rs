@@ -21,6 +21,7 @@ mod mysql;
 mod openapi;
 mod pagination;
 mod reconcile;
+mod remote_snapshots;
 mod repairs;
 mod resilience;
 mod retries;

@@ -11,20 +11,20 @@ use sha2::{Digest, Sha256};
 
 use crate::JOB_TIMEOUT;
 
-async fn provision(env: &TestEnv, events: &dfe_tests::EventLog, instance: &str) {
+pub(crate) async fn provision(env: &TestEnv, events: &dfe_tests::EventLog, instance: &str) {
     let job = env.submit("provision", json!({"owner-id": 5, "instance-id": instance})).await.expect("202");
     let done = events.wait_final(&job, JOB_TIMEOUT).await.expect("final");
     assert_eq!(done["event"], "dfe.provisioned", "{done}");
 }
 
-async fn run_job(env: &TestEnv, events: &dfe_tests::EventLog, kind: &str, body: Value) -> (String, Value) {
+pub(crate) async fn run_job(env: &TestEnv, events: &dfe_tests::EventLog, kind: &str, body: Value) -> (String, Value) {
     let job = env.submit(kind, body).await.expect("202");
     let done = events.wait_final(&job, JOB_TIMEOUT).await.expect("final");
     (job, done)
 }
 
 /// Rows and files that make an instance recognisable.
-async fn fill(instance: &str) {
+pub(crate) async fn fill(instance: &str) {
     let db = instance_db(instance).await.expect("own role connects");
     db.batch_execute(
         "CREATE TABLE notes (id int PRIMARY KEY, body text);
@@ -40,7 +40,7 @@ async fn fill(instance: &str) {
     .expect("files");
 }
 
-async fn note_count(instance: &str) -> i64 {
+pub(crate) async fn note_count(instance: &str) -> i64 {
     let db = instance_db(instance).await.expect("own role connects");
     db.query_one("SELECT count(*) FROM notes", &[]).await.expect("count").get(0)
 }

@@ -1,8 +1,12 @@
 //! Export: a portable snapshot of a running instance — `database.sql` (pg_dump, one
-//! transaction), `storage.tar` (the volume's contents) and `snapshot.json` — written to the
-//! snapshot store as `<snapshot-id>.snapshot.tar.gz` and recorded in the registry. The
-//! instance keeps running. The snapshot id derives from the job id, so a redelivered export
-//! rewrites the same snapshot instead of making a second one.
+//! transaction), `storage.tar` (the volume's contents) and `snapshot.json` — written to its
+//! destination (the default store, or `destination`: a directory or an S3-compatible
+//! bucket) as `<snapshot-id>.snapshot.tar.gz`, encrypted to the destination's `encrypt-to`
+//! recipients (then `….tar.gz.age`), and recorded in the registry once the archive is
+//! complete there: an upload that fails leaves no row, and no object either (the multipart
+//! upload is aborted), and the job is retried when the fault may pass. The instance keeps
+//! running. The snapshot id derives from the job id, so a redelivered export rewrites the
+//! same snapshot instead of making a second one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +32,8 @@ use crate::timings::step_span;
 const SNAPSHOT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6466_652e_736e_6170_7368_6f74_2d76_0001);
 
 /// The export job kind. It changes nothing of the instance, so an abort leaves nothing to
-/// repair (a half-written archive stays in the job's work directory, never under its name).
+/// repair (a half-written archive is a temporary file or an unfinished multipart upload,
+/// never an archive under the snapshot's name).
 pub struct Export;
 
 #[async_trait]
@@ -57,21 +62,9 @@ impl JobSpec<Env> for Export {
     }
 }
 
-fn store_dir(env: &Env, job: &ExportJob) -> Result<(String, PathBuf)> {
-    let destination = job.destination.as_ref().map(|d| d.as_str());
-    let dir = env.config.snapshots.dir(destination).ok_or_else(|| {
-        Error::Invalid(format!(
-            "destination {:?} names no [snapshots.destinations.<name>]",
-            destination.unwrap_or_default()
-        ))
-    })?;
-    Ok((destination.unwrap_or("default").to_owned(), dir.to_path_buf()))
-}
-
-/// A work directory inside the store (same file system, so the archive is renamed into place).
-fn work_dir(env: &Env, job: &ExportJob, meta: &JobMeta) -> Result<PathBuf> {
-    let (_, dir) = store_dir(env, job)?;
-    Ok(dir.join(format!(".work-{}", meta.job_id)))
+/// The job's work directory (members are gathered there before they are archived).
+fn work_dir(env: &Env, _job: &ExportJob, meta: &JobMeta) -> Result<PathBuf> {
+    Ok(env.config.snapshots.work_dir().join(format!(".work-{}", meta.job_id)))
 }
 
 async fn export(
@@ -87,7 +80,14 @@ async fn export(
         Ok(claimed) => claimed.instance,
         Err(refusal) => return Ok(Outcome::failed_with(refusal.code, refusal.message, Transition::None)),
     };
-    let (destination, dir) = store_dir(env, job)?;
+    let destination = job.destination.as_ref().map(|d| d.as_str());
+    let store = env.stores.get(destination).cloned().ok_or_else(|| {
+        Error::Invalid(format!(
+            "destination {:?} names no [snapshots.destinations.<name>]",
+            destination.unwrap_or_default()
+        ))
+    })?;
+    let recipients = snapshot::recipients(store.recipients())?;
     let work = work.as_ref().map_err(|e| Error::Invalid(e.to_string()))?;
     tokio::fs::create_dir_all(work).await.map_err(Error::io(format!("creating {}", work.display())))?;
     let plan = env.manager.plan(&record, &meta.job_id, meta.attempt, None)?;
@@ -128,35 +128,73 @@ async fn export(
             (snapshot::STORAGE.to_owned(), st_member),
         ]),
     };
-    let (archive, member) = {
-        let (dir, manifest) = (dir.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || snapshot::write_archive(&dir, &manifest, &database, &storage))
-            .await
-            .map_err(|e| Error::Io { context: "writing the archive".into(), source: std::io::Error::other(e) })??
-    };
+    let encrypted = !recipients.is_empty();
+    let key = store.key(&snapshot_id, encrypted);
+    let member = upload(&store, &key, &manifest, database, storage, recipients).await?;
+    hold_after("upload").await;
     env.registry
         .record_snapshot(&SnapshotRecord {
             snapshot_id: snapshot_id.clone(),
             instance_id: id.to_owned(),
             owner_id: Some(record.owner_id.clone()),
             job_id: meta.job_id.clone(),
-            destination: destination.clone(),
+            destination: store.name().to_owned(),
+            key: key.clone(),
+            encrypted,
+            // The registry fills it in from the job (`requested-by: schedule:<name>`).
+            schedule: None,
             size: i64::try_from(member.size).unwrap_or(i64::MAX),
             sha256: member.sha256.clone(),
             manifest: serde_json::to_value(&manifest).unwrap_or_default(),
             created_at: manifest.created_at,
-            path: archive.display().to_string(),
+            path: store.location(&key),
         })
         .await?;
     let result = json!({
         "instance-id": id,
         "snapshot-id": snapshot_id,
         "snapshot": snapshot_id,
-        "destination": destination,
+        "destination": store.name(),
+        "key": key,
+        "encrypted": encrypted,
         "size": member.size,
         "sha256": member.sha256,
     });
     Ok(Outcome::succeeded(result, Transition::None))
+}
+
+/// Writes the archive into `store` under `key`: built on a blocking thread, streamed through
+/// the destination's sink while it is written (a temporary file renamed into place, or the
+/// parts of a multipart upload). The archive exists under `key` only when this succeeds.
+async fn upload(
+    store: &std::sync::Arc<dfe_shared::store::Store>,
+    key: &str,
+    manifest: &Manifest,
+    database: PathBuf,
+    storage: PathBuf,
+    recipients: Vec<age::x25519::Recipient>,
+) -> Result<snapshot::Member> {
+    let (sink, task) = store.upload(key).await?;
+    let manifest = manifest.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let (sink, member) = snapshot::write_archive(sink, &manifest, &database, &storage, &recipients)?;
+        sink.end().map_err(Error::io("handing over the end of the archive"))?;
+        Ok::<_, Error>(member)
+    });
+    let (written, uploaded) = tokio::join!(writer, task.wait());
+    let written = written
+        .map_err(|e| Error::Io { context: "writing the archive".into(), source: std::io::Error::other(e) })
+        .and_then(|w| w);
+    match (written, uploaded) {
+        (Ok(member), Ok(size)) if size == member.size => Ok(member),
+        (Ok(member), Ok(size)) => {
+            Err(Error::Invalid(format!("the destination took {size} bytes of an archive of {} bytes", member.size)))
+        }
+        // The writer stopped because the upload did: the upload's error is the cause.
+        (Err(w), Err(u)) if w.is_broken_pipe() => Err(u.into()),
+        (Err(w), _) => Err(w),
+        (Ok(_), Err(u)) => Err(u.into()),
+    }
 }
 
 async fn hashed(path: &Path) -> Result<snapshot::Member> {

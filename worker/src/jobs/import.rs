@@ -1,11 +1,16 @@
 //! Import: restore a snapshot into an instance, provisioning it first when it does not
-//! exist. The archive is verified completely before anything is touched; the database is
+//! exist. The archive is found through its registry row (its destination and key: a file
+//! read in place, or an object streamed into the work directory and checked against the
+//! recorded size and SHA-256), or, for one copied into a local store by hand, by its file
+//! name. It is decrypted when encrypted (refused, `snapshot-key-missing`, when this
+//! worker's identities do not open it) and verified completely before anything is
+//! touched; the database is
 //! restored beside the current one and swapped in; the storage is saved before it is
 //! loaded. A failure puts both back (or, when the import created the instance, removes it),
 //! so the target is left as it was before the import began. An abort leaves an instance the
 //! import was creating `failed`; an existing one is left to the import's own undo.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use dfe_registry::{Admission, Transition};
@@ -46,13 +51,17 @@ impl JobSpec<Env> for Import {
         // made hands that claim back (Released changes nothing of an instance this job does
         // not own).
         let refused = |e: &Error| Outcome::failed(e, Transition::Released);
-        let Some((_, archive)) = env.config.snapshots.locate(i.snapshot.as_str()) else {
-            return refused(&Error::SnapshotNotFound(i.snapshot.to_string()));
-        };
-        let work = archive.parent().unwrap_or(Path::new(".")).join(format!(".work-{}", meta.job_id));
+        let work = env.config.snapshots.work_dir().join(format!(".work-{}", meta.job_id));
         if let Err(e) = tokio::fs::create_dir_all(&work).await {
             return refused(&Error::io(format!("creating {}", work.display()))(e));
         }
+        let archive = match fetch(env, i.snapshot.as_str(), &work).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                return refused(&e);
+            }
+        };
         // The deadline is applied inside, around each part that changes something, so that a
         // timeout is undone like any other failure instead of abandoning a half-made import.
         let outcome = import(env, job, i, meta, events, &archive, &work).await;
@@ -73,7 +82,8 @@ async fn import(
     let refused = |e: &Error| Outcome::failed(e, Transition::Released);
     let verified = {
         let (archive, work) = (archive.to_path_buf(), work.to_path_buf());
-        match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work)).await {
+        let identities = env.identities.clone();
+        match tokio::task::spawn_blocking(move || snapshot::unpack_verified(&archive, &work, &identities)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return refused(&e),
             Err(e) => return refused(&Error::Invalid(format!("verifying the snapshot: {e}"))),
@@ -162,6 +172,77 @@ async fn import(
         r.insert("source-instance-id".into(), json!(verified.manifest.instance_id));
     }
     Outcome::succeeded(result, transition)
+}
+
+/// The archive of snapshot `id` as a local file: where its registry row says it is (a
+/// local destination's file, read in place, or an object downloaded into `work`), else a
+/// file of that name in a local store (copied in by hand).
+async fn fetch(env: &Env, id: &str, work: &Path) -> Result<PathBuf> {
+    let Some(record) = env.registry.snapshot(id).await? else {
+        return env
+            .config
+            .snapshots
+            .locate(id)
+            .map(|(_, path)| path)
+            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()));
+    };
+    let store = env.stores.get(Some(&record.destination)).ok_or_else(|| {
+        Error::SnapshotNotFound(format!("{id} (its destination {:?} is no longer configured)", record.destination))
+    })?;
+    if let Some(dir) = store.local_dir() {
+        let path = dir.join(&record.key);
+        return if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            Ok(path)
+        } else {
+            Err(Error::SnapshotNotFound(format!("{id} (its archive {} is gone)", path.display())))
+        };
+    }
+    let target = work.join(dfe_shared::snapshot_store::archive_name(id, record.encrypted));
+    let download = store.open(&record.key).await.map_err(|e| match e {
+        dfe_shared::Error::StoreNotFound { .. } => {
+            Error::SnapshotNotFound(format!("{id} (destination {} holds no {})", store.name(), record.key))
+        }
+        e => e.into(),
+    })?;
+    let (size, sha256) = download_to(store.name(), download.stream, &target).await?;
+    let expected = u64::try_from(record.size).unwrap_or_default();
+    if size != expected || sha256 != record.sha256 {
+        return Err(Error::SnapshotInvalid(format!(
+            "the archive in destination {} is {size} bytes sha256 {sha256}; the registry recorded {expected} bytes sha256 {}",
+            store.name(),
+            record.sha256
+        )));
+    }
+    Ok(target)
+}
+
+/// Writes a stream to `target` chunk by chunk, hashing on the way; its size and SHA-256.
+async fn download_to(
+    destination: &str,
+    mut stream: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    target: &Path,
+) -> Result<(u64, String)> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let context = || format!("downloading into {}", target.display());
+    let mut file = tokio::fs::File::create(target).await.map_err(Error::io(context()))?;
+    let (mut size, mut hasher) = (0u64, sha2::Sha256::new());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            Error::Shared(dfe_shared::Error::Store {
+                context: format!("{destination}: reading the archive"),
+                // A read cut off part-way (the server went away) may pass.
+                transient: true,
+                source: Box::new(e),
+            })
+        })?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(Error::io(context()))?;
+    }
+    file.flush().await.map_err(Error::io(context()))?;
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 fn record_resources(record: &InstanceRecord) -> serde_json::Value {

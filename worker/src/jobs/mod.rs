@@ -30,6 +30,10 @@ pub struct Env {
     pub manager: Arc<Manager>,
     /// The configuration.
     pub config: Arc<Config>,
+    /// The snapshot destinations, with their clients.
+    pub stores: dfe_shared::store::Stores,
+    /// The identities of `[snapshots] identity-file`, which decrypt encrypted snapshots.
+    pub identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
 }
 
 impl Env {

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter};
 use axum::Router;
 use dfe_shared::job::{Job, JobKind, MAX_JOB_BYTES};
-use dfe_shared::records::{InstanceRecord, JobRecord, Reconciliation, SnapshotRecord};
+use dfe_shared::records::{InstanceRecord, JobRecord, PruneReport, Reconciliation, SnapshotRecord};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -36,8 +36,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/lifecycle", &["get"]),
     ("/api/v1/owners/{owner-id}", &["get"]),
     ("/api/v1/snapshots", &["get"]),
-    ("/api/v1/snapshots/{snapshot-id}", &["get"]),
+    ("/api/v1/snapshots/{snapshot-id}", &["get", "delete"]),
     ("/api/v1/snapshots/{snapshot-id}/download", &["get"]),
+    ("/api/v1/snapshots/prune", &["post"]),
     ("/api/v1/reconcile", &["get", "post"]),
     ("/api/v1/reconcile/{id}", &["get"]),
     ("/api/v1/hosts", &["get"]),
@@ -175,12 +176,15 @@ fn only_health_metrics_and_the_document_need_no_token() {
 }
 
 /// The scope each operation needs: every GET `read`, but the reconciliation's; job
-/// submissions and cancel `ops`; the fleet's cordons, expiries and the reconciliation `admin`.
+/// submissions and cancel `ops`; the fleet's cordons, expiries, snapshot removal and the
+/// reconciliation `admin`.
 fn expected_scope(o: &Operation) -> &'static str {
     match (o.method.as_str(), o.path.as_str()) {
         (_, p) if p.starts_with("/api/v1/reconcile") => "admin",
         ("post", p) if p.ends_with("/cordon") || p.ends_with("/uncordon") => "admin",
         ("patch", p) if p.starts_with("/api/v1/instances/") => "admin",
+        ("delete", p) if p.starts_with("/api/v1/snapshots/") => "admin",
+        ("post", "/api/v1/snapshots/prune") => "admin",
         ("post", _) => "ops",
         _ => "read",
     }
@@ -414,6 +418,16 @@ fn the_records_as_served_validate_against_their_schemas() {
         "snapshot-id": "s1", "instance-id": "acme-1", "owner-id": 7, "job-id": "j2", "destination": "default",
         "size": 1024, "sha256": "00", "manifest": {"instance-id": "acme-1"}, "created-at": at,
     });
+    let offsite = json!({
+        "snapshot-id": "s2", "instance-id": "acme-1", "owner-id": 7, "job-id": "j3", "destination": "offsite",
+        "key": "dfe/s2.snapshot.tar.gz.age", "encrypted": true, "schedule": "nightly",
+        "size": 1024, "sha256": "00", "manifest": {"instance-id": "acme-1"}, "created-at": at,
+    });
+    let pruned = json!({ "dry-run": true, "snapshots": [{
+        "snapshot-id": "s2", "instance-id": "acme-1", "schedule": "nightly", "destination": "offsite",
+        "key": "dfe/s2.snapshot.tar.gz.age", "created-at": at, "reason": "beyond keep-last 3", "removed": false,
+        "error": null,
+    }]});
     let reconciliation = json!({
         "id": "6b1a2c3d-0000-4000-8000-000000000001", "state": "done", "fix": true, "requested-by": "tests",
         "worker": "w1", "requested-at": at, "finished-at": at, "error": null,
@@ -432,6 +446,8 @@ fn the_records_as_served_validate_against_their_schemas() {
         ("JobRecord", served::<JobRecord>(done)),
         ("InstanceRecord", served::<InstanceRecord>(instance)),
         ("SnapshotRecord", served::<SnapshotRecord>(snapshot)),
+        ("SnapshotRecord", served::<SnapshotRecord>(offsite)),
+        ("PruneReport", served::<PruneReport>(pruned)),
         ("Reconciliation", served::<Reconciliation>(reconciliation)),
         ("Reconciliation", served::<Reconciliation>(requested)),
     ];
@@ -463,6 +479,7 @@ fn probes(doc: &Value) -> Router {
                 "get" => MethodFilter::GET,
                 "post" => MethodFilter::POST,
                 "patch" => MethodFilter::PATCH,
+                "delete" => MethodFilter::DELETE,
                 other => panic!("a method the probes do not know: {other}"),
             };
             let known: Vec<String> =
@@ -550,7 +567,7 @@ async fn a_request_without_an_accepted_token_is_the_documented_401() {
 async fn a_body_not_declared_as_json_is_the_documented_415_and_one_over_64_kib_the_documented_413() {
     let doc = doc();
     let bodies = operations(&doc).into_iter().filter(Operation::has_body).collect::<Vec<_>>();
-    assert_eq!(bodies.len(), 8, "six job kinds, the reconciliation and an instance's expiry");
+    assert_eq!(bodies.len(), 9, "six job kinds, the reconciliation, an instance's expiry and the pruning");
     let too_large = || vec![b' '; MAX_JOB_BYTES + 1];
     for o in bodies {
         let post = |content_type: Option<&str>| {
@@ -645,15 +662,15 @@ async fn what_is_not_an_operation_answers_a_problem_too() {
     assert_valid(&problem, &body, "the fallback");
     assert_eq!(body["detail"], "no such endpoint");
     for (path, methods) in ROUTES.iter().filter(|(path, _)| !matches!(*path, "/readyz" | "/metrics")) {
-        let response = send("DELETE", &concrete(path)).await.expect("an answer");
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "DELETE {path}");
+        let response = send("PUT", &concrete(path)).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "PUT {path}");
         assert_eq!(response.headers()[header::CONTENT_TYPE], crate::problem::CONTENT_TYPE);
         let allow = response.headers()[header::ALLOW].to_str().expect("Allow").to_lowercase();
         for m in *methods {
-            assert!(allow.contains(m), "DELETE {path}: Allow {allow} names {m}");
+            assert!(allow.contains(m), "PUT {path}: Allow {allow} names {m}");
         }
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
-        assert_valid(&problem, &serde_json::from_slice(&bytes).expect("JSON"), &format!("DELETE {path}"));
+        assert_valid(&problem, &serde_json::from_slice(&bytes).expect("JSON"), &format!("PUT {path}"));
     }
 }
 
