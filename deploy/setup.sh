@@ -8,6 +8,10 @@
 #               superuser role dfe (password dfe), registry database dfe owned by it
 #   RabbitMQ    amqp://guest:guest@127.0.0.1:5672/%2f, all feature flags (quorum_queue) enabled
 #   MariaDB     port 3306 on 127.0.0.1 and the docker0 address, admin dfe/dfe (deploy/setup-mariadb.sh)
+#   Cluster     a 3-node RabbitMQ cluster on 5681-5683 (deploy/cluster-rabbitmq.sh) and a registry
+#               primary with a synchronous streaming standby on 5441/5442
+#               (deploy/registry-standby.sh), both beside the services above, for the cluster
+#               fault tests and for trying a cluster out
 #   Image       dfe/test-instance:latest built FROM scratch from deploy/images/test-instance
 #               with Debian's static busybox (rebuilt only when its inputs change)
 # and finishes with a smoke test (HTTP from the image, container -> PostgreSQL over docker0).
@@ -31,7 +35,7 @@ DB_ADMIN_PASSWORD=dfe
 DB_REGISTRY=dfe
 DOCKERD_LOG=/var/log/dfe-dockerd.log
 PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl
-          mariadb-server mariadb-client)
+          mariadb-server mariadb-client iptables)
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DOCKER_BUILDKIT=0   # docker.io 20.10 has no buildx; the legacy builder is what works
@@ -323,3 +327,5 @@ say "OK: docker $docker_version (docker0 $DOCKER0_IP), postgresql $PG_VERSION on
     "(superuser $DB_ADMIN_USER/$DB_ADMIN_PASSWORD, registry db $DB_REGISTRY), rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f," \
     "image $IMAGE ready"
 step "fleet" && "$SCRIPT_DIR/setup-fleet.sh" || die "deploy/setup-fleet.sh failed (the extra engines and servers of the fleet tests; see above)"
+step "cluster" && "$SCRIPT_DIR/cluster-rabbitmq.sh" start && "$SCRIPT_DIR/registry-standby.sh" start \
+    || die "the clustered broker or registry did not start (deploy/cluster-rabbitmq.sh, deploy/registry-standby.sh; see above)"
