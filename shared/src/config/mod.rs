@@ -746,6 +746,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_forms_documented_in_the_shipped_file_load_as_they_are_written() {
+        let shipped_text = std::fs::read_to_string(shipped()).expect("shipped");
+        // The commented examples: the amqp list (three lines from `url = [`) and the registry URL.
+        let lines: Vec<&str> = shipped_text.lines().collect();
+        let start = lines.iter().position(|l| l.starts_with("#   url = [")).expect("the documented amqp list");
+        let amqp: Vec<&str> = lines[start..start + 3].iter().map(|l| l.trim_start_matches('#').trim()).collect();
+        let registry = lines
+            .iter()
+            .find(|l| l.starts_with("#   url = \"postgres://"))
+            .map(|l| l.trim_start_matches('#').trim())
+            .expect("the documented registry URL");
+        let edited = shipped_text
+            .replace("url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n", &format!("{}\n", amqp.join("\n")))
+            .replace("url = \"postgres://dfe:dfe@127.0.0.1:5432/dfe\"\n", &format!("{registry}\n"));
+        let path = std::env::temp_dir().join(format!("dfe-config-cluster-{}.toml", std::process::id()));
+        std::fs::write(&path, edited).expect("write");
+        let cfg = Config::load_from(&path, Some(Default::default()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = cfg.expect("the documented forms load");
+        assert_eq!(cfg.amqp.url.len(), 3);
+        assert_eq!(cfg.amqp.url.urls()[2], "amqp://guest:guest@127.0.0.1:5683/%2f");
+        assert!(cfg.registry.url.contains("@127.0.0.1:5441,127.0.0.1:5442/dfe?target_session_attrs=read-write"));
+    }
+
+    #[test]
     fn amqp_url_names_one_node_or_a_cluster_as_a_list_or_a_comma_separated_string() {
         let dir = std::env::temp_dir().join(format!("dfe-config-amqp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
