@@ -18,6 +18,10 @@ pub const RABBIT_SCRIPT: &str = "deploy/cluster-rabbitmq.sh";
 pub const STANDBY_SCRIPT: &str = "deploy/registry-standby.sh";
 /// Nodes of the cluster.
 pub const NODES: usize = 3;
+/// Where the cluster's nodes keep their data: present once it was set up.
+const RABBIT_DATA: &str = "/var/lib/dfe-cluster/rabbitmq";
+/// Where the registry pair keeps its data: present once it was set up.
+const STANDBY_DATA: &str = "/var/lib/dfe-cluster/postgresql";
 /// Node `n`'s AMQP port is this plus `n` (1-based).
 const AMQP_BASE_PORT: u16 = 5680;
 /// The primary's and the standby's ports.
@@ -56,19 +60,32 @@ async fn script_async(name: &'static str, args: Vec<String>) -> Result<String> {
 pub struct RabbitCluster;
 
 impl RabbitCluster {
-    /// Fails, naming the setup commands, unless every node takes AMQP connections.
+    /// Fails, naming the setup commands, unless every node takes AMQP connections. A cluster
+    /// that was set up but left broken (a test killed before it could put a node back) is
+    /// restored first.
     pub async fn preflight() -> Result<RabbitCluster> {
+        if Self::down_node().await.is_some() && std::path::Path::new(RABBIT_DATA).exists() {
+            tokio::task::spawn_blocking(|| RabbitCluster.restore_blocking()).await??;
+        }
+        if let Some((n, port)) = Self::down_node().await {
+            bail!(
+                "node {n} of the RabbitMQ cluster is not reachable on 127.0.0.1:{port}: run `{RABBIT_SCRIPT} start` \
+                 (or `{}`) first",
+                crate::SETUP
+            );
+        }
+        Ok(RabbitCluster)
+    }
+
+    /// The first node (and its port) that takes no AMQP connection.
+    async fn down_node() -> Option<(usize, u16)> {
         for n in 1..=NODES {
             let port = AMQP_BASE_PORT + n as u16;
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                bail!(
-                    "node {n} of the RabbitMQ cluster is not reachable on 127.0.0.1:{port}: run `{RABBIT_SCRIPT} start` \
-                     (or `{}`) first",
-                    crate::SETUP
-                );
+                return Some((n, port));
             }
         }
-        Ok(RabbitCluster)
+        None
     }
 
     /// Node `n`'s URL of `vhost`.
@@ -205,13 +222,20 @@ pub struct StandbyPair;
 
 impl StandbyPair {
     /// Fails, naming the setup commands, unless the primary takes writes and the standby
-    /// streams from it.
+    /// streams from it. A pair that was set up but left failed over (a test killed before
+    /// it could reset it) is reset first.
     pub async fn preflight() -> Result<StandbyPair> {
-        let status = script_async(STANDBY_SCRIPT, vec!["status".into()]).await;
+        let healthy = |s: &Result<String>| {
+            s.as_ref()
+                .is_ok_and(|s| s.contains("primary (read-write) on port 5441") && s.contains("dfe_standby streaming"))
+        };
+        let mut status = script_async(STANDBY_SCRIPT, vec!["status".into()]).await;
+        if !healthy(&status) && std::path::Path::new(STANDBY_DATA).exists() {
+            script_async(STANDBY_SCRIPT, vec!["reset".into()]).await?;
+            status = script_async(STANDBY_SCRIPT, vec!["status".into()]).await;
+        }
         match status {
-            Ok(s) if s.contains("primary (read-write) on port 5441") && s.contains("dfe_standby streaming") => {
-                Ok(StandbyPair)
-            }
+            ok if healthy(&ok) => Ok(StandbyPair),
             other => bail!(
                 "the registry's primary (127.0.0.1:{PG_PRIMARY_PORT}) and streaming standby \
                  (127.0.0.1:{PG_STANDBY_PORT}) are not up: run `{STANDBY_SCRIPT} start` (or `{}`) first \
