@@ -231,7 +231,7 @@ impl StandbyPair {
         };
         let mut status = script_async(STANDBY_SCRIPT, vec!["status".into()]).await;
         if !healthy(&status) && std::path::Path::new(STANDBY_DATA).exists() {
-            script_async(STANDBY_SCRIPT, vec!["reset".into()]).await?;
+            tokio::task::spawn_blocking(|| StandbyPair.reset_blocking()).await??;
             status = script_async(STANDBY_SCRIPT, vec!["status".into()]).await;
         }
         match status {
@@ -258,8 +258,21 @@ impl StandbyPair {
         script_async(STANDBY_SCRIPT, vec!["failover".into(), "immediate".into()]).await.map(drop)
     }
 
-    /// A fresh pair again (after a failover), for the tests after this one.
+    /// A fresh pair again (after a failover), for the tests after this one. The reset pair
+    /// holds what the old primary held: the test databases that were dropped on the
+    /// promoted standby are back, and are dropped again (only the cluster tests, one at a
+    /// time, use the pair).
     pub fn reset_blocking(&self) -> Result<()> {
-        script(STANDBY_SCRIPT, &["reset"]).map(drop)
+        script(STANDBY_SCRIPT, &["reset"])?;
+        let admin = self.url("postgres");
+        let listed = Command::new("psql")
+            .args([admin.as_str(), "-qAtc", "SELECT datname FROM pg_database WHERE datname LIKE 'dfe\\_test\\_%'"])
+            .output()
+            .context("listing the test databases left on the pair")?;
+        for db in String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()) {
+            let drop_db = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+            let _ = Command::new("psql").args([admin.as_str(), "-qAtc", &drop_db]).output();
+        }
+        Ok(())
     }
 }
