@@ -8,6 +8,10 @@
 #               superuser role dfe (password dfe), registry database dfe owned by it
 #   RabbitMQ    amqp://guest:guest@127.0.0.1:5672/%2f, all feature flags (quorum_queue) enabled
 #   MariaDB     port 3306 on 127.0.0.1 and the docker0 address, admin dfe/dfe (deploy/setup-mariadb.sh)
+#   Cluster     a 3-node RabbitMQ cluster on 5681-5683 (deploy/cluster-rabbitmq.sh) and a registry
+#               primary with a synchronous streaming standby on 5441/5442
+#               (deploy/registry-standby.sh), both beside the services above, for the cluster
+#               fault tests and for trying a cluster out
 #   Image       dfe/test-instance:latest built FROM scratch from deploy/images/test-instance
 #               with Debian's static busybox (rebuilt only when its inputs change)
 # and finishes with a smoke test (HTTP from the image, container -> PostgreSQL over docker0).
@@ -31,7 +35,7 @@ DB_ADMIN_PASSWORD=dfe
 DB_REGISTRY=dfe
 DOCKERD_LOG=/var/log/dfe-dockerd.log
 PACKAGES=(rabbitmq-server postgresql docker.io busybox-static curl ca-certificates iproute2 openssh-server openssl
-          mariadb-server mariadb-client python3-venv python3-pip)
+          mariadb-server mariadb-client python3-venv python3-pip iptables)
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DOCKER_BUILDKIT=0   # docker.io 20.10 has no buildx; the legacy builder is what works
@@ -326,3 +330,5 @@ step "fleet" && "$SCRIPT_DIR/setup-fleet.sh" || die "deploy/setup-fleet.sh faile
 # chromium, node and playwright-core for the console's browser tests.
 step "console" && "$SCRIPT_DIR/setup-console.sh" || die "deploy/setup-console.sh failed (the console's browser tests; see above)"
 step "s3" && "$SCRIPT_DIR/setup-s3.sh" || die "deploy/setup-s3.sh failed (the S3-compatible server of the snapshot tests; see above)"
+step "cluster" && "$SCRIPT_DIR/cluster-rabbitmq.sh" start && "$SCRIPT_DIR/registry-standby.sh" start \
+    || die "the clustered broker or registry did not start (deploy/cluster-rabbitmq.sh, deploy/registry-standby.sh; see above)"

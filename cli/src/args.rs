@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dfe_shared::config::AmqpUrls;
 
 /// The `dfe` command line.
 #[derive(Debug, Parser)]
@@ -46,11 +47,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// RabbitMQ URL [default: amqp.url of the config (or DFE__AMQP__URL), else
+    /// RabbitMQ URL, or the node URLs of a cluster separated by commas (the first that
+    /// answers is used) [default: amqp.url of the config (or DFE__AMQP__URL), else
     /// amqp://guest:guest@127.0.0.1:5672/%2f].
     // No `env` here: clap would print the variable's value, which holds a password, in --help.
-    #[arg(long, global = true, value_name = "URL")]
-    pub amqp_url: Option<String>,
+    #[arg(long, global = true, value_name = "URL[,URL…]", value_parser = parse_amqp_urls)]
+    pub amqp_url: Option<AmqpUrls>,
 
     /// How provision/deprovision/import/export submit their job.
     #[arg(long, global = true, value_enum, default_value_t = Via::Api, value_name = "HOW")]
@@ -567,6 +569,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// `--limit`: 1 to 1000, the range the API serves.
 fn limit_parser() -> clap::builder::RangedI64ValueParser<u16> {
     clap::value_parser!(u16).range(1..=1000)
+}
+
+/// Parses `--amqp-url`: one URL or a comma-separated list of a cluster's nodes.
+fn parse_amqp_urls(s: &str) -> Result<AmqpUrls, String> {
+    AmqpUrls::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses `K=V` of `--offering`.

@@ -1,10 +1,9 @@
 //! RabbitMQ for the CLI: publishing a job straight onto `dfe.jobs`, and subscribing to
 //! `dfe.events` through a private queue that disappears with the connection.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use dfe_shared::broker::{connect, redact_url, Publisher};
+use dfe_shared::broker::{Nodes, Publisher};
+use dfe_shared::config::AmqpUrls;
 use dfe_shared::job::Job;
 use dfe_shared::topology::{self, EVENTS_EXCHANGE};
 use futures::StreamExt;
@@ -15,51 +14,84 @@ use lapin::{Connection, Consumer, ExchangeKind};
 /// Name of the CLI's connections and the `app-id` of the messages it publishes.
 pub const APP_ID: &str = "dfe-cli";
 
-/// How long connecting may take before the broker counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A connection to RabbitMQ.
+/// A connection to RabbitMQ, and the nodes to go on to when it is lost.
 pub struct Broker {
     conn: Connection,
+    nodes: Nodes,
 }
 
 impl Broker {
-    /// Connects to `url`, with an error that says how to point the CLI elsewhere.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let shown = redact_url(url);
-        let unreachable = "is RabbitMQ running? set --amqp-url, amqp.url in the configuration, or DFE__AMQP__URL";
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect(url, APP_ID)).await {
-            Ok(Ok(conn)) => Ok(Broker { conn }),
-            Ok(Err(e)) => {
-                let cause = crate::api::root_cause(&e);
-                // A transport failure means nothing answers there; anything else is the broker
-                // answering and refusing (user, password, vhost).
-                let hint = if has_io_cause(&e) {
+    /// Connects to the first node of `urls` that answers, with an error that says how to
+    /// point the CLI elsewhere.
+    pub async fn connect(urls: &AmqpUrls) -> anyhow::Result<Self> {
+        Broker::connect_to(Nodes::new(urls)).await
+    }
+
+    /// A new connection after this one was lost: to the next node that answers.
+    pub async fn reconnect(&self) -> anyhow::Result<Self> {
+        Broker::connect_to(self.nodes.clone()).await
+    }
+
+    async fn connect_to(nodes: Nodes) -> anyhow::Result<Self> {
+        match nodes.connect(APP_ID).await {
+            Ok(conn) => Ok(Broker { conn, nodes }),
+            Err(e) => {
+                let shown = nodes.redacted();
+                let unreachable =
+                    "is RabbitMQ running? set --amqp-url, amqp.url in the configuration, or DFE__AMQP__URL";
+                // A transport failure (or no answer at all) means nothing answers there;
+                // anything else is the broker answering and refusing (user, password, vhost).
+                let silent = matches!(e, dfe_shared::Error::Unreachable { source: None, .. });
+                let hint = if silent || has_io_cause(&e) {
                     unreachable
                 } else {
                     "check the user, password and vhost of --amqp-url, amqp.url or DFE__AMQP__URL"
                 };
+                // Several nodes: say what each answered; one: its root cause reads best.
+                let cause = match &e {
+                    dfe_shared::Error::Unreachable { tried, .. } if nodes.len() > 1 || silent => tried.clone(),
+                    _ => crate::api::root_cause(&e),
+                };
                 Err(anyhow::anyhow!("cannot connect to RabbitMQ at {shown}: {cause} — {hint}"))
             }
-            Err(_) => Err(anyhow::anyhow!(
-                "cannot reach RabbitMQ at {shown}: no answer within {CONNECT_TIMEOUT:?} — {unreachable}"
-            )),
         }
     }
 
     /// Publishes `job` (whose id must be set) onto `dfe.jobs` and waits for the broker's
     /// confirm. The topology is declared first, so a broker no service has touched yet still
-    /// routes the job to its queue rather than dropping it.
+    /// routes the job to its queue rather than dropping it. On a cluster, a publication that
+    /// fails (its node went away before confirming) is made once more through the next node
+    /// that answers: the job id makes a second copy harmless, as workers run a job id once.
     pub async fn publish_job(&self, job: &Job) -> anyhow::Result<()> {
+        match self.publish_job_here(job).await {
+            Err(e) if self.nodes.len() > 1 => {
+                eprintln!("warning: {e:#}; publishing through the next node");
+                let next = self.reconnect().await?;
+                let published = next.publish_job_here(job).await;
+                next.close().await;
+                published
+            }
+            published => published,
+        }
+    }
+
+    async fn publish_job_here(&self, job: &Job) -> anyhow::Result<()> {
         let job_id = job.job_id().context("a job published onto the queue needs a job id")?;
         let body = serde_json::to_vec(&job.to_value()).context("serializing the job")?;
-        topology::declare(&self.conn).await.context("declaring the broker topology (exchanges and job queues)")?;
+        topology::declare(&self.conn, self.nodes.len())
+            .await
+            .context("declaring the broker topology (exchanges and job queues)")?;
         let publisher = Publisher::open(&self.conn).await.context("opening a publishing channel")?;
         publisher
             .publish_job(job.kind(), job_id.as_str(), &body, APP_ID, None)
             .await
             .with_context(|| format!("publishing the {} job onto {}", job.kind(), topology::JOBS_EXCHANGE))?;
         Ok(())
+    }
+
+    /// How many nodes the broker has (`amqp.url`).
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
     }
 
     /// A consumer of the events whose routing key matches the topic `pattern`, through an

@@ -194,7 +194,7 @@ pub fn json_line(bytes: &[u8]) -> String {
 
 /// `dfe events`: prints each event until Ctrl-C or `--count`.
 pub async fn run(settings: &Settings, args: &EventsArgs) -> anyhow::Result<()> {
-    let broker = Broker::connect(&settings.amqp_url).await?;
+    let mut broker = Broker::connect(&settings.amqp_url).await?;
     let mut consumer = broker.subscribe(&args.pattern).await?;
     // On stderr, so scripts reading stdout can still wait for this line to know the
     // subscription is in place.
@@ -214,10 +214,22 @@ pub async fn run(settings: &Settings, args: &EventsArgs) -> anyhow::Result<()> {
             body = next_body(&mut consumer) => body,
             _ = &mut ctrl_c => break Ok(()),
         };
-        let bytes = match body {
-            Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => break Err(e),
-            None => break Err(anyhow::anyhow!("RabbitMQ closed the event stream")),
+        let broke = match body {
+            Some(Ok(bytes)) => Ok(bytes),
+            Some(Err(e)) => Err(e),
+            None => Err(anyhow::anyhow!("RabbitMQ closed the event stream")),
+        };
+        let bytes = match broke {
+            Ok(bytes) => bytes,
+            // On a cluster the tail goes on through the next node; its private queue was on
+            // the lost connection, so what was published in between is not shown.
+            Err(e) if broker.nodes() > 1 => {
+                eprintln!("warning: {e:#}; subscribing again through the next node (events meanwhile are missed)");
+                broker = broker.reconnect().await?;
+                consumer = broker.subscribe(&args.pattern).await?;
+                continue;
+            }
+            Err(e) => break Err(e),
         };
         let line = if args.json {
             json_line(&bytes)

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use dfe_shared::config::AmqpUrls;
 use dfe_shared::secret::Secret;
 use serde::Deserialize;
 
@@ -34,8 +35,8 @@ pub struct PartialConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct AmqpSection {
-    /// `amqp.url`.
-    pub url: Option<String>,
+    /// `amqp.url`: one URL or a cluster's node URLs.
+    pub url: Option<AmqpUrls>,
 }
 
 /// `[api]` as far as the CLI cares.
@@ -73,8 +74,8 @@ impl PartialConfig {
 pub struct Settings {
     /// Base URL of dfe-api, without a trailing slash.
     api_url: Result<String, String>,
-    /// RabbitMQ URL (holds a password: print it only through `redact_url`).
-    pub amqp_url: String,
+    /// RabbitMQ URL(s) (they hold passwords: print them only redacted).
+    pub amqp_url: AmqpUrls,
     /// Where the token comes from.
     token_file: Option<PathBuf>,
 }
@@ -93,7 +94,7 @@ impl Settings {
             Some(url) => Ok(normalize_api_url(url)),
             None => api_url_from_listen(file.api.listen.as_deref().unwrap_or(DEFAULT_API_LISTEN)),
         };
-        let amqp_url = global.amqp_url.clone().or(file.amqp.url).unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+        let amqp_url = global.amqp_url.clone().or(file.amqp.url).unwrap_or_default();
         Settings { api_url, amqp_url, token_file: global.token_file.clone() }
     }
 
@@ -190,7 +191,7 @@ mod tests {
         let file = PartialConfig::load(None, Some(HashMap::new())).expect("no file is fine");
         let s = Settings::from_parts(&global(), file);
         assert_eq!(s.api_url().expect("url"), "http://127.0.0.1:8080");
-        assert_eq!(s.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(s.amqp_url.urls(), [DEFAULT_AMQP_URL]);
     }
 
     #[test]
@@ -204,19 +205,19 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let s = Settings::from_parts(&global(), file);
         assert_eq!(s.api_url().expect("url"), "http://127.0.0.1:9090");
-        assert_eq!(s.amqp_url, "amqp://u:p@mq:5672/dfe");
+        assert_eq!(s.amqp_url.urls(), ["amqp://u:p@mq:5672/dfe"]);
     }
 
     #[test]
     fn environment_overrides_the_file_and_options_override_both() {
         let env = [("DFE__AMQP__URL".to_owned(), "amqp://env/%2f".to_owned())].into_iter().collect();
         let file = PartialConfig::load(None, Some(env)).expect("loads");
-        assert_eq!(file.amqp.url.as_deref(), Some("amqp://env/%2f"));
+        assert_eq!(file.amqp.url.as_ref().map(AmqpUrls::urls), Some(&["amqp://env/%2f".to_owned()][..]));
         let mut g = global();
-        g.amqp_url = Some("amqp://flag/%2f".into());
+        g.amqp_url = Some(AmqpUrls::parse("amqp://flag/%2f,amqp://flag2/%2f").expect("two nodes"));
         g.api_url = Some("http://api.example:8080/".into());
         let s = Settings::from_parts(&g, file);
-        assert_eq!(s.amqp_url, "amqp://flag/%2f");
+        assert_eq!(s.amqp_url.urls(), ["amqp://flag/%2f", "amqp://flag2/%2f"]);
         assert_eq!(s.api_url().expect("url"), "http://api.example:8080");
     }
 
@@ -232,7 +233,7 @@ mod tests {
         let path = temp_file("partial.toml", "[api]\nlisten = \"api.example:8081\"\n");
         let file = PartialConfig::load(Some(&path), Some(HashMap::new())).expect("a partial file loads");
         let _ = std::fs::remove_file(&path);
-        assert_eq!((file.api.listen.as_deref(), file.amqp.url), (Some("api.example:8081"), None));
+        assert_eq!((file.api.listen.as_deref(), file.amqp.url.is_none()), (Some("api.example:8081"), true));
         let path = temp_file("broken.toml", "[api\nlisten = 1\n");
         let err = PartialConfig::load(Some(&path), Some(HashMap::new())).expect_err("not TOML");
         let _ = std::fs::remove_file(&path);

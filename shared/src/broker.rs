@@ -1,5 +1,7 @@
-//! AMQP connections and a publisher that waits for confirms.
+//! AMQP connections (to the first node of a cluster that answers) and a publisher that
+//! waits for confirms.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
+use crate::config::AmqpUrls;
 use crate::event::Event;
 use crate::job::JobKind;
 use crate::topology::{EVENTS_EXCHANGE, JOBS_EXCHANGE};
@@ -19,14 +22,98 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
 
+/// How long connecting to one node may take before the next one is tried: a hung node
+/// (paused, or cut off from its cluster) accepts the TCP connection and never answers.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects to RabbitMQ on the tokio runtime; `name` shows in the management UI.
 ///
 /// lapin's `tokio` feature makes the current tokio runtime its default one (no executor or
 /// reactor to hand over); automatic recovery stays off, as [`BrokerHandle`] and the worker
-/// reconnect themselves.
+/// reconnect themselves (through [`Nodes`], which also picks the node).
 pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, props).await.map_err(Error::broker("connecting to RabbitMQ"))
+}
+
+/// The nodes of `amqp.url`, and which one to try first: the one place that knows how to
+/// reach "the first node that answers". A connection goes to the first node that answers,
+/// in the configured order; each later connection starts with the node after the one
+/// connected to last. Connections are only made again once the previous one was lost, so a
+/// reconnection goes on to the next node instead of waiting first on the one that just
+/// failed (a dead node refuses at once, a hung one only times out). Clones share the
+/// rotation; separate `Nodes` (one per [`BrokerHandle`]) each begin with the first node.
+#[derive(Clone)]
+pub struct Nodes {
+    /// The node URLs, in the configured order.
+    urls: Arc<[String]>,
+    /// Index of the node the next connection tries first.
+    next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("Nodes").field("urls", &shown).field("next", &self.next.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Nodes {
+    /// The nodes of `urls`.
+    pub fn new(urls: &AmqpUrls) -> Nodes {
+        Nodes { urls: urls.urls().into(), next: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Always false: [`AmqpUrls`] is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// The node URLs without their passwords, comma-separated, for messages.
+    pub fn redacted(&self) -> String {
+        self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Connects to the first node that answers, each tried once (for at most
+    /// [`NODE_CONNECT_TIMEOUT`]), starting with the node after the one connected to last.
+    /// With one node, its error is the error; with several, the error names every node's.
+    pub async fn connect(&self, name: &str) -> Result<Connection> {
+        let n = self.urls.len();
+        let start = self.next.load(Ordering::Relaxed);
+        let mut tried = Vec::new();
+        let mut last = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let url = &self.urls[index];
+            // Moved on before trying, not after: a caller that gives up (drops this future)
+            // while a hung node keeps it waiting starts with the following node next time.
+            self.next.store((index + 1) % n, Ordering::Relaxed);
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect(url, name)).await {
+                Ok(Ok(conn)) => {
+                    if n > 1 {
+                        tracing::info!(node = %redact_url(url), connection = name, "connected to RabbitMQ");
+                    }
+                    return Ok(conn);
+                }
+                Ok(Err(e)) if n == 1 => return Err(e),
+                Ok(Err(Error::Broker { source, .. })) => {
+                    tried.push(format!("{}: {source}", redact_url(url)));
+                    last = Some(source);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    tried.push(format!("{}: no answer within {NODE_CONNECT_TIMEOUT:?}", redact_url(url)));
+                    last = None;
+                }
+            }
+        }
+        Err(Error::Unreachable { tried: tried.join("; "), source: last })
+    }
 }
 
 /// A URL with its password replaced by `***`, for log lines and error messages. A value
@@ -207,18 +294,19 @@ pub fn set_header(headers: &mut FieldTable, name: &str, value: &str) {
 }
 
 /// A lazily (re)connecting publisher: the API keeps accepting jobs while the broker is down
-/// (they are recorded first) and reconnects on the next use once it is back.
+/// (they are recorded first) and reconnects on the next use once it is back, to the next
+/// node of a cluster when the one it used is gone.
 #[derive(Clone)]
 pub struct BrokerHandle {
-    url: String,
+    nodes: Nodes,
     name: String,
     state: Arc<Mutex<Option<(Connection, Publisher)>>>,
 }
 
 impl BrokerHandle {
     /// A handle that connects on first use.
-    pub fn new(url: &str, name: &str) -> Self {
-        BrokerHandle { url: url.to_owned(), name: name.to_owned(), state: Arc::new(Mutex::new(None)) }
+    pub fn new(urls: &AmqpUrls, name: &str) -> Self {
+        BrokerHandle { nodes: Nodes::new(urls), name: name.to_owned(), state: Arc::new(Mutex::new(None)) }
     }
 
     /// A connected publisher, connecting (and declaring the topology) when needed.
@@ -230,9 +318,9 @@ impl BrokerHandle {
             }
         }
         *state = None;
-        let conn = connect(&self.url, &self.name).await?;
+        let conn = self.nodes.connect(&self.name).await?;
         let publisher = Publisher::open(&conn).await?;
-        crate::topology::declare(&conn).await?;
+        crate::topology::declare(&conn, self.nodes.len()).await?;
         *state = Some((conn, publisher.clone()));
         Ok(publisher)
     }
@@ -253,6 +341,25 @@ impl BrokerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn when_no_node_answers_the_error_names_each_node_without_its_password() {
+        // Ports that were free a moment ago: nothing listens there.
+        let closed = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let (a, b) = (closed().expect("port"), closed().expect("port"));
+        let urls = AmqpUrls::from_list(vec![
+            format!("amqp://u:secret@127.0.0.1:{a}/%2f"),
+            format!("amqp://u:secret@127.0.0.1:{b}/%2f"),
+        ])
+        .expect("two nodes");
+        let nodes = Nodes::new(&urls);
+        let e = nodes.connect("test").await.expect_err("nothing listens");
+        let text = e.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{a}")) && text.contains(&format!("127.0.0.1:{b}")), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(e.is_transient());
+        assert!(!format!("{nodes:?}").contains("secret"));
+    }
 
     #[test]
     fn urls_are_redacted_for_logs() {

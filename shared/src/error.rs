@@ -34,6 +34,15 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// No node of the broker's cluster answered; each was tried once.
+    #[error("broker: no node answered ({tried})")]
+    Unreachable {
+        /// Each node (its URL without the password) and why it did not answer.
+        tried: String,
+        /// The last node's error (none when it did not answer in time).
+        #[source]
+        source: Option<lapin::Error>,
+    },
     /// The broker did not confirm a publication (nack, unroutable, or timeout).
     #[error("broker did not confirm the publication to {exchange}/{routing_key}: {reason}")]
     NotConfirmed {
@@ -76,7 +85,7 @@ impl Error {
     /// stays the same however often it is tried.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Broker { .. } | Error::NotConfirmed { .. } => true,
+            Error::Broker { .. } | Error::Unreachable { .. } | Error::NotConfirmed { .. } => true,
             Error::Store { transient, .. } => *transient,
             Error::StoreNotFound { .. } => false,
             Error::Config(_) | Error::ConfigLoad(_) | Error::Json(_) | Error::TooLarge { .. } | Error::Field(_) => {

@@ -21,7 +21,7 @@ impl EventLog {
     pub async fn subscribe(url: &str, pattern: &str) -> Result<EventLog> {
         let conn = dfe_shared::broker::connect(url, "dfe-tests events").await?;
         let channel = conn.create_channel().await?;
-        dfe_shared::topology::declare(&conn).await?;
+        dfe_shared::topology::declare(&conn, 1).await?;
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = channel.queue_declare("".into(), opts, FieldTable::default()).await?;
         channel
@@ -126,7 +126,7 @@ pub fn is_final(name: &str) -> bool {
 async fn consume_durable(url: &str, queue: &str, sink: &Mutex<Vec<Value>>, ready: &tokio::sync::Notify) -> Result<()> {
     let conn = dfe_shared::broker::connect(url, "dfe-tests events (durable)").await?;
     let channel = conn.create_channel().await?;
-    dfe_shared::topology::declare(&conn).await?;
+    dfe_shared::topology::declare(&conn, 1).await?;
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
     channel.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
@@ -177,7 +177,7 @@ impl JobTap {
     /// Binds a queue to `dfe.jobs` for each of `routing_keys` on the broker at `url`.
     pub async fn subscribe(url: &str, routing_keys: &[&str]) -> Result<JobTap> {
         let conn = dfe_shared::broker::connect(url, "dfe-tests job tap").await?;
-        dfe_shared::topology::declare(&conn).await?;
+        dfe_shared::topology::declare(&conn, 1).await?;
         let channel = conn.create_channel().await?;
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = channel.queue_declare("".into(), opts, FieldTable::default()).await?;

@@ -8,6 +8,7 @@
 //! with a message naming that command. Nothing here is a mock.
 
 pub mod asyncapi;
+pub mod cluster;
 pub mod console;
 pub mod events;
 pub mod fleet;
@@ -73,11 +74,44 @@ pub struct Options {
     /// Extra environment for the api and the workers alike (`DFE__…` overrides of keys the
     /// shipped configuration sets, which appended TOML cannot redefine).
     pub env: Vec<(String, String)>,
+    /// Where the environment's vhost lives.
+    pub broker: Broker,
+    /// Where the environment's registry database lives.
+    pub registry: RegistryServer,
+}
+
+/// The broker of an environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Broker {
+    /// The main RabbitMQ of `deploy/setup.sh` (127.0.0.1:5672).
+    #[default]
+    Main,
+    /// The 3-node cluster of `deploy/cluster-rabbitmq.sh`: the api and the workers get every
+    /// node's URL (node 1 first), the test's own clients a node of their choosing.
+    Cluster,
+}
+
+/// The registry server of an environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistryServer {
+    /// The main PostgreSQL of `deploy/setup.sh` (127.0.0.1:5432).
+    #[default]
+    Main,
+    /// The primary and standby of `deploy/registry-standby.sh`, both listed in the registry
+    /// URL with `target_session_attrs=read-write`.
+    Standby,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, worker_env: Vec::new(), extra_config: String::new(), env: Vec::new() }
+        Options {
+            workers: 2,
+            worker_env: Vec::new(),
+            extra_config: String::new(),
+            env: Vec::new(),
+            broker: Broker::Main,
+            registry: RegistryServer::Main,
+        }
     }
 }
 
@@ -85,8 +119,16 @@ impl Default for Options {
 pub struct TestEnv {
     /// Unique id of this environment (vhost and database suffix).
     pub id: String,
-    /// Broker URL of its vhost.
+    /// Broker URL of its vhost (on a cluster: node 1's), for the test's own clients.
     pub amqp_url: String,
+    /// What the api and the workers get as `amqp.url`: every node's URL of the vhost.
+    pub amqp_urls: Vec<String>,
+    /// The name of its vhost.
+    pub vhost: String,
+    /// Which broker and registry server it uses.
+    pub broker: Broker,
+    /// Which registry server it uses.
+    pub registry_server: RegistryServer,
     /// Registry URL of its database.
     pub registry_url: String,
     /// The configuration file the processes use.
@@ -103,7 +145,6 @@ pub struct TestEnv {
     pub workers: Vec<Proc>,
     /// Every HTTP answer body received through [`TestEnv::get`]/[`TestEnv::post`].
     pub answers: std::sync::Mutex<Vec<String>>,
-    vhost: String,
     database: String,
     worker_env: Vec<(String, String)>,
     extra_env: Vec<(String, String)>,
@@ -167,10 +208,33 @@ impl TestEnv {
         preflight().await?;
         let id = random_hex(10);
         let vhost = format!("dfe-test-{id}");
-        run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &vhost]))?;
-        run(Command::new("rabbitmqctl").args(["-q", "set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]))?;
+        let (amqp_url, amqp_urls) = match options.broker {
+            Broker::Main => {
+                run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &vhost]))?;
+                let rights = ["-q", "set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"];
+                run(Command::new("rabbitmqctl").args(rights))?;
+                let url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+                (url.clone(), vec![url])
+            }
+            Broker::Cluster => {
+                let cluster = cluster::RabbitCluster::preflight().await?;
+                let v = vhost.clone();
+                tokio::task::spawn_blocking(move || cluster.add_vhost(1, &v)).await??;
+                (cluster.url(1, &vhost), cluster.urls(&vhost))
+            }
+        };
         let database = format!("dfe_test_{id}");
-        probes::pg_exec(PG_ADMIN_URL, &format!("CREATE DATABASE \"{database}\"")).await?;
+        let registry_url = match options.registry {
+            RegistryServer::Main => {
+                probes::pg_exec(PG_ADMIN_URL, &format!("CREATE DATABASE \"{database}\"")).await?;
+                format!("postgres://dfe:dfe@127.0.0.1:5432/{database}")
+            }
+            RegistryServer::Standby => {
+                let pair = cluster::StandbyPair::preflight().await?;
+                probes::pg_exec(&pair.url("postgres"), &format!("CREATE DATABASE \"{database}\"")).await?;
+                pair.url(&database)
+            }
+        };
 
         let dir = std::env::temp_dir().join("dfe-tests").join(&id);
         std::fs::create_dir_all(dir.join("snapshots"))?;
@@ -182,8 +246,11 @@ impl TestEnv {
         std::fs::write(&config_path, config)?;
 
         let mut env = TestEnv {
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
-            registry_url: format!("postgres://dfe:dfe@127.0.0.1:5432/{database}"),
+            amqp_url,
+            amqp_urls,
+            broker: options.broker,
+            registry_server: options.registry,
+            registry_url,
             config_path,
             dir,
             api_url: String::new(),
@@ -210,7 +277,8 @@ impl TestEnv {
 
     fn service_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("DFE__AMQP__URL".into(), self.amqp_url.clone()),
+            // A cluster as a comma-separated list, as an operator would set it.
+            ("DFE__AMQP__URL".into(), self.amqp_urls.join(",")),
             ("DFE__REGISTRY__URL".into(), self.registry_url.clone()),
             ("DFE__API__LISTEN".into(), "127.0.0.1:0".into()),
             ("DFE__SNAPSHOTS__PATH".into(), self.snapshots_dir().display().to_string()),
@@ -577,10 +645,18 @@ impl Drop for TestEnv {
                 let _ = Command::new("psql").args([fleet_pg.as_str(), "-qAtc", &stmt]).output();
             }
         }
-        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.vhost]).output();
-        let _ = Command::new("psql")
-            .args([PG_ADMIN_URL, "-qAtc", &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)])
-            .output();
+        match self.broker {
+            Broker::Main => {
+                let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.vhost]).output();
+            }
+            Broker::Cluster => cluster::RabbitCluster.delete_vhost(&self.vhost),
+        }
+        let admin = match self.registry_server {
+            RegistryServer::Main => PG_ADMIN_URL.to_owned(),
+            RegistryServer::Standby => cluster::StandbyPair.url("postgres"),
+        };
+        let drop_db = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+        let _ = Command::new("psql").args([admin.as_str(), "-qAtc", &drop_db]).output();
     }
 }
 

@@ -239,7 +239,7 @@ pub async fn publish(
     let conn = dfe_shared::broker::connect(url, "dfe-tests publisher").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    dfe_shared::topology::declare(&conn).await?;
+    dfe_shared::topology::declare(&conn, 1).await?;
     ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props).await?.await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(())

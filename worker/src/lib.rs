@@ -178,7 +178,7 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
 
     let runner = Arc::new(Runner {
         worker_id: options.worker_id.clone(),
-        amqp_url: config.amqp.url.clone(),
+        nodes: dfe_shared::broker::Nodes::new(&config.amqp.url),
         concurrency,
         grace: options.grace,
         deadline: Duration::from_secs(config.worker.job_timeout_secs),
@@ -190,17 +190,29 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         metrics,
     });
     loop {
-        match runner.session(&shutdown).await {
+        let began = std::time::Instant::now();
+        let at_once = match runner.session(&shutdown).await {
             Ok(Ended::Shutdown) => break,
-            Ok(Ended::ConnectionLost) => tracing::warn!("broker connection lost; reconnecting"),
-            Err(e) => tracing::warn!(error = %e.chain(), "broker session failed; reconnecting"),
-        }
+            Ok(Ended::ConnectionLost) => {
+                tracing::warn!("broker connection lost; reconnecting");
+                // Another node of a cluster is another machine: go on to it at once. Only
+                // after a session that lasted, so that a node which takes connections and
+                // drops them right away cannot make a busy loop of it.
+                runner.nodes.len() > 1 && began.elapsed() > RECONNECT_PAUSE
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "broker session failed; reconnecting");
+                false
+            }
+        };
         if shutdown.is_cancelled() {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
-            _ = shutdown.cancelled() => break,
+        if !at_once {
+            tokio::select! {
+                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
     }
     background.cancel();

@@ -65,15 +65,16 @@ pub struct SseMessage {
 
 #[derive(Clone)]
 pub struct Streams {
-    url: String,
+    nodes: dfe_shared::broker::Nodes,
     conn: Arc<Mutex<Option<Connection>>>,
     shutdown: CancellationToken,
 }
 
 impl Streams {
-    /// Streams from the broker at `url` (connected on first use), ended at `shutdown`.
-    pub fn new(url: &str, shutdown: CancellationToken) -> Streams {
-        Streams { url: url.to_owned(), conn: Arc::default(), shutdown }
+    /// Streams from the broker at `urls` (the first node that answers, connected on first
+    /// use and again after a lost connection), ended at `shutdown`.
+    pub fn new(urls: &dfe_shared::config::AmqpUrls, shutdown: CancellationToken) -> Streams {
+        Streams { nodes: dfe_shared::broker::Nodes::new(urls), conn: Arc::default(), shutdown }
     }
 
     async fn channel(&self) -> Result<Channel, dfe_shared::Error> {
@@ -84,9 +85,9 @@ impl Streams {
                 .await
                 .map_err(dfe_shared::Error::broker("opening a channel for an event stream"));
         }
-        let c = dfe_shared::broker::connect(&self.url, "dfe-api event streams").await?;
+        let c = self.nodes.connect("dfe-api event streams").await?;
         // The exchange exists before the first bind, even on a broker no worker has used yet.
-        dfe_shared::topology::declare(&c).await?;
+        dfe_shared::topology::declare(&c, self.nodes.len()).await?;
         let channel =
             c.create_channel().await.map_err(dfe_shared::Error::broker("opening a channel for an event stream"))?;
         *conn = Some(c);

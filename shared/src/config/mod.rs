@@ -128,22 +128,105 @@ impl QuotasConfig {
 }
 
 /// RabbitMQ connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct AmqpConfig {
-    /// Broker URL.
-    #[serde(default = "default_amqp_url")]
-    pub url: String,
+    /// Broker URL, or the URLs of the nodes of one RabbitMQ cluster, tried in turn on
+    /// (re)connect (see [`crate::broker::Nodes`]).
+    #[serde(default)]
+    pub url: AmqpUrls,
+}
+
+/// `amqp.url`: one broker URL or the node URLs of a cluster. TOML takes a string or a list
+/// of strings; a string may list several URLs separated by commas, which is how
+/// `DFE__AMQP__URL` names a cluster. Holds passwords: it prints only redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrls(Vec<String>);
+
+impl AmqpUrls {
+    /// The URLs of `raw`: a comma-separated list, or one URL. A comma starts a new URL only
+    /// where an `amqp://` or `amqps://` URL follows, so that a password holding a comma
+    /// stays whole.
+    pub fn parse(raw: &str) -> Result<AmqpUrls> {
+        let mut urls: Vec<String> = Vec::new();
+        for piece in raw.split(',') {
+            let starts_url = {
+                let p = piece.trim_start().to_ascii_lowercase();
+                p.starts_with("amqp://") || p.starts_with("amqps://")
+            };
+            match urls.last_mut() {
+                Some(last) if !starts_url => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => urls.push(piece.to_owned()),
+            }
+        }
+        AmqpUrls::from_list(urls)
+    }
+
+    /// The URLs of a list, each trimmed; an empty list or an empty URL is refused.
+    pub fn from_list(urls: Vec<String>) -> Result<AmqpUrls> {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.trim().to_owned()).collect();
+        if urls.is_empty() || urls.iter().any(String::is_empty) {
+            return Err(Error::Config(
+                "amqp.url names no broker: give a URL, or a list of the cluster's node URLs".into(),
+            ));
+        }
+        Ok(AmqpUrls(urls))
+    }
+
+    /// The URLs, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        &self.0
+    }
+
+    /// How many nodes are named.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: an empty list is refused when it is read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URLs with their passwords replaced by `***`, comma-separated, for logs and errors.
+    pub fn redacted(&self) -> String {
+        self.0.iter().map(|u| crate::broker::redact_url(u)).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Default for AmqpUrls {
+    fn default() -> Self {
+        AmqpUrls(vec![default_amqp_url()])
+    }
+}
+
+impl std::fmt::Debug for AmqpUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AmqpUrls").field(&self.redacted()).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for AmqpUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::One(s) => AmqpUrls::parse(&s),
+            Raw::Many(v) => AmqpUrls::from_list(v),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_amqp_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
-}
-
-impl Default for AmqpConfig {
-    fn default() -> Self {
-        AmqpConfig { url: default_amqp_url() }
-    }
 }
 
 /// Registry database.
@@ -739,8 +822,57 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let cfg = Config::load_from(&shipped(), Some(env)).expect("overridden");
-        assert_eq!(cfg.amqp.url, "amqp://u:p@10.0.0.1:5672/x");
+        assert_eq!(cfg.amqp.url.urls(), ["amqp://u:p@10.0.0.1:5672/x"]);
         assert_eq!(cfg.worker.max_attempts, 9);
         assert_eq!(cfg.api.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn the_cluster_forms_documented_in_the_shipped_file_load_as_they_are_written() {
+        let shipped_text = std::fs::read_to_string(shipped()).expect("shipped");
+        // The commented examples: the amqp list (three lines from `url = [`) and the registry URL.
+        let lines: Vec<&str> = shipped_text.lines().collect();
+        let start = lines.iter().position(|l| l.starts_with("#   url = [")).expect("the documented amqp list");
+        let amqp: Vec<&str> = lines[start..start + 3].iter().map(|l| l.trim_start_matches('#').trim()).collect();
+        let registry = lines
+            .iter()
+            .find(|l| l.starts_with("#   url = \"postgres://"))
+            .map(|l| l.trim_start_matches('#').trim())
+            .expect("the documented registry URL");
+        let edited = shipped_text
+            .replace("url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n", &format!("{}\n", amqp.join("\n")))
+            .replace("url = \"postgres://dfe:dfe@127.0.0.1:5432/dfe\"\n", &format!("{registry}\n"));
+        let path = std::env::temp_dir().join(format!("dfe-config-cluster-{}.toml", std::process::id()));
+        std::fs::write(&path, edited).expect("write");
+        let cfg = Config::load_from(&path, Some(Default::default()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = cfg.expect("the documented forms load");
+        assert_eq!(cfg.amqp.url.len(), 3);
+        assert_eq!(cfg.amqp.url.urls()[2], "amqp://guest:guest@127.0.0.1:5683/%2f");
+        assert!(cfg.registry.url.contains("@127.0.0.1:5441,127.0.0.1:5442/dfe?target_session_attrs=read-write"));
+    }
+
+    #[test]
+    fn amqp_url_names_one_node_or_a_cluster_as_a_list_or_a_comma_separated_string() {
+        let dir = std::env::temp_dir().join(format!("dfe-config-amqp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let base = std::fs::read_to_string(shipped()).expect("shipped");
+        let list = "[amqp]\nurl = [\"amqp://a:1@h1:5681/v\", \"amqp://a:1@h2:5682/v\"]\n";
+        let path = dir.join("list.toml");
+        std::fs::write(&path, base.replace("[amqp]\n", "[amqp-old]\n") + list).expect("write");
+        let cfg = Config::load_from(&path, Some(Default::default())).expect("a list loads");
+        assert_eq!(cfg.amqp.url.urls(), ["amqp://a:1@h1:5681/v", "amqp://a:1@h2:5682/v"]);
+        // The environment names a cluster as a comma-separated list; a comma inside a
+        // password does not split a URL.
+        let env = [("DFE__AMQP__URL", "amqp://u:p@n1:5681/%2f, amqp://u:p,q@n2:5682/%2f,amqps://n3/%2f")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let cfg = Config::load_from(&path, Some(env)).expect("env overrides the list");
+        assert_eq!(cfg.amqp.url.urls(), ["amqp://u:p@n1:5681/%2f", "amqp://u:p,q@n2:5682/%2f", "amqps://n3/%2f"]);
+        assert!(!format!("{:?}", cfg.amqp.url).contains(":p@"), "passwords never print");
+        assert!(AmqpUrls::parse(" ").is_err());
+        assert!(AmqpUrls::from_list(Vec::new()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,14 +8,14 @@ use dfe_tests::{EventLog, Options, TestEnv};
 use futures::future::join_all;
 use serde_json::json;
 
-const LONG: Duration = Duration::from_secs(300);
+pub(crate) const LONG: Duration = Duration::from_secs(300);
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("run");
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-async fn submit_noop(env: &TestEnv, prefix: &str, n: usize) -> (Vec<String>, usize) {
+pub(crate) async fn submit_noop(env: &TestEnv, prefix: &str, n: usize) -> (Vec<String>, usize) {
     let answers = join_all((0..n).map(|i| {
         let body = json!({"owner-id": 1, "instance-id": format!("{prefix}-{i}-{}", env.id), "guest-location": "noop"});
         async move { env.post("/api/v1/ops/provision", &body).await }
@@ -33,7 +33,7 @@ async fn submit_noop(env: &TestEnv, prefix: &str, n: usize) -> (Vec<String>, usi
     (accepted, refused)
 }
 
-async fn wait_all(env: &TestEnv, events: &EventLog, jobs: &[String]) -> Duration {
+pub(crate) async fn wait_all(env: &TestEnv, events: &EventLog, jobs: &[String]) -> Duration {
     let start = Instant::now();
     for job in jobs {
         env.wait_job(job, LONG).await.expect("job ends");

@@ -131,8 +131,8 @@ pub enum Ended {
 pub struct Runner<C> {
     /// Unique name of this worker (consumer tags, logs, the registry's `worker`).
     pub worker_id: String,
-    /// Broker URL.
-    pub amqp_url: String,
+    /// The broker's nodes: each session connects to the next one that answers.
+    pub nodes: broker::Nodes,
     /// Jobs run at once, and the prefetch of each queue.
     pub concurrency: u16,
     /// How long running jobs get to finish after a shutdown request.
@@ -156,9 +156,9 @@ pub struct Runner<C> {
 impl<C: Clone + Send + Sync + 'static> Runner<C> {
     /// Consumes the queues of the registered kinds until shutdown or connection loss.
     pub async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<Ended> {
-        let conn = broker::connect(&self.amqp_url, &self.worker_id).await?;
+        let conn = self.nodes.connect(&self.worker_id).await?;
         let publisher = Publisher::open(&conn).await?;
-        topology::declare(&conn).await?;
+        topology::declare(&conn, self.nodes.len()).await?;
         let events = Events::new(publisher, self.registry.clone(), self.metrics.clone());
         let channel = conn.create_channel().await.map_err(dfe_shared::Error::broker("opening the consume channel"))?;
         // Per-consumer prefetch (quorum queues do not support global QoS); the semaphore
