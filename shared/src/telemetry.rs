@@ -149,6 +149,10 @@ mod otel {
             .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
         let mut exporting = None;
         if let Some(endpoint) = telemetry.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) {
+            // The exporter's reqwest is built with rustls but no provider of its own (the
+            // snapshot store's S3 client asks for that, and cargo unifies the features), so
+            // the process's provider must exist before the client does: ring, as elsewhere.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let url = traces_url(endpoint);
             match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(url.clone()).build() {
                 Ok(exporter) => {

@@ -125,15 +125,14 @@ pub async fn prune(
     let request: PruneRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PruneRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                Problem::invalid_field(FieldError::new(
-                    "body",
-                    format!("{e} (the body is {{\"dry-run\": true|false}})"),
-                ))
-            } else {
-                Problem::malformed(format!("the body is not valid JSON: {e}"))
-            }
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Problem::malformed(format!("the body is not valid JSON: {e}")))?;
+        // An object, read as one: serde would also take a struct from an array.
+        if !value.is_object() {
+            return Err(Problem::invalid_field(FieldError::new("body", "must be {\"dry-run\": true|false}")));
+        }
+        serde_json::from_value(value).map_err(|e| {
+            Problem::invalid_field(FieldError::new("body", format!("{e} (the body is {{\"dry-run\": true|false}})")))
         })?
     };
     let report = state.registry.prune(&state.stores, &state.config.snapshots.schedules, request.dry_run).await?;
