@@ -13,6 +13,7 @@
 //!   its encryption to age recipients.
 //! - [`schedules`]: the snapshot schedules, run by the worker holding their lease.
 //! - [`lifecycle`]: the expiry schedule, run by the worker holding its lease.
+//! - [`submitted`]: publishing the jobs the schedules submit, at once.
 //! - [`probe`]: the health of hosts and servers, probed by the workers together.
 //! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
 //! - [`events`]: sub-events and final events on `dfe.events`, with the event outbox relay.
@@ -37,6 +38,7 @@ pub mod runner;
 pub mod schedules;
 pub mod snapshot;
 pub mod ssh;
+pub mod submitted;
 pub mod timings;
 
 use std::sync::Arc;

@@ -194,7 +194,9 @@ impl Lifecycle {
         let by = Submitter { source: REQUESTED_BY, requested_by: REQUESTED_BY, ..Default::default() };
         match self.registry.submit(&job, &by, None).await? {
             SubmitOutcome::Created(_) => {
-                tracing::info!(instance = %id, job_id = %job_id, ?action, "instance expired: job submitted")
+                tracing::info!(instance = %id, job_id = %job_id, ?action, "instance expired: job submitted");
+                crate::submitted::publish_now(&self.broker, &self.registry, &self.worker_id, &job, job_id.as_str())
+                    .await;
             }
             SubmitOutcome::Existing(_) => {}
             SubmitOutcome::Conflict(why) => tracing::warn!(instance = %id, %why, "cannot submit the expiry job"),

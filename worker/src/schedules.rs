@@ -190,7 +190,7 @@ impl Scheduler {
             SubmitOutcome::Created(_) => {
                 self.registry.record_slot(&job_id, name, &instance.instance_id, slot).await?;
                 tracing::info!(schedule = name, instance = %instance.instance_id, slot, job_id, "scheduled export submitted");
-                self.publish(&job, &job_id).await;
+                crate::submitted::publish_now(&self.broker, &self.registry, &self.worker_id, &job, &job_id).await;
                 memory.submitted.insert(job_id);
             }
             SubmitOutcome::Existing(_) => {
@@ -208,26 +208,6 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-
-    /// Publishes a submitted job now (the outbox relay would, a few seconds later).
-    async fn publish(&self, job: &Job, job_id: &str) {
-        let body = serde_json::to_vec(&job.to_value()).unwrap_or_default();
-        let published = match self.broker.publisher().await {
-            Ok(p) => p.publish_job(job.kind(), job_id, &body, &self.worker_id, None).await,
-            Err(e) => Err(e),
-        };
-        match published {
-            Ok(()) => {
-                if let Err(e) = self.registry.mark_published(job_id).await {
-                    tracing::debug!(error = %e, job_id, "could not mark a scheduled job published; the outbox may publish it again");
-                }
-            }
-            Err(e) => {
-                self.broker.reset().await;
-                tracing::warn!(error = %e, job_id, "could not publish a scheduled job; the outbox relay will");
-            }
-        }
     }
 
     /// Announces `slot` overdue for `instance` if it passed without a snapshot.
