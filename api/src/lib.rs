@@ -76,6 +76,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::export))
         .routes(routes!(ops::suspend))
         .routes(routes!(ops::resume))
+        .routes(routes!(ops::move_instance))
         .routes(routes!(read::jobs))
         .routes(routes!(read::job))
         .routes(routes!(ops::cancel))

@@ -83,6 +83,14 @@ pub enum Command {
     Suspend(SuspendArgs),
     /// Resume a suspended instance (done once it answers again).
     Resume(ResumeArgs),
+    /// Move a running instance to another Docker host (and its database to another server).
+    #[command(long_about = "Move a running instance to another Docker host, under the same instance id: \
+its container is stopped, its storage (and with --database-server its database) copied to the target, a \
+new container started there and the record switched, then the old parts removed. The instance does not \
+answer from the stop until the new container answers. A failure before the switch leaves it running where \
+it was, with nothing left on the target. Without --host the cluster's placement chooses among its other \
+active hosts. Needs a token with the admin scope.")]
+    Move(MoveArgs),
     /// Show one job, or list the jobs.
     Jobs(JobsArgs),
     /// Cancel a job that has not started (queued or retrying): it ends failed with
@@ -255,6 +263,28 @@ pub struct SuspendArgs {
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
     /// The instance to suspend.
+    pub instance_id: String,
+    /// How to submit and follow it.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+}
+
+/// `dfe move`.
+#[derive(Debug, Clone, Args)]
+pub struct MoveArgs {
+    /// The Docker host to move it to.
+    #[arg(long = "host", value_name = "HOST-ID")]
+    pub host_id: Option<String>,
+    /// The cluster to move it to (its placement chooses the host); its own when absent.
+    #[arg(long = "cluster", visible_alias = "cluster-id", value_name = "CLUSTER-ID")]
+    pub cluster_id: Option<String>,
+    /// Move its database to this server too (one of its provisioner's); it stays when absent.
+    #[arg(long, value_name = "SERVER-ID")]
+    pub database_server: Option<String>,
+    /// Job id to use instead of one assigned by the API (or generated for --via queue).
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// The instance to move.
     pub instance_id: String,
     /// How to submit and follow it.
     #[command(flatten)]

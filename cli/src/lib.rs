@@ -64,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => (request::export(a), &a.submit),
         Command::Suspend(a) => (request::suspend(a), &a.submit),
         Command::Resume(a) => (request::resume(a), &a.submit),
+        Command::Move(a) => (request::move_instance(a), &a.submit),
         Command::Token(a) => {
             token::run(a, global.token_file.as_deref())?;
             return Ok(ExitCode::SUCCESS);

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use dfe_shared::ids::{FieldError, InstanceId, OwnerId, Tag};
-use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, ProvisionJob, ResumeJob, SuspendJob};
+use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, MoveJob, ProvisionJob, ResumeJob, SuspendJob};
 
-use crate::args::{DeprovisionArgs, ExportArgs, ImportArgs, ProvisionArgs, ResumeArgs, SuspendArgs};
+use crate::args::{DeprovisionArgs, ExportArgs, ImportArgs, MoveArgs, ProvisionArgs, ResumeArgs, SuspendArgs};
 
 /// The job of `dfe provision`.
 pub fn provision(a: &ProvisionArgs) -> Result<Job, FieldError> {
@@ -78,6 +78,17 @@ pub fn resume(a: &ResumeArgs) -> Result<Job, FieldError> {
     }))
 }
 
+/// The job of `dfe move`.
+pub fn move_instance(a: &MoveArgs) -> Result<Job, FieldError> {
+    Ok(Job::Move(MoveJob {
+        job_id: opt_tag("job-id", a.job_id.as_deref())?,
+        instance_id: instance(&a.instance_id)?,
+        host_id: opt_tag("host-id", a.host_id.as_deref())?,
+        cluster_id: opt_tag("cluster-id", a.cluster_id.as_deref())?,
+        database_server: opt_tag("database-server", a.database_server.as_deref())?,
+    }))
+}
+
 /// A fresh job id for a job published straight onto the queue: a UUID v4, as the API's.
 pub fn new_job_id() -> Tag {
     // A hyphenated UUID is 36 characters of [0-9a-f-], always a valid tag.
@@ -130,12 +141,26 @@ mod tests {
             Command::Export(a) => export(a),
             Command::Suspend(a) => suspend(a),
             Command::Resume(a) => resume(a),
+            Command::Move(a) => move_instance(a),
             other => panic!("not an operation: {other:?}"),
         }
     }
 
     fn body_of(argv: &[&str]) -> serde_json::Value {
         job_of(argv).expect("valid job").to_value()
+    }
+
+    #[test]
+    fn a_move_names_its_target_in_kebab_case() {
+        assert_eq!(
+            body_of(&["move", "--host", "b", "--database-server", "fleet", "acme-1"]),
+            json!({"instance-id": "acme-1", "host-id": "b", "database-server": "fleet"})
+        );
+        assert_eq!(
+            body_of(&["move", "--cluster", "east", "acme-1"]),
+            json!({"instance-id": "acme-1", "cluster-id": "east"})
+        );
+        assert_eq!(job_of(&["move", "--host", "Bad Host", "acme-1"]).expect_err("invalid").field, "host-id");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
 //! - [`leases`]: one holder at a time for a schedule.
 //! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
+//! - [`moves`]: where a move takes an instance, and the switch of its record.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
@@ -30,6 +31,7 @@ pub mod leases;
 pub mod lifecycle;
 pub mod lock;
 mod migrations;
+pub mod moves;
 pub mod outbox;
 pub mod reconciliation;
 pub mod retention;
@@ -45,6 +47,7 @@ pub use error::{Error, Result};
 pub use instances::InstanceFilter;
 pub use jobs::{Cancelled, JobFilter, Submitter};
 pub use lock::{InstanceLock, LockPool};
+pub use moves::Switch;
 pub use snapshots::SnapshotFilter;
 pub use transitions::{Admission, Claimed, Ending, Refusal, SubmitOutcome, Transition};
 

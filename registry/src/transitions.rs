@@ -106,6 +106,12 @@ pub fn admit(
         (JobKind::Suspend | JobKind::Resume, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
         (JobKind::Suspend | JobKind::Resume, Some((S::Provisioned | S::Suspended, _))) => Ok(Admission::Use),
         (JobKind::Suspend | JobKind::Resume, Some((state, _))) => Err(Refusal::busy(id, state)),
+        // A move works on a running instance and switches its record itself, mid-job
+        // ([`Registry::switch_host`]): it owns nothing, like a suspend.
+        (JobKind::Move, None | Some((S::Deprovisioned, _))) => Err(Refusal::not_found(id)),
+        (JobKind::Move, Some((S::Provisioned, _))) => Ok(Admission::Use),
+        (JobKind::Move, Some((S::Suspended, _))) => Err(Refusal::busy(id, "suspended; resume it first")),
+        (JobKind::Move, Some((state, _))) => Err(Refusal::busy(id, state)),
     }
 }
 
@@ -614,7 +620,7 @@ async fn claim_in(
             let (owner, owner_type) = match job {
                 Job::Provision(p) => (&p.owner_id, p.owner_type.as_ref()),
                 Job::Import(i) => (&i.owner_id, i.owner_type.as_ref()),
-                Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) => {
+                Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) | Job::Move(_) => {
                     return Err(Error::Inconsistent(format!("a {} job cannot create an instance", job.kind())))
                 }
             };
@@ -707,5 +713,9 @@ mod tests {
         assert_eq!(a(JobKind::Export, Some((S::Provisioned, "j0"))), Ok(Admission::Use));
         assert_eq!(a(JobKind::Export, Some((S::Deprovisioned, "j0"))).map_err(|r| r.code), Err("instance-not-found"));
         assert_eq!(a(JobKind::Export, Some((S::Failed, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Move, Some((S::Provisioned, "j0"))), Ok(Admission::Use));
+        assert_eq!(a(JobKind::Move, Some((S::Suspended, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Move, Some((S::Failed, "j0"))).map_err(|r| r.code), Err("instance-busy"));
+        assert_eq!(a(JobKind::Move, None).map_err(|r| r.code), Err("instance-not-found"));
     }
 }

@@ -29,12 +29,21 @@ pub enum JobKind {
     Suspend,
     /// Undo a suspend.
     Resume,
+    /// Move a running instance to another Docker host (and database server).
+    Move,
 }
 
 impl JobKind {
     /// All kinds, in the order queues are declared.
-    pub const ALL: [JobKind; 6] =
-        [JobKind::Provision, JobKind::Deprovision, JobKind::Import, JobKind::Export, JobKind::Suspend, JobKind::Resume];
+    pub const ALL: [JobKind; 7] = [
+        JobKind::Provision,
+        JobKind::Deprovision,
+        JobKind::Import,
+        JobKind::Export,
+        JobKind::Suspend,
+        JobKind::Resume,
+        JobKind::Move,
+    ];
 
     /// `provision`, `deprovision`, `import` or `export`.
     pub fn as_str(self) -> &'static str {
@@ -45,6 +54,7 @@ impl JobKind {
             JobKind::Export => "export",
             JobKind::Suspend => "suspend",
             JobKind::Resume => "resume",
+            JobKind::Move => "move",
         }
     }
 
@@ -57,6 +67,7 @@ impl JobKind {
             JobKind::Export => "ExportJob",
             JobKind::Suspend => "SuspendJob",
             JobKind::Resume => "ResumeJob",
+            JobKind::Move => "MoveJob",
         }
     }
 
@@ -74,6 +85,7 @@ impl JobKind {
             JobKind::Export => "exported",
             JobKind::Suspend => "suspended",
             JobKind::Resume => "resumed",
+            JobKind::Move => "moved",
         }
     }
 }
@@ -212,6 +224,31 @@ pub struct ResumeJob {
     pub instance_id: InstanceId,
 }
 
+/// A request to move a running instance to another Docker host: its storage (and, when
+/// `database-server` names another server, its database) is copied there, a new container
+/// started, the record switched, and the old parts removed. With neither `host-id` nor
+/// `cluster-id` it goes to another host of its own cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MoveJob {
+    /// Client-chosen job id; one is assigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// The instance to move.
+    pub instance_id: InstanceId,
+    /// The Docker host to move it to (of `cluster-id`, or of its own cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<Tag>,
+    /// The cluster to move it to; placement chooses the host. Its own cluster when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<Tag>,
+    /// The database server to move its database to (one of its provisioner's); the
+    /// database stays where it is when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_server: Option<Tag>,
+}
+
 /// Any job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
@@ -227,6 +264,8 @@ pub enum Job {
     Suspend(SuspendJob),
     /// See [`ResumeJob`].
     Resume(ResumeJob),
+    /// See [`MoveJob`].
+    Move(MoveJob),
 }
 
 /// The largest job body accepted, in bytes, on both paths (REST and queue). A job is a few
@@ -280,6 +319,7 @@ impl Job {
             JobKind::Export => Job::Export(typed(value)?),
             JobKind::Suspend => Job::Suspend(typed(value)?),
             JobKind::Resume => Job::Resume(typed(value)?),
+            JobKind::Move => Job::Move(typed(value)?),
         };
         job.check()?;
         Ok(job)
@@ -313,6 +353,7 @@ impl Job {
             Job::Export(_) => JobKind::Export,
             Job::Suspend(_) => JobKind::Suspend,
             Job::Resume(_) => JobKind::Resume,
+            Job::Move(_) => JobKind::Move,
         }
     }
 
@@ -325,6 +366,7 @@ impl Job {
             Job::Export(j) => j.job_id.as_ref(),
             Job::Suspend(j) => j.job_id.as_ref(),
             Job::Resume(j) => j.job_id.as_ref(),
+            Job::Move(j) => j.job_id.as_ref(),
         }
     }
 
@@ -337,6 +379,7 @@ impl Job {
             Job::Export(j) => &mut j.job_id,
             Job::Suspend(j) => &mut j.job_id,
             Job::Resume(j) => &mut j.job_id,
+            Job::Move(j) => &mut j.job_id,
         };
         *slot = Some(id);
     }
@@ -350,6 +393,7 @@ impl Job {
             Job::Export(j) => &j.instance_id,
             Job::Suspend(j) => &j.instance_id,
             Job::Resume(j) => &j.instance_id,
+            Job::Move(j) => &j.instance_id,
         }
     }
 
@@ -358,7 +402,7 @@ impl Job {
         match self {
             Job::Provision(j) => Some(&j.owner_id),
             Job::Import(j) => Some(&j.owner_id),
-            Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) => None,
+            Job::Deprovision(_) | Job::Export(_) | Job::Suspend(_) | Job::Resume(_) | Job::Move(_) => None,
         }
     }
 
@@ -372,6 +416,7 @@ impl Job {
             Job::Export(j) => serde_json::to_value(j),
             Job::Suspend(j) => serde_json::to_value(j),
             Job::Resume(j) => serde_json::to_value(j),
+            Job::Move(j) => serde_json::to_value(j),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

@@ -119,7 +119,13 @@ impl EventLog {
 pub fn is_final(name: &str) -> bool {
     matches!(
         name,
-        "dfe.provisioned" | "dfe.deprovisioned" | "dfe.imported" | "dfe.exported" | "dfe.suspended" | "dfe.resumed"
+        "dfe.provisioned"
+            | "dfe.deprovisioned"
+            | "dfe.imported"
+            | "dfe.exported"
+            | "dfe.suspended"
+            | "dfe.resumed"
+            | "dfe.moved"
     ) || (name.ends_with(".failed") && name.matches('.').count() == 2)
 }
 

@@ -147,3 +147,58 @@ impl Engine {
             .output();
     }
 }
+
+/// A Unix socket that forwards to an engine's socket until it is stopped: a Docker host that
+/// one test can take down (its engine "stopped", from the workers' side: connections refused
+/// and open ones cut) without stopping the engine other tests share.
+pub struct SocketProxy {
+    path: std::path::PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl SocketProxy {
+    /// Starts forwarding `path` to `engine`'s socket.
+    pub fn start(engine: Engine, path: impl Into<std::path::PathBuf>) -> Result<SocketProxy> {
+        let path = path.into();
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let target = std::path::PathBuf::from(engine.socket.trim_start_matches("unix://"));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut accepting = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => c,
+                    _ = accepting.changed() => return,
+                };
+                let Ok((mut inbound, _)) = conn else { continue };
+                let (target, mut cut) = (target.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::UnixStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(SocketProxy { path, stop })
+    }
+
+    /// `unix://<path>`, for a host's `docker-host`.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

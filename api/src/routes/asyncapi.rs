@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use dfe_shared::event::{catalogue, About, Event, EventError};
-use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, JobKind, ProvisionJob, ResumeJob, SuspendJob};
+use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, JobKind, MoveJob, ProvisionJob, ResumeJob, SuspendJob};
 use dfe_shared::topology::{EVENTS_EXCHANGE, JOBS_EXCHANGE};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -45,6 +45,7 @@ fn job_schema(kind: JobKind, schemas: &mut Schemas) -> &'static str {
         JobKind::Export => collect::<ExportJob>(schemas),
         JobKind::Suspend => collect::<SuspendJob>(schemas),
         JobKind::Resume => collect::<ResumeJob>(schemas),
+        JobKind::Move => collect::<MoveJob>(schemas),
     }
     kind.message_type()
 }

@@ -13,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dfe_registry::{Cancelled, SubmitOutcome, Submitter};
 use dfe_shared::ids::{FieldError, OwnerId, Tag};
-use dfe_shared::job::{DeprovisionJob, ExportJob, ImportJob, Job, JobKind, ProvisionJob, ResumeJob, SuspendJob};
+use dfe_shared::job::{
+    DeprovisionJob, ExportJob, ImportJob, Job, JobKind, MoveJob, ProvisionJob, ResumeJob, SuspendJob,
+};
 use dfe_shared::placement::{self, Plan};
 use dfe_shared::records::{JobRecord, JobState};
 use serde::Serialize;
 
-use crate::auth::{Client, Ops, Scoped};
+use crate::auth::{Admin, Client, Ops, ScopeName, Scoped};
 use crate::extract::JobBody;
 use crate::problem::{Problem, ProblemBody, CONTENT_TYPE as PROBLEM};
 use crate::routes::openapi::text;
@@ -273,9 +275,48 @@ pub async fn resume(
     submit(state, client, headers, body, JobKind::Resume).await
 }
 
-async fn submit(
+/// `POST /api/v1/ops/move`
+#[utoipa::path(
+    post,
+    path = "/api/v1/ops/move",
+    tag = "ops",
+    summary = "Move a running instance to another Docker host",
+    description = "Records the job, then publishes it to the workers: the instance's container is stopped, its \
+        storage (and, with `database-server`, its database) copied to the target, a new container started \
+        there and the record switched; then the old parts are removed. The instance does not answer from \
+        the stop until the new container answers (`result.unavailable-ms`). A failure before the switch \
+        leaves it running where it was, with nothing left on the target. Without `host-id` the cluster's \
+        placement chooses among its other active hosts. Needs the `admin` scope: it decides where tenants run.",
+    params(IdempotencyKey),
+    request_body(content = MoveJob, content_type = "application/json", description = text::JOB_BODY),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 202, description = text::ACCEPTED, body = Accepted,
+            headers(("Location" = String, description = "The job's path (`links.self`)"))),
+        (status = 400, description = text::MALFORMED_BODY, body = ProblemBody, content_type = PROBLEM),
+        (status = 401, description = text::UNAUTHORIZED, body = ProblemBody, content_type = PROBLEM),
+        (status = 403, description = text::FORBIDDEN_ADMIN, body = ProblemBody, content_type = PROBLEM),
+        (status = 404, description = "No such instance, or it is deprovisioned (`urn:dfe:problem:instance-not-found`)",
+            body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = text::BUSY, body = ProblemBody, content_type = PROBLEM),
+        (status = 413, description = text::TOO_LARGE, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = text::UNSUPPORTED_MEDIA_TYPE, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = text::INVALID_JOB, body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = text::NOT_RECORDED, body = ProblemBody, content_type = PROBLEM),
+    ),
+)]
+pub async fn move_instance(
+    state: State<AppState>,
+    client: Scoped<Admin>,
+    headers: HeaderMap,
+    body: JobBody,
+) -> Result<Response, Problem> {
+    submit(state, client, headers, body, JobKind::Move).await
+}
+
+async fn submit<S: ScopeName>(
     State(state): State<AppState>,
-    client: Scoped<Ops>,
+    client: Scoped<S>,
     headers: HeaderMap,
     JobBody(body): JobBody,
     kind: JobKind,
@@ -510,8 +551,43 @@ async fn plan(state: &AppState, client: &Client, job: &Job) -> Result<Option<Pla
             }
             Ok(None)
         }
+        Job::Move(m) => {
+            check_move(cfg, m)?;
+            Ok(None)
+        }
         Job::Suspend(_) | Job::Resume(_) => Ok(None),
     }
+}
+
+/// A move's names are checked against the configuration at the door; whether the instance
+/// may go there (its provisioner, the host's state and room) is the worker's to decide.
+fn check_move(cfg: &dfe_shared::config::Config, m: &MoveJob) -> Result<(), Problem> {
+    let unknown = |field: &str, what: &str| Problem::invalid_field(FieldError::new(field, what.to_owned()));
+    if let Some(c) = &m.cluster_id {
+        if !cfg.clusters.contains_key(c.as_str()) {
+            return Err(unknown("cluster-id", "names no configured cluster"));
+        }
+    }
+    if let Some(h) = &m.host_id {
+        let cluster = cfg
+            .clusters
+            .iter()
+            .find(|(id, c)| c.host_configs(id).iter().any(|(host, _)| host == h.as_str()))
+            .map(|(id, _)| id.as_str());
+        match (cluster, &m.cluster_id) {
+            (None, _) => return Err(unknown("host-id", "names no configured Docker host")),
+            (Some(found), Some(c)) if found != c.as_str() => {
+                return Err(unknown("host-id", "is not a host of the named cluster-id"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = &m.database_server {
+        if !cfg.databases.contains_key(s.as_str()) {
+            return Err(unknown("database-server", "names no configured database server"));
+        }
+    }
+    Ok(())
 }
 
 /// Test hook `DFE_TEST_API_DIE_BEFORE_PUBLISH`, read once (this is on every submission's path).

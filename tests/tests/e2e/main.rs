@@ -17,6 +17,7 @@ mod fuzz;
 mod hardening;
 mod lifecycle;
 mod metrics;
+mod moves;
 mod mysql;
 mod openapi;
 mod pagination;

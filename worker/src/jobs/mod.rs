@@ -7,6 +7,7 @@
 mod deprovision;
 mod export;
 mod import;
+mod moving;
 mod provision;
 mod resume;
 mod suspend;
@@ -52,6 +53,7 @@ pub fn kinds() -> Vec<Arc<dyn JobSpec<Env>>> {
         Arc::new(export::Export),
         Arc::new(suspend::Suspend),
         Arc::new(resume::Resume),
+        Arc::new(moving::Move),
     ]
 }
 

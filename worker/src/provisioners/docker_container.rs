@@ -23,6 +23,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::fleet::DockerHost;
 use crate::fleet::Fleet;
+use dfe_shared::secret::Secret;
 
 /// Default pids limit: enough for an application, not enough for a fork bomb.
 const DEFAULT_PIDS: i64 = 512;
@@ -313,6 +314,39 @@ impl InstanceProvisioner for DockerContainer {
             resource_uri: Some(url),
             health_wait: Some(health_wait),
         })
+    }
+
+    async fn connection(&self, ctx: &InstanceContext) -> Result<Option<DatabaseInfo>> {
+        let cluster = ctx.docker("docker-container")?;
+        let docker = cluster.client().await?;
+        let name = &ctx.names.container;
+        let inspected = match docker.inspect_container(name, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => return Err(Error::Conflict(format!("container {name} does not exist"))),
+            Err(e) => return Err(Error::docker(format!("inspecting container {name}"))(e)),
+        };
+        let env: HashMap<&str, &str> = inspected
+            .config
+            .as_ref()
+            .and_then(|c| c.env.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let get = |k: &str| env.get(k).map(|v| (*v).to_owned());
+        let (Some(connection), Some(host), Some(port), Some(database), Some(username), Some(password)) = (
+            get("DB_CONNECTION"),
+            get("DB_HOST"),
+            get("DB_PORT").and_then(|p| p.parse().ok()),
+            get("DB_DATABASE"),
+            get("DB_USERNAME"),
+            get("DB_PASSWORD"),
+        ) else {
+            return Ok(None);
+        };
+        let server = ctx.database.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        let password = Secret::new(password);
+        Ok(Some(DatabaseInfo { connection, host, port, database, username, password, server }))
     }
 }
 

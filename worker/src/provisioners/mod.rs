@@ -269,6 +269,11 @@ pub trait InstanceProvisioner: Inventory {
     async fn suspend(&self, ctx: &InstanceContext) -> Result<()>;
     /// Starts a stopped instance again and waits until it answers; what it answers at.
     async fn resume(&self, ctx: &InstanceContext) -> Result<InstanceInfo>;
+    /// The database connection the instance runs with, read back from it (`None`: it keeps
+    /// none). A move that leaves the database where it is gives the new container the same
+    /// one: provisioning the database again would issue a new password, and the old
+    /// container, started again when the move fails, would no longer log in.
+    async fn connection(&self, ctx: &InstanceContext) -> Result<Option<DatabaseInfo>>;
 }
 
 /// Every implementation named by the configuration, built once.

@@ -124,4 +124,7 @@ impl InstanceProvisioner for Noop {
     async fn resume(&self, _ctx: &InstanceContext) -> Result<InstanceInfo> {
         Ok(InstanceInfo::default())
     }
+    async fn connection(&self, _ctx: &InstanceContext) -> Result<Option<DatabaseInfo>> {
+        Ok(None)
+    }
 }

@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/ops/export", &["post"]),
     ("/api/v1/ops/suspend", &["post"]),
     ("/api/v1/ops/resume", &["post"]),
+    ("/api/v1/ops/move", &["post"]),
     ("/api/v1/ops/jobs", &["get"]),
     ("/api/v1/ops/jobs/{job-id}", &["get"]),
     ("/api/v1/ops/jobs/{job-id}/cancel", &["post"]),
@@ -176,8 +177,8 @@ fn only_health_metrics_and_the_document_need_no_token() {
 }
 
 /// The scope each operation needs: every GET `read`, but the reconciliation's; job
-/// submissions and cancel `ops`; the fleet's cordons, expiries, snapshot removal and the
-/// reconciliation `admin`.
+/// submissions and cancel `ops`; the fleet's cordons and moves, expiries, snapshot removal
+/// and the reconciliation `admin`.
 fn expected_scope(o: &Operation) -> &'static str {
     match (o.method.as_str(), o.path.as_str()) {
         (_, p) if p.starts_with("/api/v1/reconcile") => "admin",
@@ -185,6 +186,7 @@ fn expected_scope(o: &Operation) -> &'static str {
         ("patch", p) if p.starts_with("/api/v1/instances/") => "admin",
         ("delete", p) if p.starts_with("/api/v1/snapshots/") => "admin",
         ("post", "/api/v1/snapshots/prune") => "admin",
+        ("post", "/api/v1/ops/move") => "admin",
         ("post", _) => "ops",
         _ => "read",
     }
@@ -567,7 +569,7 @@ async fn a_request_without_an_accepted_token_is_the_documented_401() {
 async fn a_body_not_declared_as_json_is_the_documented_415_and_one_over_64_kib_the_documented_413() {
     let doc = doc();
     let bodies = operations(&doc).into_iter().filter(Operation::has_body).collect::<Vec<_>>();
-    assert_eq!(bodies.len(), 9, "six job kinds, the reconciliation, an instance's expiry and the pruning");
+    assert_eq!(bodies.len(), 10, "seven job kinds, the reconciliation, an instance's expiry and the pruning");
     let too_large = || vec![b' '; MAX_JOB_BYTES + 1];
     for o in bodies {
         let post = |content_type: Option<&str>| {
