@@ -40,7 +40,8 @@ async fn two_runs_creating_the_same_database_and_role_at_once_both_succeed() {
         let ctx = context(&fleet, &instance, 1);
         // Two runs of one job racing each other (as a dead run's statements and the next
         // run's do): between each one's look and its create, the other may create.
-        let (a, b) = tokio::join!(db.provision(&ctx), db.provision(&ctx));
+        let (first, second) = (db.connection(&ctx).expect("connection"), db.connection(&ctx).expect("connection"));
+        let (a, b) = tokio::join!(db.provision(&ctx, &first), db.provision(&ctx, &second));
         let (a, b) = (a.map_err(|e| e.chain()), b.map_err(|e| e.chain()));
         let cleanup = db.deprovision(&ctx).await;
         assert!(a.is_ok() && b.is_ok(), "round {round}: both runs succeed: {a:?} / {b:?}");

@@ -263,7 +263,8 @@ async fn copy(
 
     let t = Instant::now();
     let database = if moves_database {
-        let made = to.db.provision(&new.ctx).instrument(step_span("database")).await?;
+        let made = to.db.connection(&new.ctx)?;
+        to.db.provision(&new.ctx, &made).instrument(step_span("database")).await?;
         to.db.import(&new.ctx, &sql).instrument(step_span("database")).await?;
         if let Err(e) = to.db.commit_import(&new.ctx).await {
             tracing::warn!(error = %e.chain(), "dropping the fresh database's pre-import copy failed");
@@ -273,7 +274,11 @@ async fn copy(
         match kept {
             Some(info) => info,
             // An instance that keeps no connection (noop): nothing is rotated by asking.
-            None => to.db.provision(&new.ctx).await?,
+            None => {
+                let info = to.db.connection(&new.ctx)?;
+                to.db.provision(&new.ctx, &info).await?;
+                info
+            }
         }
     };
     meta.timings.record("database", t.elapsed());

@@ -1,5 +1,6 @@
 //! Provision: claim the instance id (recording where it goes and what it is made of), then
-//! storage → database → instance, each followed by its event. On any failure (or the
+//! the database and, at the same time, storage → instance; then their events, in that
+//! order (storage, database). On any failure (or the
 //! deadline) everything is removed in reverse order, so a failed provision leaves no
 //! container, volume, database or role behind. An abort (a panic) leaves the instance
 //! `failed`, for a deprovision or the reconciler to finish.
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
+use crate::provisioners::StorageInfo;
 use crate::runner::JobSpec;
 use crate::timings::step_span;
 
@@ -145,7 +147,12 @@ pub(super) async fn create(
     }
 }
 
-/// The three steps. `on_host` turns true once something exists on the instance's host.
+/// The three steps, in two chains that run at once: the database (role and database on
+/// its server), and the storage followed by the instance (which mounts the volume and is
+/// handed the database's connection, known before the database exists). The instance's
+/// first answer may come before its database is made; the job ends only when both chains
+/// have. The sub-events go out in their fixed order once both are done. `on_host` turns
+/// true once something exists on the instance's host.
 async fn steps(
     record: &InstanceRecord,
     plan: &Plan<'_>,
@@ -157,37 +164,59 @@ async fn steps(
     let p = plan.provisioner;
     let ctx = &plan.ctx;
     let placement = json!({ "cluster-id": record.cluster_id, "host-id": record.host_id, "database-server": record.database_server });
+    let db = p.db.connection(ctx)?;
 
-    let t = Instant::now();
-    let storage = p.storage.provision(ctx).instrument(step_span("storage")).await?;
-    *on_host = storage.volume.is_some();
-    meta.timings.record("storage", t.elapsed());
-    if announce {
-        let name = names::component(Component::Storage, JobKind::Provision);
-        events.emit_step(meta, &name, json!({ "volume": storage.volume })).await?;
-    }
-    hold_after("storage").await;
+    // The host's chain keeps what it made of the storage, so that a failure of the
+    // instance step still announces it.
+    let storage_made = std::sync::Mutex::new(None::<StorageInfo>);
+    let host_chain = async {
+        let t = Instant::now();
+        let storage = p.storage.provision(ctx).instrument(step_span("storage")).await?;
+        meta.timings.record("storage", t.elapsed());
+        if let Ok(mut slot) = storage_made.lock() {
+            *slot = Some(storage.clone());
+        }
+        hold_after("storage").await;
+        let t = Instant::now();
+        let instance = p.instance.provision(ctx, &storage, &db).instrument(step_span("instance")).await?;
+        meta.timings.record("instance", t.elapsed());
+        if let Some(health) = instance.health_wait {
+            meta.timings.record("health", health);
+        }
+        hold_after("instance").await;
+        Ok::<_, Error>(instance)
+    };
+    let database_chain = async {
+        let t = Instant::now();
+        p.db.provision(ctx, &db).instrument(step_span("database")).await?;
+        meta.timings.record("database", t.elapsed());
+        hold_after("database").await;
+        Ok::<_, Error>(())
+    };
+    let (instance, database) = tokio::join!(host_chain, database_chain);
+    let storage = storage_made.into_inner().ok().flatten();
+    *on_host = storage.as_ref().is_some_and(|s| s.volume.is_some());
 
-    let t = Instant::now();
-    let db = p.db.provision(ctx).instrument(step_span("database")).await?;
-    meta.timings.record("database", t.elapsed());
+    // What was made is announced, in the fixed order, before the outcome.
     let db_result = json!({
         "database": db.database, "database-role": db.username, "database-host": db.host,
         "database-port": db.port, "database-server": db.server,
     });
     if announce {
-        let name = names::component(Component::Database, JobKind::Provision);
-        events.emit_step(meta, &name, db_result.clone()).await?;
+        if let Some(storage) = &storage {
+            let name = names::component(Component::Storage, JobKind::Provision);
+            events.emit_step(meta, &name, json!({ "volume": storage.volume })).await?;
+        }
+        // The database is announced only after the storage, as the steps used to run.
+        if database.is_ok() && storage.is_some() {
+            let name = names::component(Component::Database, JobKind::Provision);
+            events.emit_step(meta, &name, db_result.clone()).await?;
+        }
     }
-    hold_after("database").await;
-
-    let t = Instant::now();
-    let instance = p.instance.provision(ctx, &storage, &db).instrument(step_span("instance")).await?;
-    meta.timings.record("instance", t.elapsed());
-    if let Some(health) = instance.health_wait {
-        meta.timings.record("health", health);
-    }
-    hold_after("instance").await;
+    // The host's error first: an unreachable host is what decides a placement again.
+    let instance = instance?;
+    database?;
+    let storage = storage.unwrap_or_default();
 
     let result = with(
         &placement,

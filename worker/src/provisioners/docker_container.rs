@@ -177,24 +177,6 @@ impl InstanceProvisioner for DockerContainer {
             .to_owned();
         let limits = Limits::from_offering(&ctx.offering)?;
 
-        // A container left by an earlier run of this job is replaced: the database step has
-        // just issued a fresh password, which only a new container can carry.
-        match owned_by(docker, name, ctx.instance_id.as_str()).await? {
-            Some(true) => remove(cluster, name).await?,
-            Some(false) => {
-                return Err(Error::Conflict(format!(
-                    "container {name} exists and does not belong to instance {}",
-                    ctx.instance_id
-                )))
-            }
-            None => {}
-        }
-        match docker.inspect_image(&image).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => return Err(Error::ImageNotFound { image }),
-            Err(e) => return Err(Error::docker(format!("inspecting image {image}"))(e)),
-        }
-
         let port_key = format!("{}/tcp", limits.port);
         let storage_path = ctx.storage_path();
         let env = vec![
@@ -245,19 +227,36 @@ impl InstanceProvisioner for DockerContainer {
             ..Default::default()
         };
         let options = || Some(CreateContainerOptionsBuilder::default().name(name).build());
+        // Made without looking first (one round trip less on every provision): the engine's
+        // answers say what a look would have. 404 is the image missing; 409 the name taken.
+        let failed = |e: bollard::errors::Error| match is_not_found(&e) {
+            true => Error::ImageNotFound { image: image.clone() },
+            false => Error::docker(format!("creating container {name}"))(e),
+        };
         let created = match docker.create_container(options(), config.clone()).await {
             Ok(created) => created,
-            // 409: the name was taken between the look and the create, by a dead worker's run
-            // of this job whose request the engine finished after all. Ours: replace it once.
-            Err(e) if is_conflict(&e) && owned_by(docker, name, ctx.instance_id.as_str()).await? == Some(true) => {
-                tracing::warn!(container = %name, "the container appeared while it was being created; replacing it");
-                remove(cluster, name).await?;
-                docker
-                    .create_container(options(), config)
-                    .await
-                    .map_err(Error::docker(format!("creating container {name}")))?
+            // 409: a container of this name exists. One left by an earlier run of this job
+            // (or a dead worker's request the engine finished after all) is replaced: the
+            // database step has just issued a fresh password, which only a new container
+            // can carry. Anyone else's is not touched.
+            Err(e) if is_conflict(&e) => {
+                match owned_by(docker, name, ctx.instance_id.as_str()).await? {
+                    Some(true) => {
+                        tracing::info!(container = %name, "replacing the container an earlier run left");
+                        remove(cluster, name).await?;
+                    }
+                    Some(false) => {
+                        return Err(Error::Conflict(format!(
+                            "container {name} exists and does not belong to instance {}",
+                            ctx.instance_id
+                        )))
+                    }
+                    // Removed meanwhile.
+                    None => {}
+                }
+                docker.create_container(options(), config).await.map_err(failed)?
             }
-            Err(e) => return Err(Error::docker(format!("creating container {name}"))(e)),
+            Err(e) => return Err(failed(e)),
         };
         docker
             .start_container(name, None::<StartContainerOptions>)

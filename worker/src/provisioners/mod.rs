@@ -237,8 +237,12 @@ pub trait DatabaseProvisioner: Inventory {
     /// Whether `server` answers now (a connection and a trivial statement): the fleet's
     /// health probe of a server of this engine.
     async fn probe(&self, server: &DatabaseServer) -> Result<()>;
-    /// Ensures the role and database exist, with a fresh password.
-    async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo>;
+    /// What an instance of `ctx` is given to reach its database, with a fresh password,
+    /// without a word to the server: the container can then be made while the database is.
+    fn connection(&self, ctx: &InstanceContext) -> Result<DatabaseInfo>;
+    /// Ensures the role and database exist, the role with `info`'s password (from
+    /// [`DatabaseProvisioner::connection`]).
+    async fn provision(&self, ctx: &InstanceContext, info: &DatabaseInfo) -> Result<()>;
     /// Ends open sessions, drops the database and the role; absent ones are success.
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()>;
     /// Dumps the database, consistently (one transaction), to `dest` as plain SQL that

@@ -993,7 +993,8 @@ impl Mysql {
         conn: &mut Conn,
         server: &DatabaseServer,
         ctx: &InstanceContext,
-    ) -> Result<DatabaseInfo> {
+        password: &Secret,
+    ) -> Result<()> {
         let e = |what: String| err(&server.id, what);
         let n = self.names(ctx);
         let (qdb, acct, grant) = (ident(&n.database, DATABASE_LIMIT)?, account(&n.user)?, grant_db(&n.database)?);
@@ -1008,8 +1009,7 @@ impl Mysql {
                 .await
                 .map_err(e(format!("creating database {}", n.database)))?;
         }
-        let password = Secret::generate(PASSWORD_LEN);
-        let hash = native_hash(&password);
+        let hash = native_hash(password);
         if !exists(conn, &server.id, "user", &n.user).await? {
             conn.query_drop(format!(
                 "CREATE USER IF NOT EXISTS {acct} IDENTIFIED WITH mysql_native_password AS '{hash}'"
@@ -1024,16 +1024,7 @@ impl Mysql {
         conn.query_drop(format!("GRANT ALL PRIVILEGES ON {grant} TO {acct}"))
             .await
             .map_err(e(format!("granting {} its database", n.user)))?;
-        let c = &server.config;
-        Ok(DatabaseInfo {
-            connection: "mysql".into(),
-            host: c.instance_host.clone().unwrap_or_else(|| c.host.clone()),
-            port: c.port,
-            database: n.database,
-            username: n.user,
-            password,
-            server: server.id.clone(),
-        })
+        Ok(())
     }
 
     async fn deprovision_in(&self, conn: &mut Conn, server: &DatabaseServer, ctx: &InstanceContext) -> Result<()> {
@@ -1175,10 +1166,25 @@ impl DatabaseProvisioner for Mysql {
         finish(conn, result).await
     }
 
-    async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+    fn connection(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+        let server = self.server(ctx)?;
+        let n = self.names(ctx);
+        let c = &server.config;
+        Ok(DatabaseInfo {
+            connection: "mysql".into(),
+            host: c.instance_host.clone().unwrap_or_else(|| c.host.clone()),
+            port: c.port,
+            database: n.database,
+            username: n.user,
+            password: Secret::generate(PASSWORD_LEN),
+            server: server.id.clone(),
+        })
+    }
+
+    async fn provision(&self, ctx: &InstanceContext, info: &DatabaseInfo) -> Result<()> {
         let server = self.server(ctx)?;
         let mut conn = self.session(ctx, server).await?;
-        let result = self.provision_in(&mut conn, server, ctx).await;
+        let result = self.provision_in(&mut conn, server, ctx, &info.password).await;
         finish(conn, result).await
     }
 

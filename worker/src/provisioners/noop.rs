@@ -76,7 +76,7 @@ impl DatabaseProvisioner for Noop {
     async fn probe(&self, _server: &crate::fleet::DatabaseServer) -> Result<()> {
         Ok(())
     }
-    async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+    fn connection(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
         Ok(DatabaseInfo {
             connection: "none".into(),
             host: String::new(),
@@ -86,6 +86,9 @@ impl DatabaseProvisioner for Noop {
             password: Secret::new(""),
             server: "noop".into(),
         })
+    }
+    async fn provision(&self, _ctx: &InstanceContext, _info: &DatabaseInfo) -> Result<()> {
+        Ok(())
     }
     async fn deprovision(&self, _ctx: &InstanceContext) -> Result<()> {
         Ok(())

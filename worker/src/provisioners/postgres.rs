@@ -220,7 +220,21 @@ impl DatabaseProvisioner for Postgres {
         Ok(())
     }
 
-    async fn provision(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+    fn connection(&self, ctx: &InstanceContext) -> Result<DatabaseInfo> {
+        let server = ctx.database("postgres")?;
+        let c = &server.config;
+        Ok(DatabaseInfo {
+            connection: "pgsql".into(),
+            host: c.instance_host.clone().unwrap_or_else(|| c.host.clone()),
+            port: c.port,
+            database: ctx.names.database.clone(),
+            username: ctx.names.database.clone(),
+            password: Secret::generate(PASSWORD_LEN),
+            server: server.id.clone(),
+        })
+    }
+
+    async fn provision(&self, ctx: &InstanceContext, info: &DatabaseInfo) -> Result<()> {
         let server = ctx.database("postgres")?;
         let e = |what: String| err(&server.id, what);
         let name = &ctx.names.database;
@@ -228,7 +242,7 @@ impl DatabaseProvisioner for Postgres {
         // plain lowercase identifier and quotes it; the password goes as a SCRAM verifier
         // literal, quoted by `literal`.
         let q = ident(name)?;
-        let password = Secret::generate(PASSWORD_LEN);
+        let password = &info.password;
         // The server receives a SCRAM verifier, not the password: even with DDL logging on,
         // the password never reaches the server's logs.
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
@@ -290,17 +304,7 @@ impl DatabaseProvisioner for Postgres {
             .batch_execute(&format!("REVOKE ALL ON DATABASE {q} FROM PUBLIC; GRANT ALL ON DATABASE {q} TO {q}"))
             .await
             .map_err(e(format!("revoking CONNECT on {name} from PUBLIC")))?;
-
-        let c = &server.config;
-        Ok(DatabaseInfo {
-            connection: "pgsql".into(),
-            host: c.instance_host.clone().unwrap_or_else(|| c.host.clone()),
-            port: c.port,
-            database: name.clone(),
-            username: name.clone(),
-            password,
-            server: server.id.clone(),
-        })
+        Ok(())
     }
 
     async fn deprovision(&self, ctx: &InstanceContext) -> Result<()> {
