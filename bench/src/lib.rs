@@ -84,6 +84,8 @@ struct Row {
     /// CPU seconds during the measured run: api, workers (sum), RabbitMQ, PostgreSQL; elapsed.
     cpu: [f64; 5],
     submit_per_s: f64,
+    /// The registry's size when empty (just migrated) and after the run.
+    registry: (system::RegistrySize, system::RegistrySize),
 }
 
 /// Runs every requested configuration, then the reference, and prints the figures.
@@ -133,6 +135,7 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
     let real = args.provisioner != "noop";
     let prefix = format!("b{}", sys.id);
     let mut made = Vec::new();
+    let empty = sys.registry_size().context("reading the empty registry's size")?;
     if args.warmup > 0 && !real {
         let warm = format!("{prefix}w");
         let load = load::Load { prefix: &warm, n: args.warmup, ..load(args, &prefix, timeout) };
@@ -152,6 +155,7 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
     let result = load::run(&sys, load(args, &prefix, timeout)).await;
     let after = cpu();
     let memory = sys.pids().into_iter().map(|(name, pid)| (name, system::peak_kib(pid).unwrap_or(0))).collect();
+    let size = sys.registry_size().context("reading the registry's size")?;
     drop(sys);
     if real {
         for id in &made {
@@ -181,6 +185,7 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
             result.elapsed.as_secs_f64(),
         ],
         submit_per_s: n / result.submit_elapsed.as_secs_f64(),
+        registry: (empty, size),
     })
 }
 
@@ -219,6 +224,19 @@ fn print_row(args: &Args, r: &Row) {
          (in {secs:.1} s on {} cores; ms of cpu per job: {:.2})",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         (api + workers + rabbit + pg) * 1e3 / r.latency_ms.len().max(1) as f64
+    );
+    let (empty, after) = r.registry;
+    let jobs = after.jobs.max(1) as f64;
+    println!(
+        "registry size   {:.0} bytes per job ({} jobs, {} instances: all tables {:.1} MB over the empty schema's {:.1} MB; \
+         jobs {:.0} B per job, instances {:.0} B per instance, with indexes)",
+        after.all.saturating_sub(empty.all) as f64 / jobs,
+        after.jobs,
+        after.instances,
+        after.all.saturating_sub(empty.all) as f64 / 1e6,
+        empty.all as f64 / 1e6,
+        after.jobs_bytes.saturating_sub(empty.jobs_bytes) as f64 / jobs,
+        after.instances_bytes.saturating_sub(empty.instances_bytes) as f64 / after.instances.max(1) as f64,
     );
     let _ = args;
 }

@@ -158,12 +158,44 @@ impl System {
         }
     }
 
+    /// The registry's size now: rows of `jobs` and `instances`, and bytes (tables with their
+    /// indexes and TOAST) of all its tables, of `jobs` and of `instances`.
+    pub fn registry_size(&self) -> Result<RegistrySize> {
+        let url = format!("postgres://dfe:dfe@127.0.0.1:5432/{}", self.database);
+        let sql = "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM instances),
+                          (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                             JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'public' AND c.relkind = 'r'),
+                          pg_total_relation_size('jobs'), pg_total_relation_size('instances')";
+        let out = run(Command::new("psql").args([url.as_str(), "-qAt", "-F", " ", "-c", sql]))?;
+        let f: Vec<u64> = out.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        let [jobs, instances, all, jobs_bytes, instances_bytes] = f[..] else {
+            bail!("unexpected answer from the registry size query: {out:?}");
+        };
+        Ok(RegistrySize { jobs, instances, all, jobs_bytes, instances_bytes })
+    }
+
     /// Process ids: the api first, then the workers.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut v = vec![("dfe-api".to_owned(), self.api.id())];
         v.extend(self.workers.iter().enumerate().map(|(i, w)| (format!("dfe-worker {}", i + 1), w.id())));
         v
     }
+}
+
+/// The registry's size at one moment ([`System::registry_size`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RegistrySize {
+    /// Rows in `jobs`.
+    pub jobs: u64,
+    /// Rows in `instances`.
+    pub instances: u64,
+    /// Bytes of all tables, with their indexes and TOAST.
+    pub all: u64,
+    /// Bytes of `jobs`, with its indexes and TOAST.
+    pub jobs_bytes: u64,
+    /// Bytes of `instances`, with its indexes and TOAST.
+    pub instances_bytes: u64,
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.

@@ -7,6 +7,7 @@
 //! - [`instances`]: instance rows: reading and listing.
 //! - [`snapshots`]: the snapshots written by exports, removed with their archives.
 //! - [`retention`]: what the snapshot schedules keep and prune, and their slots.
+//! - [`history`]: finished jobs deleted past `registry.keep-finished-days`, with what hangs on them.
 //! - [`leases`]: one process at a time for a duty (the snapshot schedules), by expiring leases.
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
 //! - [`leases`]: one holder at a time for a schedule.
@@ -25,6 +26,7 @@
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod history;
 pub mod instances;
 pub mod jobs;
 pub mod leases;

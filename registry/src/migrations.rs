@@ -217,6 +217,11 @@ CREATE TABLE schedule_slots (
     UNIQUE (schedule, instance_id, slot)
 );
 "#,
+    // Retention of finished jobs (`registry.keep-finished-days`): the oldest finished jobs are
+    // found in order of their end without reading the whole table.
+    r#"
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('succeeded', 'failed');
+"#,
 ];
 
 /// Applies the migrations not yet recorded in `dfe_schema_migrations`.

@@ -13,6 +13,7 @@
 //!   its encryption to age recipients.
 //! - [`schedules`]: the snapshot schedules, run by the worker holding their lease.
 //! - [`lifecycle`]: the expiry schedule, run by the worker holding its lease.
+//! - [`history`]: finished jobs deleted past `registry.keep-finished-days`, by the lease holder.
 //! - [`submitted`]: publishing the jobs the schedules submit, at once.
 //! - [`probe`]: the health of hosts and servers, probed by the workers together.
 //! - [`reconcile`]: registry against hosts and servers: orphans, missing parts, stuck jobs.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod events;
 pub mod fault;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
@@ -141,6 +143,14 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
             broker: BrokerHandle::new(&config.amqp.url, &format!("{} lifecycle", options.worker_id)),
             metrics: metrics.clone(),
             config: config.lifecycle.clone(),
+        }
+        .run(background.clone()),
+    );
+    tokio::spawn(
+        history::Retention {
+            worker_id: options.worker_id.clone(),
+            registry: registry.clone(),
+            keep_days: config.registry.keep_finished_days,
         }
         .run(background.clone()),
     );

@@ -238,10 +238,18 @@ pub struct RegistryConfig {
     /// Connections in the pool.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// Days a finished job (`succeeded`, `failed`) is kept after its end before the workers
+    /// delete it with what hangs on it (default 30); 0 keeps every job for ever.
+    #[serde(default = "default_keep_finished_days")]
+    pub keep_finished_days: u32,
 }
 
 fn default_pool_size() -> usize {
     16
+}
+
+fn default_keep_finished_days() -> u32 {
+    30
 }
 
 /// dfe-api.
