@@ -177,7 +177,7 @@ cmd_start() {
     done
     for n in "${started[@]}"; do await_node "$n"; done
     for ((n = 1; n <= NODES; n++)); do
-        amqp_open "$(amqp_port "$n")" || await_node "$n"
+        amqp_open "$(amqp_port "$n")" || unpause_stuck "$n" 30
     done
     # Fresh nodes join node 1's cluster; a member that was killed or stopped finds it again
     # on its own when it starts.
@@ -292,6 +292,27 @@ cmd_partition() {
     say "$(node_name "$1") is cut off from the other nodes (heal with: deploy/cluster-rabbitmq.sh heal)"
 }
 
+# A node that pause_minority paused resumes by itself once it sees the majority again, but
+# RabbitMQ 3.10 (Debian's) sometimes leaves it paused for good after a partition healed:
+# its VM runs, it lists every member as running, and its rabbit app and listener stay
+# stopped (and `start_app` hangs). Such a node gets `grace` seconds to resume, then its VM
+# is killed and started again, which rejoins it with its data as after a crash.
+unpause_stuck() {   # N grace
+    local n=$1 grace=$2 t0=$SECONDS pid
+    pid="$(vm_pid "$n")" || return 0
+    [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" == T* ]] && return 0   # SIGSTOPped on purpose
+    while ((SECONDS - t0 < grace)); do
+        amqp_open "$(amqp_port "$n")" && return 0
+        sleep 1
+    done
+    say "$(node_name "$n") stayed paused after the partition healed: restarting it"
+    kill -KILL "$pid" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    start_node "$n"
+    await_node "$n"
+}
+
 cmd_heal() {
     if iptables -S "$CHAIN" >/dev/null 2>&1; then
         iptables -D INPUT -i lo -j "$CHAIN" 2>/dev/null || true
@@ -299,6 +320,8 @@ cmd_heal() {
         iptables -X "$CHAIN"
     fi
     say "no partition rules in place"
+    local n
+    for ((n = 1; n <= NODES; n++)); do unpause_stuck "$n" 30; done
 }
 
 cmd_stop() {
