@@ -262,23 +262,20 @@ async fn copy(
     meta.timings.record("storage", t.elapsed());
 
     let t = Instant::now();
-    let database = if moves_database {
-        let made = to.db.connection(&new.ctx)?;
-        to.db.provision(&new.ctx, &made).instrument(step_span("database")).await?;
-        to.db.import(&new.ctx, &sql).instrument(step_span("database")).await?;
-        if let Err(e) = to.db.commit_import(&new.ctx).await {
-            tracing::warn!(error = %e.chain(), "dropping the fresh database's pre-import copy failed");
-        }
-        made
-    } else {
-        match kept {
-            Some(info) => info,
-            // An instance that keeps no connection (noop): nothing is rotated by asking.
-            None => {
-                let info = to.db.connection(&new.ctx)?;
-                to.db.provision(&new.ctx, &info).await?;
-                info
+    // `kept` is the database that stays; otherwise one is made on the target's server and,
+    // when it moves, restored (of an instance that keeps no connection, noop, nothing is).
+    let database = match kept {
+        Some(info) => info,
+        None => {
+            let info = to.db.connection(&new.ctx)?;
+            to.db.provision(&new.ctx, &info).instrument(step_span("database")).await?;
+            if moves_database {
+                to.db.import(&new.ctx, &sql).instrument(step_span("database")).await?;
+                if let Err(e) = to.db.commit_import(&new.ctx).await {
+                    tracing::warn!(error = %e.chain(), "dropping the fresh database's pre-import copy failed");
+                }
             }
+            info
         }
     };
     meta.timings.record("database", t.elapsed());

@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::events::{Events, JobMeta};
 use crate::fault::hold_after;
 use crate::manager::Plan;
-use crate::provisioners::StorageInfo;
 use crate::runner::JobSpec;
 use crate::timings::step_span;
 
@@ -166,25 +165,26 @@ async fn steps(
     let placement = json!({ "cluster-id": record.cluster_id, "host-id": record.host_id, "database-server": record.database_server });
     let db = p.db.connection(ctx)?;
 
-    // The host's chain keeps what it made of the storage, so that a failure of the
-    // instance step still announces it.
-    let storage_made = std::sync::Mutex::new(None::<StorageInfo>);
+    // The host's chain hands back what it made of the storage even when its instance step
+    // fails, so that the failure still announces it.
     let host_chain = async {
         let t = Instant::now();
-        let storage = p.storage.provision(ctx).instrument(step_span("storage")).await?;
+        let storage = match p.storage.provision(ctx).instrument(step_span("storage")).await {
+            Ok(s) => s,
+            Err(e) => return (None, Err(e)),
+        };
         meta.timings.record("storage", t.elapsed());
-        if let Ok(mut slot) = storage_made.lock() {
-            *slot = Some(storage.clone());
-        }
         hold_after("storage").await;
         let t = Instant::now();
-        let instance = p.instance.provision(ctx, &storage, &db).instrument(step_span("instance")).await?;
+        let instance = p.instance.provision(ctx, &storage, &db).instrument(step_span("instance")).await;
         meta.timings.record("instance", t.elapsed());
-        if let Some(health) = instance.health_wait {
+        if let Some(health) = instance.as_ref().ok().and_then(|i| i.health_wait) {
             meta.timings.record("health", health);
         }
-        hold_after("instance").await;
-        Ok::<_, Error>(instance)
+        if instance.is_ok() {
+            hold_after("instance").await;
+        }
+        (Some(storage), instance)
     };
     let database_chain = async {
         let t = Instant::now();
@@ -193,8 +193,7 @@ async fn steps(
         hold_after("database").await;
         Ok::<_, Error>(())
     };
-    let (instance, database) = tokio::join!(host_chain, database_chain);
-    let storage = storage_made.into_inner().ok().flatten();
+    let ((storage, instance), database) = tokio::join!(host_chain, database_chain);
     *on_host = storage.as_ref().is_some_and(|s| s.volume.is_some());
 
     // What was made is announced, in the fixed order, before the outcome.
