@@ -6,11 +6,13 @@
 //! - [`load`]: N provisions with C in flight, via REST or the queue, timed to their final events.
 //! - [`raw`]: the raw RabbitMQ reference (confirmed persistent publish into a quorum queue,
 //!   consume with acks) for the `noop` pipeline.
+//! - [`probe`]: list endpoints, `dfe instances` and a reconciliation pass on the registry a run left.
 //! - [`stats`]: the percentiles (nearest rank) and their formatting, in milliseconds.
 //!
 //! The reference of the real provisioners is `bench/baseline.sh` (docker CLI and psql by hand).
 
 pub mod load;
+pub mod probe;
 pub mod raw;
 pub mod stats;
 pub mod system;
@@ -71,6 +73,18 @@ pub struct Args {
     /// Unmeasured jobs submitted first (connections, pools, statement caches warm up).
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
+    /// Instances provisioned (and kept) before the measured run, with the same provisioner
+    /// and parallelism: the measured jobs then run beside that many (cost growth).
+    #[arg(long, default_value_t = 0)]
+    pub fill: usize,
+    /// After the measured run, time the list endpoints, `dfe instances` and a
+    /// reconciliation pass on what the registry then holds.
+    #[arg(long)]
+    pub probe: bool,
+    /// Open loop: submit at this many jobs per second (the latency at a given load; the
+    /// default submits as fast as the `-c` submissions in flight allow).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// One measured configuration.
@@ -141,6 +155,21 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
         let load = load::Load { prefix: &warm, n: args.warmup, ..load(args, &prefix, timeout) };
         load::run(&sys, load).await.context("warm-up")?;
     }
+    if args.fill > 0 {
+        let fill = format!("{prefix}f");
+        let t = std::time::Instant::now();
+        let load =
+            load::Load { prefix: &fill, n: args.fill, sequential: false, rate: None, ..load(args, &prefix, timeout) };
+        let filled = load::run(&sys, load).await.context("fill");
+        made.extend((0..args.fill).map(|i| format!("{fill}-{i}")));
+        let filled = filled?;
+        let failed = filled.jobs.iter().filter(|j| !j.succeeded).count();
+        eprintln!(
+            "[{workers} worker(s)] filled with {} instances ({failed} failed) in {:.1} s",
+            args.fill,
+            t.elapsed().as_secs_f64()
+        );
+    }
     made.extend((0..args.jobs).map(|i| format!("{prefix}-{i}")));
     let cpu = || {
         let pids = sys.pids();
@@ -156,6 +185,15 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
     let after = cpu();
     let memory = sys.pids().into_iter().map(|(name, pid)| (name, system::peak_kib(pid).unwrap_or(0))).collect();
     let size = sys.registry_size().context("reading the registry's size")?;
+    if args.probe {
+        println!(
+            "\n== reads at {} jobs and {} instances in the registry ({workers} worker(s)) ==",
+            size.jobs, size.instances
+        );
+        if let Err(e) = probe::run(&sys, &args.bin_dir).await {
+            eprintln!("probe failed: {e:#}");
+        }
+    }
     drop(sys);
     if real {
         for id in &made {
@@ -197,6 +235,7 @@ fn load<'a>(args: &'a Args, prefix: &'a str, timeout: Duration) -> load::Load<'a
         n: args.jobs,
         concurrency: args.concurrency,
         sequential: args.sequential,
+        rate: args.rate,
         timeout,
     }
 }

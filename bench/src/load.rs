@@ -112,13 +112,16 @@ pub struct Load<'a> {
     /// Closed loop: each job is submitted only after the previous one's final event (one
     /// job in the system at a time: the latency of a single provision).
     pub sequential: bool,
+    /// Open loop: submission `i` starts at `i / rate` seconds (the latency at a given load,
+    /// rather than at saturation).
+    pub rate: Option<f64>,
     /// How long to wait for all final events.
     pub timeout: Duration,
 }
 
 /// Submits the provisions and waits for all their final events.
 pub async fn run(system: &crate::system::System, load: Load<'_>) -> Result<LoadResult> {
-    let Load { via, guest, prefix, n, concurrency, sequential, timeout } = load;
+    let Load { via, guest, prefix, n, concurrency, sequential, rate, timeout } = load;
     let (finals, notify) = subscribe(&system.amqp_url).await?;
     let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(concurrency).build()?;
     let conn = dfe_shared::broker::connect(&system.amqp_url, "dfe-bench submit").await?;
@@ -128,6 +131,9 @@ pub async fn run(system: &crate::system::System, load: Load<'_>) -> Result<LoadR
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        }
         let permit = slots.clone().acquire_owned().await?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let this_job = job_id.clone();

@@ -3,7 +3,7 @@
 //! [`crate::transitions`].
 
 use dfe_shared::event::EventError;
-use dfe_shared::job::{Job, JobKind};
+use dfe_shared::job::JobKind;
 use dfe_shared::records::{JobRecord, JobState};
 use tokio_postgres::Row;
 
@@ -198,24 +198,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Starts a run of a job: `running`, one more attempt. `None` when the job has already
-    /// ended (a duplicate delivery).
-    pub async fn start_job(&self, job_id: &str, worker: &str, deadline_secs: f64) -> Result<Option<JobRecord>> {
-        let client = self.client().await?;
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
-                    updated_at = now(), worker = $2, published_at = coalesce(published_at, now()),
-                    next_retry_at = NULL, deadline_at = now() + make_interval(secs => $3)
-             WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
-             RETURNING {JOB_COLUMNS}"
-        );
-        let row = client
-            .query_opt(&crate::stmt(&client, &sql).await?, &[&job_id, &worker, &deadline_secs])
-            .await
-            .map_err(Error::query("starting a job"))?;
-        row.as_ref().map(job_from_row).transpose()
-    }
-
     /// Records that a job failed transiently and runs again after `delay_secs`: `retrying`,
     /// with the error of the attempt and the time of the next one.
     pub async fn schedule_retry(&self, job_id: &str, delay_secs: f64, error: &EventError) -> Result<()> {
@@ -261,60 +243,5 @@ impl Registry {
             }
         }
         Ok(out)
-    }
-
-    /// Records a job that arrived straight on a queue (no claim: the worker claims when it
-    /// runs, so a refusal becomes a failure event). Returns the job as recorded, which is
-    /// the earlier record when the job id is already known.
-    pub async fn record(&self, job: &Job, by: &Submitter<'_>) -> Result<JobRecord> {
-        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
-        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
-        let client = self.client().await?;
-        // One round trip whether the job is new or known (the api recorded it, or this is a
-        // redelivery): the CTE inserts, and the second branch reads the existing row.
-        let sql = format!(
-            "WITH ins AS (
-                INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
-                                  fingerprint, published_at, traceparent)
-                VALUES ($1, $2, 'queued', $3,
-                        coalesce($4, (SELECT owner_id FROM instances WHERE instance_id = $3)),
-                        $5, $6, $7, $8, now(), $9)
-                ON CONFLICT (job_id) DO NOTHING
-                RETURNING {JOB_COLUMNS})
-             SELECT {JOB_COLUMNS} FROM ins
-             UNION ALL
-             SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
-        );
-        let inserted = client
-            .query_opt(
-                &crate::stmt(&client, &sql).await?,
-                &[
-                    &job_id,
-                    &job.kind().as_str(),
-                    &job.instance_id().as_str(),
-                    &owner,
-                    &job.to_value(),
-                    &by.source,
-                    &by.requested_by,
-                    &by.fingerprint,
-                    &by.traceparent,
-                ],
-            )
-            .await
-            .map_err(Error::query("recording a queued job"))?;
-        if let Some(row) = inserted {
-            return job_from_row(&row);
-        }
-        // Inserted concurrently by another delivery (invisible to the statement's snapshot):
-        // read it now, on the same connection, so a job never holds two pool connections.
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
-        let row = client
-            .query_opt(&crate::stmt(&client, &sql).await?, &[&job_id])
-            .await
-            .map_err(Error::query("reading a job"))?;
-        row.as_ref()
-            .map(job_from_row)
-            .transpose()?
-            .ok_or_else(|| Error::Inconsistent(format!("job {job_id} vanished right after it was recorded")))
     }
 }

@@ -10,10 +10,10 @@
 //! - [`history`]: finished jobs deleted past `registry.keep-finished-days`, with what hangs on them.
 //! - [`leases`]: one process at a time for a duty (the snapshot schedules), by expiring leases.
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
-//! - [`leases`]: one holder at a time for a schedule.
 //! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
 //! - [`moves`]: where a move takes an instance, and the switch of its record.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
+//! - [`runs`]: a worker's run of a job: record, lock and start in one statement; end, then unlock.
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
 //! - [`reconciliation`]: requests for a reconciliation and the reports the workers write.
@@ -37,6 +37,7 @@ pub mod moves;
 pub mod outbox;
 pub mod reconciliation;
 pub mod retention;
+pub mod runs;
 pub mod snapshots;
 pub mod transitions;
 
@@ -50,6 +51,7 @@ pub use instances::InstanceFilter;
 pub use jobs::{Cancelled, JobFilter, Submitter};
 pub use lock::{InstanceLock, LockPool};
 pub use moves::Switch;
+pub use runs::{Entered, Entry, RunBy};
 pub use snapshots::SnapshotFilter;
 pub use transitions::{Admission, Claimed, Ending, Refusal, SubmitOutcome, Transition};
 

@@ -2,19 +2,15 @@
 //! lock held on a dedicated connection for the length of a job. When a worker dies, its
 //! connection closes and PostgreSQL releases the lock, so a redelivered job can go on.
 
-use std::time::Duration;
-
 use deadpool_postgres::{Object, Pool, RecyclingMethod};
-
-use dfe_shared::ids::InstanceId;
 
 use crate::{Error, Result};
 
 /// First key of the two-key advisory lock space used for instances ("dfe").
-const LOCK_SPACE: i32 = 0x0064_6665;
+pub(crate) const LOCK_SPACE: i32 = 0x0064_6665;
 
-/// How often a waiting job retries the lock.
-const POLL: Duration = Duration::from_millis(200);
+/// Releases the lock of an instance; true when it was held.
+pub(crate) const UNLOCK: &str = "SELECT pg_advisory_unlock($1, hashtext($2))";
 
 /// Connections dedicated to instance locks. A connection goes back to the pool only after
 /// its lock was released; one whose release failed, or whose guard was dropped without
@@ -23,15 +19,15 @@ const POLL: Duration = Duration::from_millis(200);
 /// `DISCARD ALL` round trip (and a lost statement cache) on every checkout.
 #[derive(Clone)]
 pub struct LockPool {
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 /// A held lock; release it with [`InstanceLock::release`]. Dropping it without releasing
 /// closes its connection, which frees the lock.
 pub struct InstanceLock {
     /// The connection holding the lock (None once released or discarded).
-    client: Option<Object>,
-    instance: String,
+    pub(crate) client: Option<Object>,
+    pub(crate) instance: String,
 }
 
 impl LockPool {
@@ -39,33 +35,18 @@ impl LockPool {
     pub fn new(url: &str, size: usize) -> Result<LockPool> {
         Ok(LockPool { pool: crate::pool(url, size, RecyclingMethod::Fast)? })
     }
-
-    /// Waits up to `timeout` for the lock of `instance`. `Ok(None)` when it stayed busy.
-    pub async fn acquire(&self, instance: &InstanceId, timeout: Duration) -> Result<Option<InstanceLock>> {
-        let client = self.pool.get().await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let try_lock = crate::stmt(&client, "SELECT pg_try_advisory_lock($1, hashtext($2))").await?;
-        loop {
-            let row = client
-                .query_one(&try_lock, &[&LOCK_SPACE, &instance.as_str()])
-                .await
-                .map_err(Error::query("taking an instance lock"))?;
-            if row.get::<_, bool>(0) {
-                return Ok(Some(InstanceLock { client: Some(client), instance: instance.as_str().to_owned() }));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
 }
 
 impl InstanceLock {
+    /// The lock of `instance`, held by `client`'s session.
+    pub(crate) fn held(client: Object, instance: &str) -> InstanceLock {
+        InstanceLock { client: Some(client), instance: instance.to_owned() }
+    }
+
     /// Releases the lock.
     pub async fn release(mut self) -> Result<()> {
         let Some(client) = self.client.as_ref() else { return Ok(()) };
-        let unlock = crate::stmt(client, "SELECT pg_advisory_unlock($1, hashtext($2))").await?;
+        let unlock = crate::stmt(client, UNLOCK).await?;
         let row = client
             .query_one(&unlock, &[&LOCK_SPACE, &self.instance])
             .await

@@ -324,88 +324,8 @@ impl Registry {
     /// Ends job `job_id` and applies its transition to the instance, atomically. False when
     /// the job had already ended (a duplicate run): then nothing changes.
     pub async fn complete(&self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(Error::query("starting a job completion"))?;
-        let finish = crate::stmt(
-            &tx,
-            "UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
-             WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
-        )
-        .await?;
-        let error = ending.error.map(|e| serde_json::to_value(e).unwrap_or_default());
-        let n = tx
-            .execute(&finish, &[&job_id, &ending.state.as_str(), &ending.result, &error])
-            .await
-            .map_err(Error::query("finishing a job"))?;
-        if n == 0 {
-            return Ok(false);
-        }
-        let changed = match &ending.transition {
-            Transition::None | Transition::Suspended | Transition::Resumed { .. } => None,
-            Transition::Provisioned { resource_uri, resources } => Some(
-                tx.execute(
-                    &crate::stmt(
-                        &tx,
-                        "UPDATE instances SET state = 'provisioned', resource_uri = $3, resources = $4,
-                                provisioned_at = now(), updated_at = now()
-                         WHERE instance_id = $1 AND job_id = $2",
-                    )
-                    .await?,
-                    &[&instance_id, &job_id, resource_uri, resources],
-                )
-                .await,
-            ),
-            Transition::Released => Some(
-                tx.execute(
-                    "DELETE FROM instances WHERE instance_id = $1 AND job_id = $2 AND state = 'provisioning'",
-                    &[&instance_id, &job_id],
-                )
-                .await,
-            ),
-            Transition::Deprovisioned => Some(
-                tx.execute(
-                    "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
-                     WHERE instance_id = $1 AND job_id = $2",
-                    &[&instance_id, &job_id],
-                )
-                .await,
-            ),
-            Transition::Failed => Some(
-                tx.execute(
-                    "UPDATE instances SET state = 'failed', updated_at = now()
-                     WHERE instance_id = $1 AND job_id = $2 AND state IN ('provisioning', 'deprovisioning')",
-                    &[&instance_id, &job_id],
-                )
-                .await,
-            ),
-        };
-        // A suspend or resume uses the instance without owning it (nothing else may run on it
-        // meanwhile: the instance lock), so only the state it starts from is checked.
-        let changed = match (&ending.transition, changed) {
-            (Transition::Suspended, _) => Some(
-                tx.execute(
-                    "UPDATE instances SET state = 'suspended', updated_at = now()
-                     WHERE instance_id = $1 AND state IN ('provisioned', 'suspended')",
-                    &[&instance_id],
-                )
-                .await,
-            ),
-            (Transition::Resumed { resource_uri }, _) => Some(
-                tx.execute(
-                    "UPDATE instances SET state = 'provisioned', updated_at = now(),
-                            resource_uri = coalesce($2, resource_uri)
-                     WHERE instance_id = $1 AND state IN ('suspended', 'provisioned')",
-                    &[&instance_id, resource_uri],
-                )
-                .await,
-            ),
-            (_, c) => c,
-        };
-        if let Some(r) = changed {
-            r.map_err(Error::query("updating an instance"))?;
-        }
-        tx.commit().await.map_err(Error::query("committing a job completion"))?;
-        Ok(true)
+        let client = self.client().await?;
+        complete_on(&client, job_id, instance_id, ending).await
     }
 
     /// Cancels job `job_id` for client `by`, if it has not started: a `queued` or `retrying`
@@ -555,6 +475,113 @@ impl Registry {
             .await
             .map_err(Error::query("marking an abandoned instance failed"))?;
         Ok(n > 0)
+    }
+}
+
+/// Ends job `job_id` and applies its transition to the instance.
+pub(crate) async fn complete_on(
+    c: &impl deadpool_postgres::GenericClient,
+    job_id: &str,
+    instance_id: &str,
+    ending: &Ending<'_>,
+) -> Result<bool> {
+    let completion = Completion::new(job_id, instance_id, ending);
+    let row = c
+        .query_one(&crate::stmt(c, completion.sql()).await?, &completion.params())
+        .await
+        .map_err(Error::query("ending a job"))?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
+/// The statement that ends a job and applies its transition to the instance, in one round
+/// trip and one commit: the job's update and the instance's are data-modifying CTEs of one
+/// statement, so they commit together, and the instance changes only when the job did end
+/// here. It returns the number of jobs ended (0: it had ended already).
+pub(crate) struct Completion<'a> {
+    sql: String,
+    job_id: &'a str,
+    state: &'static str,
+    error: Option<serde_json::Value>,
+    instance_id: &'a str,
+    ending: &'a Ending<'a>,
+}
+
+impl<'a> Completion<'a> {
+    pub(crate) fn new(job_id: &'a str, instance_id: &'a str, ending: &'a Ending<'a>) -> Completion<'a> {
+        // $1 job, $2 state, $3 result, $4 error, $5 instance; $6 and $7 as the change needs.
+        let instance = match &ending.transition {
+            Transition::None => None,
+            Transition::Provisioned { .. } => Some(
+                "UPDATE instances SET state = 'provisioned', resource_uri = $6, resources = $7,
+                        provisioned_at = now(), updated_at = now()
+                 WHERE instance_id = $5 AND job_id = $1",
+            ),
+            Transition::Released => {
+                Some("DELETE FROM instances WHERE instance_id = $5 AND job_id = $1 AND state = 'provisioning'")
+            }
+            Transition::Deprovisioned => Some(
+                "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
+                 WHERE instance_id = $5 AND job_id = $1",
+            ),
+            Transition::Failed => Some(
+                "UPDATE instances SET state = 'failed', updated_at = now()
+                 WHERE instance_id = $5 AND job_id = $1 AND state IN ('provisioning', 'deprovisioning')",
+            ),
+            // A suspend or resume uses the instance without owning it (nothing else may run
+            // on it meanwhile: the instance lock), so only the state it starts from is checked.
+            Transition::Suspended => Some(
+                "UPDATE instances SET state = 'suspended', updated_at = now()
+                 WHERE instance_id = $5 AND state IN ('provisioned', 'suspended')",
+            ),
+            Transition::Resumed { .. } => Some(
+                "UPDATE instances SET state = 'provisioned', updated_at = now(),
+                        resource_uri = coalesce($6, resource_uri)
+                 WHERE instance_id = $5 AND state IN ('suspended', 'provisioned')",
+            ),
+        };
+        // PostgreSQL runs a data-modifying CTE whether or not the main query reads it.
+        let instance = instance.map(|sql| format!(", instance AS ({sql} AND EXISTS (SELECT 1 FROM job))"));
+        let sql = format!(
+            "WITH job AS (
+                UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
+                WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
+                RETURNING job_id){}
+             SELECT count(*) FROM job",
+            instance.unwrap_or_default()
+        );
+        Completion {
+            sql,
+            job_id,
+            state: ending.state.as_str(),
+            error: ending.error.map(|e| serde_json::to_value(e).unwrap_or_default()),
+            instance_id,
+            ending,
+        }
+    }
+
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub(crate) fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&self.job_id, &self.state, self.ending.result, &self.error];
+        // A statement takes exactly the parameters it names: without a change to the
+        // instance, not even its id.
+        match &self.ending.transition {
+            Transition::None => {}
+            Transition::Provisioned { resource_uri, resources } => {
+                params.push(&self.instance_id);
+                params.push(resource_uri);
+                params.push(resources);
+            }
+            Transition::Resumed { resource_uri } => {
+                params.push(&self.instance_id);
+                params.push(resource_uri);
+            }
+            _ => params.push(&self.instance_id),
+        }
+        params
     }
 }
 

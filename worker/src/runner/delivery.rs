@@ -1,7 +1,7 @@
 //! One delivery, from parsing to acknowledgement:
 //!
 //! check (size, content type, AMQP type) and parse, or dead-letter → assign the job id →
-//! record → take the job's lock → start → run the body (a panic or a hard deadline becomes
+//! record, take the job's lock and start (one statement) → run the body (a panic or a hard deadline becomes
 //! the job's failure, with its kind's abort transition) → retry later, or record the
 //! outcome → announce the final event → acknowledge.
 //!
@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfe_registry::{Ending, Submitter, Transition};
+use dfe_registry::{Ending, Entered, Entry, InstanceLock, RunBy, Submitter, Transition};
 use dfe_shared::broker;
 use dfe_shared::event::{names, EventError};
 use dfe_shared::ids::Tag;
@@ -187,38 +187,37 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             traceparent: traceparent.as_deref(),
             ..Default::default()
         };
-        let record = self.registry.record(&job, &by).await.map_err(Error::from)?;
-        if record.kind != kind {
-            let reason = format!("job-id {job_id} already names a {} job", record.kind);
-            return Ok(self.reject(events, kind, data, props, &reason).await?);
-        }
-        let mut meta = JobMeta::new(job_id.to_string(), kind, job.instance_id().to_string(), job.to_value());
-        meta.trace_id = dfe_shared::telemetry::trace_id(&span);
-        meta.traceparent = traceparent;
-        if meta.owner_id.is_none() {
-            meta.owner_id = self
-                .registry
-                .instance(job.instance_id().as_str())
-                .await
-                .map_err(Error::from)?
-                .and_then(|i| serde_json::to_value(i.owner_id).ok());
-        }
-        if record.state.is_terminal() {
-            return Ok(announce_again(events, &meta, &record).await?);
-        }
-
+        // Recorded, locked and started in one statement (the instance's lock is waited for
+        // up to the deadline; the job is recorded meanwhile).
         let key = spec.lock_key(&job).clone();
-        let lock =
-            self.locks.acquire(&key, self.deadline).await.map_err(|e| Failure::of(&meta, spec.aborted())(e.into()))?;
-        let Some(lock) = lock else {
-            let e = Error::LockBusy(format!("instance {key} stayed locked by another job for {:?}", self.deadline));
-            return Err(Failure::of(&meta, spec.aborted())(e));
+        let runner =
+            RunBy { worker: &self.worker_id, deadline_secs: self.deadline.as_secs_f64(), lock_wait: self.deadline };
+        let entry = self.locks.enter(&job, key.as_str(), &by, &runner).await.map_err(Error::from)?;
+        let meta_of = |entered: &Entered| {
+            let mut meta = JobMeta::new(job_id.to_string(), kind, job.instance_id().to_string(), job.to_value());
+            meta.trace_id = dfe_shared::telemetry::trace_id(&span);
+            meta.traceparent = traceparent.clone();
+            if meta.owner_id.is_none() {
+                meta.owner_id = entered.owner_id.clone();
+            }
+            meta
         };
-        let outcome = self.run_locked(events, spec, &job, meta).await;
-        if let Err(e) = lock.release().await {
-            tracing::warn!(error = %e, "instance lock release failed; its connection is closed, which frees the lock");
+        match entry {
+            Entry::OtherKind(e) => {
+                let reason = format!("job-id {job_id} already names a {} job", e.record.kind);
+                Ok(self.reject(events, kind, data, props, &reason).await?)
+            }
+            Entry::Ended(e) => Ok(announce_again(events, &meta_of(&e), &e.record).await?),
+            Entry::Busy(e) => {
+                let e2 =
+                    Error::LockBusy(format!("instance {key} stayed locked by another job for {:?}", self.deadline));
+                Err(Failure::of(&meta_of(&e), spec.aborted())(e2))
+            }
+            Entry::Started(e, lock) => {
+                let meta = meta_of(&e);
+                self.run_locked(events, spec, &job, meta, e.record, *lock).await
+            }
         }
-        outcome
     }
 
     /// Dead-letters a message that is not a job (and counts it).
@@ -235,27 +234,18 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         Ok(())
     }
 
+    /// Runs a started job under its instance's lock, records its outcome (or its retry)
+    /// and releases the lock, then announces the outcome.
     async fn run_locked(
         &self,
         events: &Events,
         spec: &Arc<dyn JobSpec<C>>,
         job: &Job,
         mut meta: JobMeta,
+        started: JobRecord,
+        lock: InstanceLock,
     ) -> std::result::Result<(), Failure> {
         let abort = spec.aborted();
-        let started = self
-            .registry
-            .start_job(&meta.job_id, &self.worker_id, self.deadline.as_secs_f64())
-            .await
-            .map_err(|e| Failure::of(&meta, abort.clone())(e.into()))?;
-        let Some(started) = started else {
-            // Finished by another delivery while this one waited for the lock.
-            let record = self.registry.job(&meta.job_id).await.map_err(Error::from)?;
-            let record = record.ok_or_else(|| {
-                Error::Registry(dfe_registry::Error::Inconsistent(format!("job {} vanished", meta.job_id)))
-            })?;
-            return Ok(announce_again(events, &meta, &record).await?);
-        };
         meta.attempt = u32::try_from(started.attempts).unwrap_or(u32::MAX);
         let run_started = std::time::Instant::now();
         tracing::info!(job_id = %meta.job_id, kind = %meta.kind, instance = %meta.instance_id, attempt = meta.attempt, "job started");
@@ -264,12 +254,17 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
 
         if outcome.state == JobState::Failed && outcome.transient {
             if self.retry.retries(meta.attempt) {
-                return self.retry_later(events, &meta, &outcome).await.map_err(Failure::of(&meta, abort));
+                let retried = self.retry_later(events, &meta, &outcome).await;
+                release(lock).await;
+                return retried.map_err(Failure::of(&meta, abort));
             }
             if let Some(e) = outcome.error.as_mut() {
                 e.message = format!("gave up after {} attempts: {}", meta.attempt, e.message);
             }
-            self.out_of_attempts(events, &meta, &outcome).await.map_err(Failure::of(&meta, abort.clone()))?;
+            if let Err(e) = self.out_of_attempts(events, &meta, &outcome).await {
+                release(lock).await;
+                return Err(Failure::of(&meta, abort)(e));
+            }
         }
         let ending = Ending {
             state: outcome.state,
@@ -277,9 +272,8 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             error: outcome.error.as_ref(),
             transition: outcome.transition.clone(),
         };
-        let completed = self
-            .registry
-            .complete(&meta.job_id, &meta.instance_id, &ending)
+        let completed = lock
+            .complete_and_release(&meta.job_id, &meta.instance_id, &ending)
             .await
             .map_err(|e| Failure::of(&meta, abort.clone())(e.into()))?;
         let record = if completed {
@@ -370,6 +364,13 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         deadletter::dead_letter(events, meta.kind, &body, &props, &reason).await?;
         self.metrics.dead_lettered();
         Ok(())
+    }
+}
+
+/// Releases an instance lock whose job's outcome is not recorded here (it runs again).
+async fn release(lock: InstanceLock) {
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "instance lock release failed; its connection is closed, which frees the lock");
     }
 }
 
