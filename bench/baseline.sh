@@ -9,6 +9,10 @@
 # Prints one line per instance, `instance NAME volume-ms V database-ms D container-ms C
 # health-ms H total-ms T` (container-ms includes the health wait, like the worker's
 # instance step), and `elapsed-ms E` for all N.
+#
+#   KEEP=1 bench/baseline.sh N PARALLEL     keeps what it made (a crowd of N instances to
+#                                           measure beside) and prints `kept RUN N`
+#   bench/baseline.sh --remove RUN N        removes such a crowd
 set -euo pipefail
 N="${1:-10}"
 PAR="${2:-4}"
@@ -52,7 +56,16 @@ cleanup() {
     psql "$PG" -qAt -c "DROP ROLE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
   done
 }
-trap cleanup EXIT
+if [ "${1:-}" = "--remove" ]; then
+  RUN="$2" N="$3"
+  cleanup
+  exit 0
+fi
+if [ "${KEEP:-}" = 1 ]; then
+  trap 'echo "kept $RUN $N"' EXIT
+else
+  trap cleanup EXIT
+fi
 
 export -f one now_ms
 export RUN PG IMAGE

@@ -73,8 +73,8 @@ pub struct Args {
     /// Unmeasured jobs submitted first (connections, pools, statement caches warm up).
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// Instances provisioned (and kept) before the measured run, with the same provisioner
-    /// and parallelism: the measured jobs then run beside that many (cost growth).
+    /// Instances provisioned (and kept) before the measured run, with the same provisioner,
+    /// at least 8 at a time: the measured jobs then run beside that many (cost growth).
     #[arg(long, default_value_t = 0)]
     pub fill: usize,
     /// After the measured run, time the list endpoints, `dfe instances` and a
@@ -158,8 +158,14 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
     if args.fill > 0 {
         let fill = format!("{prefix}f");
         let t = std::time::Instant::now();
-        let load =
-            load::Load { prefix: &fill, n: args.fill, sequential: false, rate: None, ..load(args, &prefix, timeout) };
+        let load = load::Load {
+            prefix: &fill,
+            n: args.fill,
+            concurrency: args.concurrency.max(8),
+            sequential: false,
+            rate: None,
+            ..load(args, &prefix, timeout)
+        };
         let filled = load::run(&sys, load).await.context("fill");
         made.extend((0..args.fill).map(|i| format!("{fill}-{i}")));
         let filled = filled?;

@@ -61,7 +61,7 @@ pub async fn run(sys: &System, bin_dir: &Path) -> Result<()> {
         let (took, body) = get(path).await?;
         pages += 1;
         last_page = took;
-        rows += body["items"].as_array().map_or(0, Vec::len);
+        rows += body["instances"].as_array().map_or(0, Vec::len);
         match body["next-cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
