@@ -325,7 +325,12 @@ impl Registry {
     /// the job had already ended (a duplicate run): then nothing changes.
     pub async fn complete(&self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
         let client = self.client().await?;
-        complete_on(&client, job_id, instance_id, ending).await
+        let completion = Completion::new(job_id, instance_id, ending);
+        let row = client
+            .query_one(&crate::stmt(&client, completion.sql()).await?, &completion.params())
+            .await
+            .map_err(Error::query("ending a job"))?;
+        Ok(row.get::<_, i64>(0) > 0)
     }
 
     /// Cancels job `job_id` for client `by`, if it has not started: a `queued` or `retrying`
@@ -476,21 +481,6 @@ impl Registry {
             .map_err(Error::query("marking an abandoned instance failed"))?;
         Ok(n > 0)
     }
-}
-
-/// Ends job `job_id` and applies its transition to the instance.
-pub(crate) async fn complete_on(
-    c: &impl deadpool_postgres::GenericClient,
-    job_id: &str,
-    instance_id: &str,
-    ending: &Ending<'_>,
-) -> Result<bool> {
-    let completion = Completion::new(job_id, instance_id, ending);
-    let row = c
-        .query_one(&crate::stmt(c, completion.sql()).await?, &completion.params())
-        .await
-        .map_err(Error::query("ending a job"))?;
-    Ok(row.get::<_, i64>(0) > 0)
 }
 
 /// The statement that ends a job and applies its transition to the instance, in one round

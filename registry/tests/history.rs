@@ -2,31 +2,9 @@
 //! of finished jobs deletes old finished jobs with what hangs on them, in batches, and
 //! keeps recent and unfinished jobs and every job something still refers to.
 
-use dfe_registry::Registry;
+mod common;
 
-const ADMIN: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL on 127.0.0.1:5432 ({e}): run `deploy/setup.sh` first"));
-    tokio::spawn(conn);
-    client
-}
-
-async fn scratch(name: &str) -> (Registry, tokio_postgres::Client) {
-    let admin = connect(ADMIN).await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop");
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create");
-    let url = format!("postgres://dfe:dfe@127.0.0.1:5432/{name}");
-    let registry = Registry::connect(&url, 2).await.expect("registry");
-    (registry, connect(&url).await)
-}
-
-async fn drop_scratch(name: &str) {
-    let admin = connect(ADMIN).await;
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-}
+use common::{drop_scratch, scratch, Scratch};
 
 /// A job in `state` that finished `days_ago` days ago (`None`: it has not finished).
 async fn job(db: &tokio_postgres::Client, id: &str, state: &str, days_ago: Option<i32>) {
@@ -54,7 +32,7 @@ async fn remaining(db: &tokio_postgres::Client, table: &str, ids: &[&str]) -> Ve
 #[tokio::test]
 async fn old_finished_jobs_go_with_their_rows_while_recent_unfinished_and_referenced_ones_stay() {
     let name = format!("dfe_registry_history_{}", std::process::id());
-    let (registry, db) = scratch(&name).await;
+    let Scratch { registry, db, .. } = scratch(&name).await;
 
     // Old and finished, nothing needs them: they go.
     job(&db, "old-ok", "succeeded", Some(40)).await;
@@ -136,7 +114,7 @@ async fn old_finished_jobs_go_with_their_rows_while_recent_unfinished_and_refere
 #[tokio::test]
 async fn a_large_backlog_goes_in_bounded_batches_until_none_is_left() {
     let name = format!("dfe_registry_history_batches_{}", std::process::id());
-    let (registry, db) = scratch(&name).await;
+    let Scratch { registry, db, .. } = scratch(&name).await;
     db.batch_execute(
         "INSERT INTO jobs (job_id, kind, state, instance_id, request, source, requested_by, created_at, finished_at)
          SELECT 'bulk-' || n, 'provision', 'succeeded', 'inst-' || n, '{}', 'queue', 'queue',

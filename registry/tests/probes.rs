@@ -3,32 +3,15 @@
 //! reported exactly once.
 
 use dfe_registry::fleet::ProbeChange;
-use dfe_registry::Registry;
 
-const ADMIN: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
+mod common;
 
-/// Drops the scratch database.
-async fn drop_scratch(name: &str) {
-    if let Ok((admin, conn)) = tokio_postgres::connect(ADMIN, tokio_postgres::NoTls).await {
-        tokio::spawn(conn);
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    }
-}
-
-async fn scratch_registry(name: &str) -> Registry {
-    let (admin, conn) = tokio_postgres::connect(ADMIN, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL on 127.0.0.1:5432 ({e}): run `deploy/setup.sh` first"));
-    tokio::spawn(conn);
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop");
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create");
-    Registry::connect(&format!("postgres://dfe:dfe@127.0.0.1:5432/{name}"), 2).await.expect("registry")
-}
+use common::{drop_scratch, scratch};
 
 #[tokio::test]
 async fn three_failed_probes_make_a_host_unreachable_once_and_one_good_one_active_again() {
     let name = format!("dfe_registry_probes_{}", std::process::id());
-    let registry = scratch_registry(&name).await;
+    let registry = scratch(&name).await.registry;
     registry.sync_fleet(&[("h1".into(), "c1".into())], &[]).await.expect("sync");
     assert_eq!(registry.hosts().await.expect("hosts")[0].reachability, "pending");
     assert_eq!(registry.record_host_probe("h1", Ok(())).await.expect("probe"), ProbeChange::None);

@@ -5,35 +5,14 @@
 
 use std::time::Duration;
 
-use dfe_registry::{Ending, Entry, LockPool, Registry, RunBy, Submitter, Transition};
+use dfe_registry::{Ending, Entry, LockPool, RunBy, Submitter, Transition};
 use dfe_shared::job::{Job, JobKind};
 use dfe_shared::records::{InstanceState, JobState};
 use serde_json::json;
 
-const ADMIN: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
+mod common;
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL on 127.0.0.1:5432 ({e}): run `deploy/setup.sh` first"));
-    tokio::spawn(conn);
-    client
-}
-
-async fn scratch(name: &str) -> (Registry, String, tokio_postgres::Client) {
-    let admin = connect(ADMIN).await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop");
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create");
-    let url = format!("postgres://dfe:dfe@127.0.0.1:5432/{name}");
-    let registry = Registry::connect(&url, 2).await.expect("registry");
-    let db = connect(&url).await;
-    (registry, url, db)
-}
-
-async fn drop_scratch(name: &str) {
-    let admin = connect(ADMIN).await;
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-}
+use common::{drop_scratch, scratch, Scratch};
 
 fn job(kind: JobKind, body: serde_json::Value) -> Job {
     Job::from_value(kind, body).expect("a valid job")
@@ -55,7 +34,7 @@ fn by(worker: &str, wait_ms: u64) -> RunBy<'_> {
 #[tokio::test]
 async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_instance() {
     let name = format!("dfe_registry_runs_{}", std::process::id());
-    let (registry, url, db) = scratch(&name).await;
+    let Scratch { registry, url, db } = scratch(&name).await;
     let (one, two) = (LockPool::new(&url, 2).expect("pool"), LockPool::new(&url, 2).expect("pool"));
 
     // A new job straight off the queue: recorded running, attempt 1, the owner kept.

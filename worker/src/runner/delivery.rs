@@ -1,9 +1,9 @@
 //! One delivery, from parsing to acknowledgement:
 //!
 //! check (size, content type, AMQP type) and parse, or dead-letter → assign the job id →
-//! record, take the job's lock and start (one statement) → run the body (a panic or a hard deadline becomes
-//! the job's failure, with its kind's abort transition) → retry later, or record the
-//! outcome → announce the final event → acknowledge.
+//! record, take the job's lock and start (one statement) → run the body (a panic or a hard
+//! deadline becomes the job's failure, with its kind's abort transition) → retry later, or
+//! record the outcome and release the lock → announce the final event → acknowledge.
 //!
 //! A crash anywhere before the acknowledgement makes RabbitMQ redeliver, and every step is
 //! safe to repeat. A handling that fails before an outcome can be recorded is requeued only
@@ -209,9 +209,9 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             }
             Entry::Ended(e) => Ok(announce_again(events, &meta_of(&e), &e.record).await?),
             Entry::Busy(e) => {
-                let e2 =
+                let busy =
                     Error::LockBusy(format!("instance {key} stayed locked by another job for {:?}", self.deadline));
-                Err(Failure::of(&meta_of(&e), spec.aborted())(e2))
+                Err(Failure::of(&meta_of(&e), spec.aborted())(busy))
             }
             Entry::Started(e, lock) => {
                 let meta = meta_of(&e);
