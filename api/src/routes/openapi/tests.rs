@@ -588,9 +588,10 @@ async fn a_body_not_declared_as_json_is_the_documented_415_and_one_over_64_kib_t
         let declared = post(Some("application/json")).header(header::CONTENT_LENGTH, MAX_JOB_BYTES + 1);
         let streamed = post(Some("application/json"));
         for r in [declared.body(Body::from(too_large())), streamed.body(chunks(too_large()))] {
-            let (status, body, _) = answer(&doc, &o, r.expect("a request")).await;
+            let (status, body, headers) = answer(&doc, &o, r.expect("a request")).await;
             assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", o.name());
             assert_eq!(body["errors"][0]["field"], "body");
+            assert_eq!(headers[header::CONNECTION], "close", "{}: the unread rest ends the connection", o.name());
         }
         // What the document says is accepted is: JSON, `application/*+json`, or no type at all.
         for declared in [Some("application/json; charset=utf-8"), Some("application/vnd.dfe+json"), None] {
