@@ -6,10 +6,13 @@
 //! Limits and labels stay in the configuration (the caller's [`Plan`]); the registry holds
 //! what changes: reachability, cordons, and what is placed where.
 
+use deadpool_postgres::GenericClient;
 use dfe_shared::placement::{choose_host, choose_server, HostView, Placement, Plan, ServerView};
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::pipeline::Step;
 use crate::transitions::Refusal;
 use crate::{Error, Registry, Result};
 
@@ -277,24 +280,52 @@ impl Registry {
 /// hosts (and the candidate servers) are locked in a stable order, what is placed on them
 /// is counted after the lock (so a concurrent claim's instance is seen), and the plan's
 /// policy picks. `exclude` are hosts not to use (a re-placement away from a lost host).
+/// The locks and the reads go out together, in one round trip.
 pub(crate) async fn place_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     plan: &Plan,
     exclude: &[String],
 ) -> Result<std::result::Result<Placement, Refusal>> {
+    let host_ids: Vec<&str> = plan.cluster.iter().flat_map(|c| c.hosts.iter().map(|h| h.host_id.as_str())).collect();
+    let server_ids: Vec<&str> = plan.servers.iter().map(|s| s.server_id.as_str()).collect();
+    // Lock first, then read in a second statement: in READ COMMITTED a statement that
+    // waited for a lock still reads with the snapshot it started with. Hosts before
+    // servers, in id order, as every claim does, so claims never deadlock.
+    let hosts = match plan.cluster {
+        None => None,
+        Some(_) => Some((
+            crate::stmt(tx, "SELECT host_id FROM hosts WHERE host_id = ANY($1) ORDER BY host_id FOR UPDATE").await?,
+            crate::stmt(tx, &format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.host_id = ANY($1)")).await?,
+        )),
+    };
+    let servers = match plan.servers.is_empty() {
+        true => None,
+        false => Some((
+            crate::stmt(
+                tx,
+                "SELECT server_id FROM database_servers WHERE server_id = ANY($1) ORDER BY server_id FOR UPDATE",
+            )
+            .await?,
+            crate::stmt(tx, &format!("SELECT {SERVER_COLUMNS} FROM database_servers s WHERE s.server_id = ANY($1)"))
+                .await?,
+        )),
+    };
+    let (host_params, server_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&host_ids], [&server_ids]);
+    let mut steps = Vec::with_capacity(4);
+    if let Some((lock, read)) = &hosts {
+        steps.push(Step::new(lock, &host_params, "locking the cluster's hosts"));
+        steps.push(Step::new(read, &host_params, "reading the cluster's hosts"));
+    }
+    if let Some((lock, read)) = &servers {
+        steps.push(Step::new(lock, &server_params, "locking the database servers"));
+        steps.push(Step::new(read, &server_params, "reading the database servers"));
+    }
+    let mut answers = crate::pipeline::run(tx, &steps).await?.into_iter();
     let (cluster_id, host_id) = match &plan.cluster {
         None => (None, None),
         Some(cluster) => {
-            let ids: Vec<&str> = cluster.hosts.iter().map(|h| h.host_id.as_str()).collect();
-            // Lock first, then count in a second statement: in READ COMMITTED a statement
-            // that waited for a lock still reads with the snapshot it started with.
-            tx.query("SELECT host_id FROM hosts WHERE host_id = ANY($1) ORDER BY host_id FOR UPDATE", &[&ids])
-                .await
-                .map_err(Error::query("locking the cluster's hosts"))?;
-            let rows = tx
-                .query(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.host_id = ANY($1)"), &[&ids])
-                .await
-                .map_err(Error::query("reading the cluster's hosts"))?;
+            let rows = answers.nth(1).unwrap_or_default();
             let states: Vec<HostState> = rows.iter().map(host_from_row).collect();
             let views: Vec<HostView> = cluster
                 .hosts
@@ -330,17 +361,7 @@ pub(crate) async fn place_in(
     let database_server = if plan.servers.is_empty() {
         None
     } else {
-        let ids: Vec<&str> = plan.servers.iter().map(|s| s.server_id.as_str()).collect();
-        tx.query(
-            "SELECT server_id FROM database_servers WHERE server_id = ANY($1) ORDER BY server_id FOR UPDATE",
-            &[&ids],
-        )
-        .await
-        .map_err(Error::query("locking the database servers"))?;
-        let rows = tx
-            .query(&format!("SELECT {SERVER_COLUMNS} FROM database_servers s WHERE s.server_id = ANY($1)"), &[&ids])
-            .await
-            .map_err(Error::query("reading the database servers"))?;
+        let rows = answers.nth(1).unwrap_or_default();
         let states: Vec<ServerState> = rows.iter().map(server_from_row).collect();
         let views: Vec<ServerView> = plan
             .servers

@@ -2,7 +2,9 @@
 //!
 //! Module map:
 //! - [`transitions`]: the one state machine of claims and ends that spans jobs and
-//!   instances (submit, claim, complete), used by the API and every job body alike.
+//!   instances (claim, complete, cancel), used by the API and every job body alike.
+//! - [`submission`]: the API's recording of a job with its claim, in three or four round trips.
+//! - `pipeline`: statements sent together, and a transaction begun with its first ones.
 //! - [`jobs`]: job rows: recording a queue message, starting a run, retries, reading.
 //! - [`instances`]: instance rows: reading and listing.
 //! - [`snapshots`]: the snapshots written by exports, removed with their archives.
@@ -35,10 +37,12 @@ pub mod lock;
 mod migrations;
 pub mod moves;
 pub mod outbox;
+mod pipeline;
 pub mod reconciliation;
 pub mod retention;
 pub mod runs;
 pub mod snapshots;
+pub mod submission;
 pub mod transitions;
 
 use std::str::FromStr;
@@ -53,7 +57,8 @@ pub use lock::{InstanceLock, LockPool};
 pub use moves::Switch;
 pub use runs::{Entered, Entry, RunBy};
 pub use snapshots::SnapshotFilter;
-pub use transitions::{Admission, Claimed, Ending, Refusal, SubmitOutcome, Transition};
+pub use submission::SubmitOutcome;
+pub use transitions::{Admission, Claimed, Ending, Refusal, Transition};
 
 /// Where a page of a list starts: after the row with this creation time and id. Lists are
 /// newest first, ordered by (`created_at`, id), so a page read after rows were added neither

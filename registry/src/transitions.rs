@@ -17,13 +17,15 @@
 //!        └──────── deprovisioning ──failed──► failed ──deprovision──► deprovisioning
 //! ```
 
+use deadpool_postgres::GenericClient;
 use dfe_shared::event::EventError;
 use dfe_shared::job::{Job, JobKind};
 use dfe_shared::placement::Plan;
-use dfe_shared::records::{InstanceRecord, InstanceState, JobRecord, JobState};
+use dfe_shared::records::{InstanceRecord, InstanceState, JobState};
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
-use crate::jobs::{job_from_row, Cancelled, Submitter, JOB_COLUMNS};
+use crate::jobs::{job_from_row, Cancelled, JOB_COLUMNS};
+use crate::pipeline::Step;
 use crate::{Error, Registry, Result};
 
 /// How long the event relay leaves a cancelled job's failure event to the canceller before
@@ -62,7 +64,7 @@ impl Refusal {
     fn not_found(id: &str) -> Refusal {
         Refusal { code: "instance-not-found", message: format!("instance {id} does not exist") }
     }
-    fn busy(id: &str, why: impl std::fmt::Display) -> Refusal {
+    pub(crate) fn busy(id: &str, why: impl std::fmt::Display) -> Refusal {
         Refusal { code: "instance-busy", message: format!("instance {id} is mid-operation ({why})") }
     }
     pub(crate) fn no_capacity(message: String) -> Refusal {
@@ -160,19 +162,6 @@ pub struct Ending<'a> {
     pub transition: Transition,
 }
 
-/// What a submission came to.
-#[derive(Debug)]
-pub enum SubmitOutcome {
-    /// Recorded as a new job.
-    Created(JobRecord),
-    /// The same job was submitted before (same job id or idempotency key): that job.
-    Existing(JobRecord),
-    /// The id or the idempotency key names another request.
-    Conflict(String),
-    /// The instance is not in a state this job can start from.
-    Refused(Refusal),
-}
-
 /// A claim taken: how the job goes on, and the instance as it now stands.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -182,111 +171,7 @@ pub struct Claimed {
     pub instance: InstanceRecord,
 }
 
-/// The request without its job id, to compare a resubmission with the original.
-fn request_sans_id(v: &serde_json::Value) -> serde_json::Value {
-    let mut v = v.clone();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("job-id");
-    }
-    v
-}
-
 impl Registry {
-    /// Records `job` (which must carry its id) as queued, in one transaction with its claim
-    /// on the instance ([`admit`]) and a check that no other job of the instance is under
-    /// way. `plan` is what the configuration decides for a job that creates its instance;
-    /// the claim places it (host, database server) by the plan.
-    pub async fn submit(&self, job: &Job, by: &Submitter<'_>, plan: Option<&Plan>) -> Result<SubmitOutcome> {
-        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
-        let request = job.to_value();
-        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(Error::query("starting a submission"))?;
-        let insert = crate::stmt(
-            &tx,
-            "INSERT INTO jobs (job_id, kind, state, instance_id, owner_id, request, source, requested_by,
-                               client_id, idempotency_key, fingerprint, traceparent)
-             VALUES ($1, $2, 'queued', $3, coalesce($4, (SELECT owner_id FROM instances WHERE instance_id = $3)),
-                     $5, $6, $7, $7, $8, $9, $10)
-             ON CONFLICT DO NOTHING
-             RETURNING *",
-        )
-        .await?;
-        let inserted = tx
-            .query_opt(
-                &insert,
-                &[
-                    &job_id,
-                    &job.kind().as_str(),
-                    &job.instance_id().as_str(),
-                    &owner,
-                    &request,
-                    &by.source,
-                    &by.requested_by,
-                    &by.idempotency_key,
-                    &by.fingerprint,
-                    &by.traceparent,
-                ],
-            )
-            .await
-            .map_err(Error::query("recording a job"))?;
-        let Some(row) = inserted else {
-            drop(tx);
-            // The connection goes back first: waiting for a second one while holding this
-            // one could exhaust the pool under load.
-            drop(client);
-            return self.resubmission(job, by, &request).await;
-        };
-        let record = job_from_row(&row)?;
-        if let Err(refusal) = claim_in(&tx, job, &job_id, plan, by.owners).await? {
-            // Dropping the transaction rolls back the job row too: a refused job is not recorded.
-            return Ok(SubmitOutcome::Refused(refusal));
-        }
-        let busy = crate::stmt(
-            &tx,
-            "SELECT job_id FROM jobs WHERE instance_id = $1 AND job_id <> $2
-               AND state IN ('queued', 'running', 'retrying') LIMIT 1",
-        )
-        .await?;
-        let id = job.instance_id().as_str();
-        let busy = tx.query_opt(&busy, &[&id, &job_id]).await.map_err(Error::query("looking for jobs in progress"))?;
-        if let Some(other) = busy {
-            let other: String = other.get(0);
-            return Ok(SubmitOutcome::Refused(Refusal::busy(id, format!("job {other}"))));
-        }
-        tx.commit().await.map_err(Error::query("committing a submission"))?;
-        Ok(SubmitOutcome::Created(record))
-    }
-
-    /// The job an id or idempotency key already names, if the request is the same one.
-    async fn resubmission(&self, job: &Job, by: &Submitter<'_>, request: &serde_json::Value) -> Result<SubmitOutcome> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1
-             OR (idempotency_key IS NOT NULL AND client_id IS NOT DISTINCT FROM $2 AND idempotency_key = $3)
-             LIMIT 1"
-        );
-        let job_id = job.job_id().map(|j| j.as_str()).unwrap_or_default();
-        let row = client
-            .query_opt(&sql, &[&job_id, &by.requested_by, &by.idempotency_key])
-            .await
-            .map_err(Error::query("reading a resubmitted job"))?;
-        let Some(row) = row else {
-            return Err(Error::Inconsistent("job insert conflicted but no conflicting job was found".into()));
-        };
-        let existing = job_from_row(&row)?;
-        let same = existing.kind == job.kind()
-            && (by.idempotency_key.is_some() || existing.job_id == job_id)
-            && request_sans_id(&existing.request) == request_sans_id(request);
-        if same {
-            Ok(SubmitOutcome::Existing(existing))
-        } else if by.idempotency_key.is_some() && existing.job_id != job_id {
-            Ok(SubmitOutcome::Conflict("this Idempotency-Key was used for a different request".into()))
-        } else {
-            Ok(SubmitOutcome::Conflict(format!("job-id {job_id} is already used by another job")))
-        }
-    }
-
     /// Takes (or finds already taken) the claim of job `job_id` on its instance, by the
     /// same rule as a submission: for a job that arrived straight on the queue, and as the
     /// first step of every job body (a redelivered job finds its own claim and goes on).
@@ -575,22 +460,40 @@ impl<'a> Completion<'a> {
     }
 }
 
+/// Reads a job's instance under its row lock: the first statement of a claim.
+pub(crate) fn claim_read_sql() -> String {
+    format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 FOR UPDATE")
+}
+
 /// The claim inside a transaction: reads the instance for update, applies [`admit`], and
 /// writes what the admission says. `Ok(Err(_))` is a refusal (the caller rolls back). With
 /// `owners`, an instance of another owner that the job would work on is refused as not
 /// found, exactly as one that does not exist.
 async fn claim_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     job: &Job,
     job_id: &str,
     plan: Option<&Plan>,
     owners: Option<&[String]>,
 ) -> Result<std::result::Result<Claimed, Refusal>> {
     let id = job.instance_id().as_str();
-    let select =
-        crate::stmt(tx, &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 FOR UPDATE")).await?;
+    let select = crate::stmt(tx, &claim_read_sql()).await?;
     let row = tx.query_opt(&select, &[&id]).await.map_err(Error::query("reading an instance"))?;
     let current = row.as_ref().map(instance_from_row).transpose()?;
+    claim_with(tx, job, job_id, plan, owners, current).await
+}
+
+/// The rest of a claim, given the instance as [`claim_read_sql`] read it (a submission
+/// reads it in the round trip that begins its transaction).
+pub(crate) async fn claim_with(
+    tx: &impl GenericClient,
+    job: &Job,
+    job_id: &str,
+    plan: Option<&Plan>,
+    owners: Option<&[String]>,
+    current: Option<InstanceRecord>,
+) -> Result<std::result::Result<Claimed, Refusal>> {
+    let id = job.instance_id().as_str();
     let foreign = current.as_ref().is_some_and(|c| {
         c.state != InstanceState::Deprovisioned && owners.is_some_and(|o| !o.contains(&c.owner_id.as_text()))
     });
@@ -613,19 +516,29 @@ async fn claim_in(
             })?;
             if let Some((owner, max)) = &plan.quota {
                 // One owner's claims are serialized (a transaction lock on the owner), so
-                // concurrent provisions never overshoot the quota.
-                tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&QUOTA_LOCK_SPACE, owner])
-                    .await
-                    .map_err(Error::query("locking an owner's quota"))?;
-                let have: i64 = tx
-                    .query_one(
-                        "SELECT count(*) FROM instances WHERE owner_id #>> '{}' = $1 AND state <> 'deprovisioned'
-                           AND instance_id <> $2",
-                        &[owner, &id],
-                    )
-                    .await
-                    .map_err(Error::query("counting an owner's instances"))?
-                    .get(0);
+                // concurrent provisions never overshoot the quota. The count is a second
+                // statement, sent with the lock: it reads with a snapshot taken after the
+                // lock was granted.
+                let lock = crate::stmt(tx, "SELECT pg_advisory_xact_lock($1, hashtext($2))").await?;
+                let count = crate::stmt(
+                    tx,
+                    "SELECT count(*) FROM instances WHERE owner_id #>> '{}' = $1 AND state <> 'deprovisioned'
+                       AND instance_id <> $2",
+                )
+                .await?;
+                let rows = crate::pipeline::run(
+                    tx,
+                    &[
+                        Step::new(&lock, &[&QUOTA_LOCK_SPACE, owner], "locking an owner's quota"),
+                        Step::new(&count, &[owner, &id], "counting an owner's instances"),
+                    ],
+                )
+                .await?;
+                let have: i64 = rows
+                    .get(1)
+                    .and_then(|r| r.first())
+                    .map(|r| r.get(0))
+                    .ok_or_else(|| Error::Inconsistent("a count without its row".into()))?;
                 if have >= i64::from(*max) {
                     return Ok(Err(Refusal::quota(owner, *max, have)));
                 }
