@@ -1,7 +1,8 @@
 //! A job's run on a worker, in as few round trips as its guarantees allow: entering it
 //! (record the message, take the instance lock, start the run) is one statement on the
-//! lock's connection, and ending it (the completion, then the unlock) is two statements
-//! sent together on that same connection. Before, the same took six round trips on two
+//! lock's connection, sent together with a read of the instance that the body's claim
+//! starts from; ending it (the completion, then the unlock) is two statements sent
+//! together on that same connection. Before, the same took seven round trips on two
 //! connections; the registry's round trips were the top cost of a job (BENCHMARKS.md).
 //!
 //! The order of effects is what it was: a job is recorded before its run starts, it starts
@@ -12,10 +13,12 @@
 use std::time::Duration;
 
 use dfe_shared::job::Job;
-use dfe_shared::records::JobRecord;
+use dfe_shared::records::{InstanceRecord, JobRecord};
 
+use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
 use crate::jobs::{job_from_row, Submitter, JOB_COLUMNS};
 use crate::lock::{InstanceLock, LockPool, LOCK_SPACE, UNLOCK};
+use crate::pipeline::Step;
 use crate::transitions::Completion;
 use crate::{Ending, Error, Result};
 
@@ -41,6 +44,10 @@ pub struct Entered {
     pub record: JobRecord,
     /// The owner recorded with the job.
     pub owner_id: Option<serde_json::Value>,
+    /// The job's instance as read right after the lock was tried (None: there is none).
+    /// For a started job that is under the lock, so its claim ([`crate::Registry::claim`])
+    /// need not read it again.
+    pub instance: Option<InstanceRecord>,
 }
 
 /// Who runs a job and for how long.
@@ -102,34 +109,47 @@ impl LockPool {
         let client = self.pool.get().await?;
         let sql = enter_sql();
         let statement = crate::stmt(&client, &sql).await?;
+        // A statement of its own, sent with the first: its snapshot is taken after the lock
+        // was granted, so it sees what the lock's last holder committed.
+        let read =
+            crate::stmt(&client, &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1")).await?;
         let unlock = crate::stmt(&client, UNLOCK).await?;
         let deadline = tokio::time::Instant::now() + runner.lock_wait;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+            &job_id,
+            &kind,
+            &instance_id,
+            &owner,
+            &request,
+            &by.source,
+            &by.requested_by,
+            &by.fingerprint,
+            &by.traceparent,
+            &LOCK_SPACE,
+            &key,
+            &runner.worker,
+            &runner.deadline_secs,
+        ];
         loop {
-            let row = client
-                .query_one(
-                    &statement,
-                    &[
-                        &job_id,
-                        &kind,
-                        &instance_id,
-                        &owner,
-                        &request,
-                        &by.source,
-                        &by.requested_by,
-                        &by.fingerprint,
-                        &by.traceparent,
-                        &LOCK_SPACE,
-                        &key,
-                        &runner.worker,
-                        &runner.deadline_secs,
-                    ],
-                )
-                .await
-                .map_err(Error::query("recording and starting a job"))?;
+            let answers = crate::pipeline::run(
+                &client,
+                &[
+                    Step::new(&statement, &params, "recording and starting a job"),
+                    Step::new(&read, &[&instance_id], "reading a job's instance"),
+                ],
+            )
+            .await?;
+            let (Some(row), Some(instance)) = (answers.first().and_then(|r| r.first()), answers.get(1)) else {
+                return Err(Error::Inconsistent("entering a run came back without its rows".into()));
+            };
             let held: bool = row.get("held");
             let how: Option<String> = row.get("how");
             let entered = match how {
-                Some(_) => Some(Entered { record: job_from_row(&row)?, owner_id: row.get("owner_id") }),
+                Some(_) => Some(Entered {
+                    record: job_from_row(row)?,
+                    owner_id: row.get("owner_id"),
+                    instance: instance.first().map(instance_from_row).transpose()?,
+                }),
                 None => None,
             };
             let started = matches!(how.as_deref(), Some("new" | "started")) && held;

@@ -3,10 +3,11 @@
 //! instance is under way.
 //!
 //! It takes three round trips for a provision without placement (the `noop` provisioner),
-//! four with a cluster or database servers to place on, down from six to eleven: `BEGIN`,
-//! the job's insert, the instance's read under its row lock and the look for other jobs
-//! go out together; then the placement's locks and reads together; then the claim's write;
-//! then `COMMIT`. The registry's round trips were the api's largest cost (BENCHMARKS.md).
+//! four with a cluster or database servers to place on and five with a quota besides,
+//! down from six to eleven: `BEGIN`, the job's insert, the instance's read under its row
+//! lock and the look for other jobs go out together; then the owner's quota lock with its
+//! count; then the placement's locks with their reads; then the claim's write; then
+//! `COMMIT`. The registry's round trips were the api's largest cost (BENCHMARKS.md).
 //!
 //! What each statement sees is what it saw one round trip at a time: the statements of a
 //! pipeline run one after the other, and the look for other jobs runs after the instance's

@@ -175,28 +175,25 @@ impl Registry {
     /// Takes (or finds already taken) the claim of job `job_id` on its instance, by the
     /// same rule as a submission: for a job that arrived straight on the queue, and as the
     /// first step of every job body (a redelivered job finds its own claim and goes on).
+    /// `seen` is the instance as the run read it under its lock when it started
+    /// ([`crate::Entered::instance`]; None: there was none then).
     pub async fn claim(
         &self,
         job: &Job,
         job_id: &str,
         plan: Option<&Plan>,
+        seen: Option<&InstanceRecord>,
     ) -> Result<std::result::Result<Claimed, Refusal>> {
-        // Usually the claim was taken already (by the api, or by an earlier run): then one
-        // read answers, without a transaction.
-        let client = self.client().await?;
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1");
-        let row = client
-            .query_opt(&crate::stmt(&client, &sql).await?, &[&job.instance_id().as_str()])
-            .await
-            .map_err(Error::query("reading an instance"))?;
-        if let Some(current) = row.as_ref().map(instance_from_row).transpose()? {
+        // Usually the claim was taken already (by the api, or by an earlier run): then what
+        // the run read under its lock answers, without a statement. Nothing else changes
+        // the instance while its lock is held: any other job on it is refused as busy.
+        if let Some(current) = seen {
             let admission =
                 admit(job.kind(), job.instance_id().as_str(), Some((current.state, &current.job_id)), job_id);
             if let Ok(admission @ (Admission::Continue | Admission::Use)) = admission {
-                return Ok(Ok(Claimed { admission, instance: current }));
+                return Ok(Ok(Claimed { admission, instance: current.clone() }));
             }
         }
-        drop(client);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Error::query("starting a claim"))?;
         let claimed = claim_in(&tx, job, job_id, plan, None).await?;

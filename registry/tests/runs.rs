@@ -44,6 +44,7 @@ async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_inst
         panic!("the first run of a new job starts");
     };
     assert_eq!((entered.record.state, entered.record.attempts), (JobState::Running, 1));
+    assert!(entered.instance.is_none(), "no instance yet: the claim will make it");
     assert_eq!(entered.owner_id, Some(json!(7)));
     let row = db
         .query_one("SELECT state, worker, deadline_at IS NOT NULL FROM jobs WHERE job_id = 'j1'", &[])
@@ -93,6 +94,9 @@ async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_inst
         panic!("the instance is free after the end");
     };
     assert_eq!((started.record.state, started.record.attempts), (JobState::Running, 1));
+    // Read after the lock was granted: what the lock's last holder committed is seen.
+    let seen = started.instance.as_ref().map(|i| (i.state, i.job_id.clone()));
+    assert_eq!(seen, Some((InstanceState::Provisioned, "j1".to_owned())), "the instance under the lock");
     let none = Ending { state: JobState::Failed, result: &json!({}), error: None, transition: Transition::None };
     assert!(lock.complete_and_release("j2", "acme", &none).await.expect("end"));
 

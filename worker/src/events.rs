@@ -17,7 +17,7 @@ use dfe_registry::Registry;
 use dfe_shared::broker::{BrokerHandle, Pending, Publisher};
 use dfe_shared::event::{names, Event, EventError};
 use dfe_shared::job::JobKind;
-use dfe_shared::records::{JobRecord, JobState};
+use dfe_shared::records::{InstanceRecord, JobRecord, JobState};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,9 @@ pub struct JobMeta {
     pub trace_id: Option<String>,
     /// The W3C trace context of the job's span, handed on to a retry of the job.
     pub traceparent: Option<String>,
+    /// The job's instance as the run read it under its lock when it started (None: there
+    /// was none, or it was not read); the body's claim starts from it.
+    pub instance: Option<InstanceRecord>,
 }
 
 impl JobMeta {
@@ -70,6 +73,7 @@ impl JobMeta {
             pending: Arc::default(),
             trace_id: None,
             traceparent: None,
+            instance: None,
         }
     }
 }

@@ -35,7 +35,7 @@ impl JobSpec<Env> for Deprovision {
 
     async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
         let Job::Deprovision(d) = job else { return super::wrong_kind("deprovision") };
-        let record = match env.registry.claim(job, &meta.job_id, None).await {
+        let record = match env.registry.claim(job, &meta.job_id, None, meta.instance.as_ref()).await {
             Ok(Ok(claimed)) => claimed.instance,
             Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::None),
             Err(e) => return Outcome::failed(&e.into(), Transition::None),

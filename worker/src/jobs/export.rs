@@ -76,7 +76,7 @@ async fn export(
     work: &Result<PathBuf>,
 ) -> Result<Outcome> {
     let id = job.instance_id.as_str();
-    let record = match env.registry.claim(any, &meta.job_id, None).await? {
+    let record = match env.registry.claim(any, &meta.job_id, None, meta.instance.as_ref()).await? {
         Ok(claimed) => claimed.instance,
         Err(refusal) => return Ok(Outcome::failed_with(refusal.code, refusal.message, Transition::None)),
     };

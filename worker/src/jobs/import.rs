@@ -102,16 +102,17 @@ async fn import(
     let placed =
         placement::plan_import(&env.config, request, Some(&manifest.guest_location), Some(&manifest.offerings))
             .map_err(|e| Error::Invalid(e.to_string()));
-    let (admission, record) = match env.registry.claim(any, &meta.job_id, placed.as_ref().ok()).await {
-        Ok(Ok(claimed)) => (claimed.admission, claimed.instance),
-        Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::Released),
-        Err(e) => {
-            return match &placed {
-                Err(pe) => refused(pe),
-                Ok(_) => refused(&e.into()),
+    let (admission, record) =
+        match env.registry.claim(any, &meta.job_id, placed.as_ref().ok(), meta.instance.as_ref()).await {
+            Ok(Ok(claimed)) => (claimed.admission, claimed.instance),
+            Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::Released),
+            Err(e) => {
+                return match &placed {
+                    Err(pe) => refused(pe),
+                    Ok(_) => refused(&e.into()),
+                }
             }
-        }
-    };
+        };
     let must_create = matches!(admission, Admission::Create | Admission::Continue);
     let plan = match env.manager.plan(&record, &meta.job_id, meta.attempt, None) {
         Ok(p) => p,

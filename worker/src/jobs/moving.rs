@@ -54,7 +54,7 @@ impl JobSpec<Env> for Move {
 
     async fn run(&self, env: &Env, job: &Job, meta: &JobMeta, events: &Events) -> Outcome {
         let Job::Move(m) = job else { return super::wrong_kind("move") };
-        let record = match env.registry.claim(job, &meta.job_id, None).await {
+        let record = match env.registry.claim(job, &meta.job_id, None, meta.instance.as_ref()).await {
             Ok(Ok(claimed)) => claimed.instance,
             Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::None),
             Err(e) => return Outcome::failed(&e.into(), Transition::None),

@@ -65,7 +65,7 @@ pub(super) async fn claim(
     meta: &JobMeta,
     placed: &Result<placement::Plan>,
 ) -> Result<InstanceRecord, Outcome> {
-    match env.registry.claim(job, &meta.job_id, placed.as_ref().ok()).await {
+    match env.registry.claim(job, &meta.job_id, placed.as_ref().ok(), meta.instance.as_ref()).await {
         Ok(Ok(claimed)) => Ok(claimed.instance),
         Ok(Err(refusal)) => Err(Outcome::failed_with(refusal.code, refusal.message, Transition::None)),
         Err(e) => Err(match placed {

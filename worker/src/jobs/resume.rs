@@ -35,7 +35,7 @@ impl JobSpec<Env> for Resume {
         if !matches!(job, Job::Resume(_)) {
             return super::wrong_kind("resume");
         }
-        let record = match env.registry.claim(job, &meta.job_id, None).await {
+        let record = match env.registry.claim(job, &meta.job_id, None, meta.instance.as_ref()).await {
             Ok(Ok(claimed)) => claimed.instance,
             Ok(Err(refusal)) => return Outcome::failed_with(refusal.code, refusal.message, Transition::None),
             Err(e) => return Outcome::failed(&e.into(), Transition::None),

@@ -200,6 +200,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             if meta.owner_id.is_none() {
                 meta.owner_id = entered.owner_id.clone();
             }
+            meta.instance = entered.instance.clone();
             meta
         };
         match entry {
