@@ -3,7 +3,7 @@
 //! Module map:
 //! - [`transitions`]: the one state machine of claims and ends that spans jobs and
 //!   instances (claim, complete, cancel), used by the API and every job body alike.
-//! - [`submission`]: the API's recording of a job with its claim, in three or four round trips.
+//! - [`submission`]: the API's recording of a job with its claim, in three to five round trips.
 //! - `pipeline`: statements sent together, and a transaction begun with its first ones.
 //! - [`jobs`]: job rows: recording a queue message, starting a run, retries, reading.
 //! - [`instances`]: instance rows: reading and listing.
