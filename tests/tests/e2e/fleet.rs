@@ -30,6 +30,30 @@ async fn hosts_of(env: &TestEnv, instances: &[String]) -> BTreeMap<String, usize
     counts
 }
 
+/// Waits until each of `ids` has been probed and found active (a placement refuses a
+/// pending host), or fails naming the ones that are not.
+async fn wait_active(env: &TestEnv, ids: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, hosts) = env.get("/api/v1/hosts").await.expect("hosts");
+        let waiting: Vec<String> = hosts["hosts"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|h| ids.contains(&h["host-id"].as_str().unwrap_or_default()) && h["state"] != "active")
+            .map(|h| format!("{}: {}", h["host-id"], h["state"]))
+            .collect();
+        let listed = hosts["hosts"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|h| ids.contains(&h["host-id"].as_str().unwrap_or_default())).count());
+        if waiting.is_empty() && listed == ids.len() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "hosts not active after 30 s: {waiting:?} ({hosts})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn engine_of(host: &str, map: &[(&str, Engine)]) -> Engine {
     map.iter().find(|(h, _)| *h == host).map(|(_, e)| *e).unwrap_or_else(|| panic!("unknown host {host}"))
 }
@@ -391,6 +415,8 @@ async fn a_worker_killed_right_after_placement_leaves_the_job_to_go_on_on_the_sa
     let events = env.events().await.expect("subscribe");
     env.start_worker_with(&[("DFE_TEST_HOLD_AFTER".to_owned(), "storage".to_owned())]).expect("doomed");
     env.workers[0].wait_for_line("consuming dfe.jobs", Duration::from_secs(30)).await.expect("ready");
+    // Placed only once both hosts are probed: a pending host takes nothing.
+    wait_active(&env, &["ka", "kb"]).await;
     let i = env.instance_id("placed-once");
     let job =
         env.submit("provision", json!({"owner-id": 1, "instance-id": i, "guest-location": "pair"})).await.expect("202");
