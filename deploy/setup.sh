@@ -119,6 +119,20 @@ docker_version="$(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?
 DOCKER0_IP="$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1 || true)"
 [[ -n $DOCKER0_IP ]] || die "no IPv4 address on the docker0 bridge (ip -4 -o addr show docker0)"
 say "[2/6] docker: $docker_how, engine $docker_version, docker0 $DOCKER0_IP"
+# The kernel's neighbour table takes an entry per container on a bridge, and past its ceiling
+# (gc_thresh3, 1,024 by default) new containers are reached late or not at all (README, "The
+# fleet"). Only ever raised, the ceiling first; a read-only /proc/sys is left as it is.
+raise_sysctl() {   # raise_sysctl KEY MIN
+    local file="/proc/sys/${1//.//}" now
+    now="$(cat "$file" 2>/dev/null)" || return 0
+    if [[ $now =~ ^[0-9]+$ ]] && (( now < $2 )); then
+        if echo "$2" >"$file" 2>/dev/null; then say "[2/6] docker: $1 raised from $now to $2"
+        else say "[2/6] docker: $1 stays $now (read-only here; raise it for hosts of >1,000 instances)"; fi
+    fi
+}
+raise_sysctl net.ipv4.neigh.default.gc_thresh3 16384
+raise_sysctl net.ipv4.neigh.default.gc_thresh2 8192
+raise_sysctl net.ipv4.neigh.default.gc_thresh1 4096
 
 # ---------------------------------------------------------------------------------------
 step "3/6 postgresql"
