@@ -19,6 +19,7 @@ use crate::{Error, Result};
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// One statement of a pipeline: prepared, its parameters, and what it does (for errors).
+#[derive(Clone, Copy)]
 pub(crate) struct Step<'a> {
     pub statement: &'a Statement,
     pub params: Params<'a>,
@@ -56,7 +57,7 @@ impl Begun {
         let begun = Begun { client: Some(client) };
         let mut all = Vec::with_capacity(steps.len() + 1);
         all.push(Step::new(&begin, &[], "starting a transaction"));
-        all.extend(steps.iter().map(|s| Step::new(s.statement, s.params, s.context)));
+        all.extend_from_slice(steps);
         let mut rows = run(begun.client(), &all).await?;
         rows.remove(0);
         Ok((begun, rows))

@@ -6,17 +6,13 @@
 use std::time::Duration;
 
 use dfe_registry::{Ending, Entry, LockPool, RunBy, Submitter, Transition};
-use dfe_shared::job::{Job, JobKind};
+use dfe_shared::job::JobKind;
 use dfe_shared::records::{InstanceState, JobState};
 use serde_json::json;
 
 mod common;
 
-use common::{drop_scratch, scratch, Scratch};
-
-fn job(kind: JobKind, body: serde_json::Value) -> Job {
-    Job::from_value(kind, body).expect("a valid job")
-}
+use common::{drop_scratch, job, scratch, Scratch};
 
 const QUEUE: Submitter<'static> = Submitter {
     source: "queue",

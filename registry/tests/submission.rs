@@ -8,17 +8,13 @@ use std::collections::BTreeMap;
 
 use dfe_registry::{Registry, SubmitOutcome, Submitter};
 use dfe_shared::config::PlacementPolicy;
-use dfe_shared::job::{Job, JobKind};
+use dfe_shared::job::JobKind;
 use dfe_shared::placement::{ClusterPlan, HostLimits, Plan, ServerLimits};
 use serde_json::json;
 
 mod common;
 
-use common::{drop_scratch, scratch, Scratch};
-
-fn job(kind: JobKind, body: serde_json::Value) -> Job {
-    Job::from_value(kind, body).expect("a valid job")
-}
+use common::{drop_scratch, job, scratch, Scratch};
 
 const API: Submitter<'static> = Submitter {
     source: "api",

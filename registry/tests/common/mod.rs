@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use dfe_registry::Registry;
+use dfe_shared::job::{Job, JobKind};
 
 /// The administrative connection that creates and drops the scratch databases.
 pub const ADMIN: &str = "postgres://dfe:dfe@127.0.0.1:5432/postgres";
@@ -43,4 +44,9 @@ pub async fn scratch(name: &str) -> Scratch {
 pub async fn drop_scratch(name: &str) {
     let admin = connect(ADMIN).await;
     let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
+/// A job of `kind` from its JSON body, which must be valid.
+pub fn job(kind: JobKind, body: serde_json::Value) -> Job {
+    Job::from_value(kind, body).expect("a valid job")
 }

@@ -200,7 +200,6 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             if meta.owner_id.is_none() {
                 meta.owner_id = entered.owner_id.clone();
             }
-            meta.instance = entered.instance.clone();
             meta
         };
         match entry {
@@ -215,7 +214,9 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 Err(Failure::of(&meta_of(&e), spec.aborted())(busy))
             }
             Entry::Started(e, lock) => {
-                let meta = meta_of(&e);
+                let mut meta = meta_of(&e);
+                // What the run read under its lock: the body's claim starts from it.
+                meta.instance = e.instance;
                 self.run_locked(events, spec, &job, meta, e.record, *lock).await
             }
         }
