@@ -35,6 +35,14 @@ pub enum Error {
     /// Publishing from an outbox failed.
     #[error(transparent)]
     Broker(#[from] dfe_shared::Error),
+    /// A run's instance lock is gone: the lock session's connection broke while the run held
+    /// it (PostgreSQL released it then), or the session has ended. The run's outcome was
+    /// not recorded under the lock; it runs again.
+    #[error("registry: instance lock lost: {0}")]
+    LockLost(String),
+    /// The failure of a batch of statements, shared by every run whose rows it held.
+    #[error(transparent)]
+    Batch(std::sync::Arc<Error>),
     /// A snapshot destination failed while a snapshot was being removed (the row stays).
     /// Boxed: a second unboxed `dfe_shared::Error` would make every registry error larger.
     #[error(transparent)]
@@ -58,6 +66,8 @@ impl Error {
             Error::Pool(_) => true,
             Error::Broker(e) => e.is_transient(),
             Error::Store(e) => e.is_transient(),
+            Error::LockLost(_) => true,
+            Error::Batch(e) => e.is_transient(),
             Error::Setup(_) | Error::Corrupt { .. } | Error::Inconsistent(_) => false,
         }
     }
@@ -66,6 +76,7 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Error::Query { source, .. } => source.code().map(|c| c.code()),
+            Error::Batch(e) => e.sqlstate(),
             _ => None,
         }
     }

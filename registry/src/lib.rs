@@ -14,8 +14,11 @@
 //! - [`fleet`]: the state of hosts and database servers, and placement inside a claim.
 //! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
 //! - [`moves`]: where a move takes an instance, and the switch of its record.
-//! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks).
+//! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks), all of a
+//!   process's held by one registry session.
 //! - [`runs`]: a worker's run of a job: record, lock and start in one statement; end, then unlock.
+//! - `session`: the lock session's task, which sends the statements of concurrent runs
+//!   together, several runs' rows to a statement.
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
 //! - [`reconciliation`]: requests for a reconciliation and the reports the workers write.
@@ -41,6 +44,7 @@ mod pipeline;
 pub mod reconciliation;
 pub mod retention;
 pub mod runs;
+mod session;
 pub mod snapshots;
 pub mod submission;
 pub mod transitions;
@@ -53,7 +57,7 @@ use tokio_postgres::NoTls;
 pub use error::{Error, Result};
 pub use instances::InstanceFilter;
 pub use jobs::{Cancelled, JobFilter, Submitter};
-pub use lock::{InstanceLock, LockPool};
+pub use lock::{InstanceLock, LockSession, SessionStats};
 pub use moves::Switch;
 pub use runs::{Entered, Entry, RunBy};
 pub use snapshots::SnapshotFilter;

@@ -1,25 +1,25 @@
-//! A job's run on a worker, in as few round trips as its guarantees allow: entering it
-//! (record the message, take the instance lock, start the run) is one statement on the
-//! lock's connection, sent together with a read of the instance that the body's claim
-//! starts from; ending it (the completion, then the unlock) is two statements sent
-//! together on that same connection. Before, the same took seven round trips on two
-//! connections; the registry's round trips were the top cost of a job (BENCHMARKS.md).
+//! A job's run on a worker, in as few statements as its guarantees allow, batched with the
+//! runs beside it. Entering a run (record the message, take the instance lock, start the
+//! run) is one statement, sent together with a read of the instance that the body's claim
+//! starts from; ending it is the completion ([`crate::Registry::complete`]'s statement), then the
+//! unlock. Each of these statements takes the rows of every run that asked for it meanwhile
+//! ([`crate::session`]): one round trip and one commit for all of them.
 //!
-//! The order of effects is what it was: a job is recorded before its run starts, it starts
-//! only under its instance's lock, and the lock is released only after the completion has
-//! committed (PostgreSQL runs pipelined statements one after the other, each in its own
-//! transaction).
+//! The order of effects is what it was with a statement per run: a job is recorded before
+//! its run starts, it starts only under its instance's lock, and the lock is released only
+//! after the completion has committed (PostgreSQL runs pipelined statements one after the
+//! other, each in its own transaction; the unlock releases only the locks of jobs it finds
+//! ended).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dfe_shared::job::Job;
 use dfe_shared::records::{InstanceRecord, JobRecord};
 
-use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
-use crate::jobs::{job_from_row, Submitter, JOB_COLUMNS};
-use crate::lock::{InstanceLock, LockPool, LOCK_SPACE, UNLOCK};
-use crate::pipeline::Step;
-use crate::transitions::Completion;
+use crate::jobs::{Submitter, JOB_COLUMNS};
+use crate::lock::{InstanceLock, LockSession, Request};
+use crate::transitions::EndedJob;
 use crate::{Ending, Error, Result};
 
 /// How often a job waiting for its instance's lock tries again.
@@ -39,6 +39,7 @@ pub enum Entry {
 }
 
 /// The job as the registry has it, and its owner (the request's, else its instance's).
+#[derive(Debug)]
 pub struct Entered {
     /// The job's record (for a started job: after the start).
     pub record: JobRecord,
@@ -60,114 +61,147 @@ pub struct RunBy<'a> {
     pub lock_wait: Duration,
 }
 
-/// Records, locks and starts in one statement. The lock is tried first; the job is inserted
-/// (as `running` with the lock, `queued` without) unless it is known; a known job is started
-/// if the lock was taken, it has not ended and it is of this kind; else it is read as it is.
-/// The row carries whether the lock was taken and which of the three happened.
-fn enter_sql() -> String {
+/// One try at entering a run, as the lock session takes it.
+#[derive(Debug)]
+pub(crate) struct EnterRow {
+    pub(crate) job_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) instance_id: String,
+    pub(crate) owner: Option<serde_json::Value>,
+    pub(crate) request: serde_json::Value,
+    pub(crate) source: String,
+    pub(crate) requested_by: String,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) traceparent: Option<String>,
+    /// The lock's key.
+    pub(crate) key: String,
+    pub(crate) worker: String,
+    pub(crate) deadline_secs: f64,
+}
+
+/// The answer to one try.
+#[derive(Debug)]
+pub(crate) struct EntryRow {
+    /// The lock was taken for this run, which is started: the session keeps it.
+    pub(crate) started: bool,
+    /// The session's connection that holds it.
+    pub(crate) generation: u64,
+    /// The job as the statement found or made it (None: another delivery inserted it after
+    /// the statement's snapshot; the next try sees it).
+    pub(crate) entered: Option<Entered>,
+}
+
+/// A run's end as the lock session takes it.
+pub(crate) struct EndRow {
+    pub(crate) ended: EndedJob,
+    pub(crate) key: String,
+    pub(crate) generation: u64,
+}
+
+/// Records, locks and starts runs, one row each, in one statement. For each row whose
+/// session may try its lock (it does not hold it already), the lock is tried first; the job
+/// is inserted (as `running` with the lock, `queued` without) unless it is known; a known job
+/// is started if the lock was taken, it has not ended and it is of this kind; else it is
+/// read as it is. A row per run carries whether the lock was taken and which of the three
+/// happened (`how`: `new`, `started`, `found`, or null). The given rows' columns are
+/// prefixed `r_` so that in the CTEs an unqualified name is always the table's; `ins` takes
+/// its rows in job id order, so that two batches lock the same rows in one order.
+pub(crate) fn enter_sql() -> String {
     format!(
-        "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_lock($10, hashtext($11)) AS held),
+        "WITH req AS MATERIALIZED (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::text[],
+                                 $13::float8[])
+                WITH ORDINALITY AS r(r_job, r_kind, r_instance, r_owner, r_request, r_source, r_requested_by,
+                                     r_fingerprint, r_traceparent, r_key, r_may_lock, r_worker, r_deadline, r_n)),
+         lock AS MATERIALIZED (
+            SELECT r_n AS l_n,
+                   CASE WHEN r_may_lock THEN pg_try_advisory_lock($14, hashtext(r_key)) ELSE false END AS held
+            FROM req),
          ins AS (
             INSERT INTO jobs (job_id, kind, state, attempts, instance_id, owner_id, request, source, requested_by,
                               fingerprint, published_at, traceparent, worker, started_at, deadline_at)
-            SELECT $1::text, $2::text, CASE WHEN held THEN 'running' ELSE 'queued' END,
-                   CASE WHEN held THEN 1 ELSE 0 END, $3::text,
-                   coalesce($4::jsonb, (SELECT owner_id FROM instances WHERE instance_id = $3::text)),
-                   $5::jsonb, $6::text, $7::text, $8::text, now(), $9::text,
-                   CASE WHEN held THEN $12::text END, CASE WHEN held THEN now() END,
-                   CASE WHEN held THEN now() + make_interval(secs => $13::float8) END
-            FROM lock
+            SELECT r_job, r_kind, CASE WHEN held THEN 'running' ELSE 'queued' END, CASE WHEN held THEN 1 ELSE 0 END,
+                   r_instance, coalesce(r_owner, (SELECT owner_id FROM instances WHERE instance_id = r_instance)),
+                   r_request, r_source, r_requested_by, r_fingerprint, now(), r_traceparent,
+                   CASE WHEN held THEN r_worker END, CASE WHEN held THEN now() END,
+                   CASE WHEN held THEN now() + make_interval(secs => r_deadline) END
+            FROM req JOIN lock ON l_n = r_n
+            ORDER BY r_job
             ON CONFLICT (job_id) DO NOTHING
             RETURNING {JOB_COLUMNS}, owner_id),
          started AS (
             UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
-                   worker = $12::text, published_at = coalesce(published_at, now()), next_retry_at = NULL,
-                   deadline_at = now() + make_interval(secs => $13::float8)
-            WHERE job_id = $1::text AND kind = $2::text AND state NOT IN ('succeeded', 'failed')
-              AND (SELECT held FROM lock) AND NOT EXISTS (SELECT 1 FROM ins)
+                   worker = r_worker, published_at = coalesce(published_at, now()), next_retry_at = NULL,
+                   deadline_at = now() + make_interval(secs => r_deadline)
+            FROM req JOIN lock ON l_n = r_n
+            WHERE job_id = r_job AND kind = r_kind AND state NOT IN ('succeeded', 'failed') AND held
+              AND r_job NOT IN (SELECT job_id FROM ins)
             RETURNING {JOB_COLUMNS}, owner_id),
          found AS (
             SELECT {JOB_COLUMNS}, owner_id FROM jobs
-            WHERE job_id = $1::text AND NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM started))
-         SELECT lock.held, r.* FROM lock LEFT JOIN (
+            WHERE job_id IN (SELECT r_job FROM req)
+              AND job_id NOT IN (SELECT job_id FROM ins) AND job_id NOT IN (SELECT job_id FROM started))
+         SELECT r_n, held, x.* FROM req JOIN lock ON l_n = r_n LEFT JOIN (
             SELECT 'new' AS how, * FROM ins
             UNION ALL SELECT 'started', * FROM started
-            UNION ALL SELECT 'found', * FROM found) r ON true"
+            UNION ALL SELECT 'found', * FROM found) x ON x.job_id = r_job
+         ORDER BY r_n"
     )
 }
 
-impl LockPool {
+/// Reads the instances of the runs just entered: a statement of its own, sent after the
+/// entering one, so that its snapshot is taken after the locks were granted and it sees what
+/// each lock's last holder committed.
+pub(crate) fn read_sql() -> String {
+    format!("SELECT {} FROM instances WHERE instance_id = ANY($1::text[])", crate::instances::INSTANCE_COLUMNS)
+}
+
+/// Releases locks, a row per key given: a key with a job id only once that job has ended
+/// (its completion, sent before, committed), a key without one at once. `unlocked` is null
+/// where the lock was kept, and false where the session did not hold it. (A join, not an
+/// `EXISTS` in the select list: PostgreSQL may run that one as a hashed subplan, which reads
+/// every finished job.)
+pub(crate) const UNLOCK_SQL: &str = "SELECT u_key,
+        CASE WHEN u_job IS NULL OR j.job_id IS NOT NULL THEN pg_advisory_unlock($1, hashtext(u_key)) END AS unlocked
+    FROM unnest($2::text[], $3::text[]) AS u(u_key, u_job)
+    LEFT JOIN jobs j ON j.job_id = u_job AND j.state IN ('succeeded', 'failed')";
+
+impl LockSession {
     /// Enters the run of `job` (which must carry its id), arrived on a queue: records it
     /// (or finds it recorded, by the api or an earlier delivery), waits up to
-    /// `runner.lock_wait` for the lock of `key`, and starts it. Every try is one statement.
+    /// `runner.lock_wait` for the lock of `key`, and starts it. Every try is one row of a
+    /// statement shared with the other runs trying at the same moment.
     pub async fn enter(&self, job: &Job, key: &str, by: &Submitter<'_>, runner: &RunBy<'_>) -> Result<Entry> {
-        let job_id = job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default();
-        let owner = job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default());
-        let request = job.to_value();
-        let kind = job.kind().as_str();
-        let instance_id = job.instance_id().as_str();
-        let client = self.pool.get().await?;
-        let sql = enter_sql();
-        let statement = crate::stmt(&client, &sql).await?;
-        // A statement of its own, sent with the first: its snapshot is taken after the lock
-        // was granted, so it sees what the lock's last holder committed.
-        let read =
-            crate::stmt(&client, &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1")).await?;
-        let unlock = crate::stmt(&client, UNLOCK).await?;
+        let row = Arc::new(EnterRow {
+            job_id: job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default(),
+            kind: job.kind().as_str(),
+            instance_id: job.instance_id().as_str().to_owned(),
+            owner: job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default()),
+            request: job.to_value(),
+            source: by.source.to_owned(),
+            requested_by: by.requested_by.to_owned(),
+            fingerprint: by.fingerprint.map(str::to_owned),
+            traceparent: by.traceparent.map(str::to_owned),
+            key: key.to_owned(),
+            worker: runner.worker.to_owned(),
+            deadline_secs: runner.deadline_secs,
+        });
         let deadline = tokio::time::Instant::now() + runner.lock_wait;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
-            &job_id,
-            &kind,
-            &instance_id,
-            &owner,
-            &request,
-            &by.source,
-            &by.requested_by,
-            &by.fingerprint,
-            &by.traceparent,
-            &LOCK_SPACE,
-            &key,
-            &runner.worker,
-            &runner.deadline_secs,
-        ];
         loop {
-            let answers = crate::pipeline::run(
-                &client,
-                &[
-                    Step::new(&statement, &params, "recording and starting a job"),
-                    Step::new(&read, &[&instance_id], "reading a job's instance"),
-                ],
-            )
-            .await?;
-            let (Some(row), Some(instance)) = (answers.first().and_then(|r| r.first()), answers.get(1)) else {
-                return Err(Error::Inconsistent("entering a run came back without its rows".into()));
-            };
-            let held: bool = row.get("held");
-            let how: Option<String> = row.get("how");
-            let entered = match how {
-                Some(_) => Some(Entered {
-                    record: job_from_row(row)?,
-                    owner_id: row.get("owner_id"),
-                    instance: instance.first().map(instance_from_row).transpose()?,
-                }),
-                None => None,
-            };
-            let started = matches!(how.as_deref(), Some("new" | "started")) && held;
-            if started {
-                let entered = entered.ok_or_else(|| Error::Inconsistent("a started job without its row".into()))?;
-                return Ok(Entry::Started(entered, Box::new(InstanceLock::held(client, key))));
+            let answer = LockSession::ask(&self.requests, |a| Request::Enter(row.clone(), a)).await?;
+            if answer.started {
+                let entered =
+                    answer.entered.ok_or_else(|| Error::Inconsistent("a started job without its row".into()))?;
+                let lock = InstanceLock {
+                    requests: self.requests.clone(),
+                    key: key.to_owned(),
+                    generation: answer.generation,
+                    settled: false,
+                };
+                return Ok(Entry::Started(entered, Box::new(lock)));
             }
-            if held {
-                // Taken, but not for a run (the job ended, is another kind, or was being
-                // inserted concurrently): given back at once. Session locks stack, so a lock
-                // kept here would be taken twice by the next try.
-                let row =
-                    client.query_one(&unlock, &[&LOCK_SPACE, &key]).await.map_err(Error::query("releasing a lock"))?;
-                if !row.get::<_, bool>(0) {
-                    return Err(Error::Inconsistent(format!("the lock of {key} was not held after it was taken")));
-                }
-            }
-            match entered {
+            match answer.entered {
                 Some(e) if e.record.kind != job.kind() => return Ok(Entry::OtherKind(e)),
                 Some(e) if e.record.state.is_terminal() => return Ok(Entry::Ended(e)),
                 Some(e) if tokio::time::Instant::now() >= deadline => return Ok(Entry::Busy(e)),
@@ -181,28 +215,17 @@ impl LockPool {
 }
 
 impl InstanceLock {
-    /// Ends the job this lock was taken for ([`crate::Registry::complete`]), then releases
-    /// the lock: both statements go out together, and the unlock runs only after the
-    /// completion's commit. False when the job had already ended. The lock is released even
-    /// when the completion fails; a failed release closes the connection, which frees it.
+    /// Ends the job this lock was taken for (as [`crate::Registry::complete`] does), then
+    /// releases the lock, once the completion has committed. False when the job had already
+    /// ended. Whatever the answer, the lock is given up: released after the completion, or
+    /// (when the completion failed) released anyway, or lost with its connection.
     pub async fn complete_and_release(mut self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
-        let Some(client) = self.client.as_ref() else {
-            return Err(Error::Inconsistent("completing a job through a released lock".into()));
+        self.settled = true;
+        let end = EndRow {
+            ended: EndedJob::new(job_id, instance_id, ending),
+            key: std::mem::take(&mut self.key),
+            generation: self.generation,
         };
-        let completion = Completion::new(job_id, instance_id, ending);
-        // Both prepared first (from the connection's cache): only then are the two sent in
-        // the order they are polled.
-        let complete = crate::stmt(client, completion.sql()).await?;
-        let unlock = crate::stmt(client, UNLOCK).await?;
-        let params = completion.params();
-        let unlock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&LOCK_SPACE, &self.instance];
-        let (completed, unlocked) =
-            tokio::join!(client.query_one(&complete, &params), client.query_one(&unlock, &unlock_params));
-        if unlocked.is_ok_and(|r| r.get::<_, bool>(0)) {
-            // Released: the connection may serve the next job. (Otherwise Drop discards it.)
-            self.client = None;
-        }
-        let completed = completed.map_err(Error::query("ending a job"))?;
-        Ok(completed.get::<_, i64>(0) > 0)
+        LockSession::ask(&self.requests, |a| Request::End(Box::new(end), a)).await
     }
 }

@@ -25,7 +25,7 @@ use dfe_shared::records::{InstanceRecord, InstanceState, JobState};
 
 use crate::instances::{instance_from_row, INSTANCE_COLUMNS};
 use crate::jobs::{job_from_row, Cancelled, JOB_COLUMNS};
-use crate::pipeline::Step;
+use crate::pipeline::{Begun, Step};
 use crate::{Error, Registry, Result};
 
 /// How long the event relay leaves a cancelled job's failure event to the canceller before
@@ -194,11 +194,16 @@ impl Registry {
                 return Ok(Ok(Claimed { admission, instance: current.clone() }));
             }
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(Error::query("starting a claim"))?;
-        let claimed = claim_in(&tx, job, job_id, plan, None).await?;
+        // `BEGIN` goes out with the read under the row lock: one round trip less than a
+        // transaction begun on its own. A refusal drops (and so rolls back) the transaction.
+        let client = self.client().await?;
+        let read = crate::stmt(&client, &claim_read_sql()).await?;
+        let id = job.instance_id().as_str();
+        let (tx, rows) = Begun::start(client, &[Step::new(&read, &[&id], "reading an instance")]).await?;
+        let current = rows.first().and_then(|r| r.first()).map(instance_from_row).transpose()?;
+        let claimed = claim_with(tx.client(), job, job_id, plan, None, current).await?;
         if claimed.is_ok() {
-            tx.commit().await.map_err(Error::query("committing a claim"))?;
+            tx.commit("committing a claim").await?;
         }
         Ok(claimed)
     }
@@ -207,12 +212,13 @@ impl Registry {
     /// the job had already ended (a duplicate run): then nothing changes.
     pub async fn complete(&self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
         let client = self.client().await?;
-        let completion = Completion::new(job_id, instance_id, ending);
+        let ended = EndedJob::new(job_id, instance_id, ending);
+        let completions = Completions::of(std::iter::once(&ended));
         let row = client
-            .query_one(&crate::stmt(&client, completion.sql()).await?, &completion.params())
+            .query_one(&crate::stmt(&client, completions.sql()).await?, &completions.params())
             .await
             .map_err(Error::query("ending a job"))?;
-        Ok(row.get::<_, i64>(0) > 0)
+        Ok(row.get::<_, bool>("completed"))
     }
 
     /// Cancels job `job_id` for client `by`, if it has not started: a `queued` or `retrying`
@@ -365,95 +371,184 @@ impl Registry {
     }
 }
 
-/// The statement that ends a job and applies its transition to the instance, in one round
-/// trip and one commit: the job's update and the instance's are data-modifying CTEs of one
-/// statement, so they commit together, and the instance changes only when the job did end
-/// here. It returns the number of jobs ended (0: it had ended already).
-pub(crate) struct Completion<'a> {
-    sql: String,
-    job_id: &'a str,
+/// A job's end as the completion statement takes it: owned, as it may wait in a batch of
+/// several runs' ends ([`crate::session`]).
+#[derive(Debug, Clone)]
+pub(crate) struct EndedJob {
+    pub(crate) job_id: String,
+    pub(crate) instance_id: String,
     state: &'static str,
+    result: serde_json::Value,
     error: Option<serde_json::Value>,
-    instance_id: &'a str,
-    ending: &'a Ending<'a>,
+    /// Which instance change of the completion applies (None: [`Transition::None`]).
+    change: Option<&'static str>,
+    resource_uri: Option<String>,
+    resources: Option<serde_json::Value>,
 }
 
-impl<'a> Completion<'a> {
-    pub(crate) fn new(job_id: &'a str, instance_id: &'a str, ending: &'a Ending<'a>) -> Completion<'a> {
-        // $1 job, $2 state, $3 result, $4 error, $5 instance; $6 and $7 as the change needs.
-        let instance = match &ending.transition {
-            Transition::None => None,
-            Transition::Provisioned { .. } => Some(
-                "UPDATE instances SET state = 'provisioned', resource_uri = $6, resources = $7,
-                        provisioned_at = now(), updated_at = now()
-                 WHERE instance_id = $5 AND job_id = $1",
-            ),
-            Transition::Released => {
-                Some("DELETE FROM instances WHERE instance_id = $5 AND job_id = $1 AND state = 'provisioning'")
-            }
-            Transition::Deprovisioned => Some(
-                "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
-                 WHERE instance_id = $5 AND job_id = $1",
-            ),
-            Transition::Failed => Some(
-                "UPDATE instances SET state = 'failed', updated_at = now()
-                 WHERE instance_id = $5 AND job_id = $1 AND state IN ('provisioning', 'deprovisioning')",
-            ),
-            // A suspend or resume uses the instance without owning it (nothing else may run
-            // on it meanwhile: the instance lock), so only the state it starts from is checked.
-            Transition::Suspended => Some(
-                "UPDATE instances SET state = 'suspended', updated_at = now()
-                 WHERE instance_id = $5 AND state IN ('provisioned', 'suspended')",
-            ),
-            Transition::Resumed { .. } => Some(
-                "UPDATE instances SET state = 'provisioned', updated_at = now(),
-                        resource_uri = coalesce($6, resource_uri)
-                 WHERE instance_id = $5 AND state IN ('suspended', 'provisioned')",
-            ),
-        };
-        // PostgreSQL runs a data-modifying CTE whether or not the main query reads it.
-        let instance = instance.map(|sql| format!(", instance AS ({sql} AND EXISTS (SELECT 1 FROM job))"));
-        let sql = format!(
-            "WITH job AS (
-                UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(), updated_at = now()
-                WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')
-                RETURNING job_id){}
-             SELECT count(*) FROM job",
-            instance.unwrap_or_default()
-        );
-        Completion {
-            sql,
-            job_id,
-            state: ending.state.as_str(),
-            error: ending.error.map(|e| serde_json::to_value(e).unwrap_or_default()),
-            instance_id,
-            ending,
-        }
-    }
-
-    pub(crate) fn sql(&self) -> &str {
-        &self.sql
-    }
-
-    pub(crate) fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&self.job_id, &self.state, self.ending.result, &self.error];
-        // A statement takes exactly the parameters it names: without a change to the
-        // instance, not even its id.
-        match &self.ending.transition {
-            Transition::None => {}
+impl EndedJob {
+    pub(crate) fn new(job_id: &str, instance_id: &str, ending: &Ending<'_>) -> EndedJob {
+        let (change, resource_uri, resources) = match &ending.transition {
+            Transition::None => (None, None, None),
             Transition::Provisioned { resource_uri, resources } => {
-                params.push(&self.instance_id);
-                params.push(resource_uri);
-                params.push(resources);
+                (Some("provisioned"), resource_uri.clone(), Some(resources.clone()))
             }
-            Transition::Resumed { resource_uri } => {
-                params.push(&self.instance_id);
-                params.push(resource_uri);
-            }
-            _ => params.push(&self.instance_id),
+            Transition::Released => (Some("released"), None, None),
+            Transition::Deprovisioned => (Some("deprovisioned"), None, None),
+            Transition::Failed => (Some("failed"), None, None),
+            Transition::Suspended => (Some("suspended"), None, None),
+            Transition::Resumed { resource_uri } => (Some("resumed"), resource_uri.clone(), None),
+        };
+        EndedJob {
+            job_id: job_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            state: ending.state.as_str(),
+            result: ending.result.clone(),
+            error: ending.error.map(|e| serde_json::to_value(e).unwrap_or_default()),
+            change,
+            resource_uri,
+            resources,
         }
-        params
+    }
+}
+
+/// The instance changes of a completion, by name: each a data-modifying CTE over `ended`,
+/// the given rows whose jobs did end here. Every change but a suspend's or a resume's
+/// applies only while the job still owns the instance; a suspend or resume uses the
+/// instance without owning it (nothing else may run on it meanwhile: the instance lock), so
+/// only the state it starts from is checked.
+const CHANGES: [(&str, &str); 6] = [
+    (
+        "provisioned",
+        "UPDATE instances SET state = 'provisioned', resource_uri = r_uri, resources = r_resources,
+                provisioned_at = now(), updated_at = now()
+         FROM ended WHERE r_change = 'provisioned' AND instance_id = r_instance AND job_id = r_job",
+    ),
+    (
+        "released",
+        "DELETE FROM instances USING ended
+         WHERE r_change = 'released' AND instance_id = r_instance AND job_id = r_job AND state = 'provisioning'",
+    ),
+    (
+        "deprovisioned",
+        "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
+         FROM ended WHERE r_change = 'deprovisioned' AND instance_id = r_instance AND job_id = r_job",
+    ),
+    (
+        "failed",
+        "UPDATE instances SET state = 'failed', updated_at = now()
+         FROM ended WHERE r_change = 'failed' AND instance_id = r_instance AND job_id = r_job
+           AND state IN ('provisioning', 'deprovisioning')",
+    ),
+    (
+        "suspended",
+        "UPDATE instances SET state = 'suspended', updated_at = now()
+         FROM ended WHERE r_change = 'suspended' AND instance_id = r_instance AND state IN ('provisioned', 'suspended')",
+    ),
+    (
+        "resumed",
+        "UPDATE instances SET state = 'provisioned', updated_at = now(), resource_uri = coalesce(r_uri, resource_uri)
+         FROM ended WHERE r_change = 'resumed' AND instance_id = r_instance AND state IN ('suspended', 'provisioned')",
+    ),
+];
+
+/// The statement that ends jobs and applies their transitions to their instances, in one
+/// round trip and one commit for however many jobs it is given: the jobs' update and the
+/// instances' are data-modifying CTEs of one statement, so they commit together, and an
+/// instance changes only when its job did end here (a late or duplicate end changes
+/// nothing). A row per job given says whether it ended here.
+///
+/// It holds the CTEs of the changes in `present` (a bit per entry of [`CHANGES`]) and no
+/// others: PostgreSQL runs every data-modifying CTE of a statement, and one with nothing to
+/// do still scans (the release's and the failure's would walk the index of instances
+/// mid-operation, dead entries and all). The given rows' columns are prefixed `r_`, so that
+/// in the CTEs an unqualified name is always the table's.
+fn complete_sql(present: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; 1 << CHANGES.len()] = [const { std::sync::OnceLock::new() }; 64];
+    SQL[present % SQL.len()].get_or_init(|| {
+        let mut sql = String::from(
+            "WITH req AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::text[],
+                                     $7::text[], $8::jsonb[])
+                    AS r(r_job, r_state, r_result, r_error, r_instance, r_change, r_uri, r_resources)),
+             job AS (
+                UPDATE jobs SET state = r_state, result = r_result, error = r_error, finished_at = now(),
+                       updated_at = now()
+                FROM req WHERE job_id = r_job AND state NOT IN ('succeeded', 'failed')
+                RETURNING job_id)",
+        );
+        if present != 0 {
+            sql.push_str(", ended AS (SELECT * FROM req WHERE r_job IN (SELECT job_id FROM job))");
+        }
+        for (i, (name, change)) in CHANGES.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                sql.push_str(&format!(", {name} AS ({change})"));
+            }
+        }
+        sql.push_str(" SELECT r_job AS job_id, r_job IN (SELECT job_id FROM job) AS completed FROM req");
+        sql
+    })
+}
+
+/// The completion of some ended jobs: its statement, and its parameters (a column each).
+pub(crate) struct Completions<'a> {
+    job_ids: Vec<&'a str>,
+    states: Vec<&'a str>,
+    results: Vec<&'a serde_json::Value>,
+    errors: Vec<Option<&'a serde_json::Value>>,
+    instances: Vec<&'a str>,
+    changes: Vec<Option<&'a str>>,
+    uris: Vec<Option<&'a str>>,
+    resources: Vec<Option<&'a serde_json::Value>>,
+    /// The changes among the rows: a bit per entry of [`CHANGES`].
+    present: usize,
+}
+
+impl<'a> Completions<'a> {
+    pub(crate) fn of(jobs: impl Iterator<Item = &'a EndedJob>) -> Completions<'a> {
+        let mut c = Completions {
+            job_ids: Vec::new(),
+            states: Vec::new(),
+            results: Vec::new(),
+            errors: Vec::new(),
+            instances: Vec::new(),
+            changes: Vec::new(),
+            uris: Vec::new(),
+            resources: Vec::new(),
+            present: 0,
+        };
+        for j in jobs {
+            c.job_ids.push(&j.job_id);
+            c.states.push(j.state);
+            c.results.push(&j.result);
+            c.errors.push(j.error.as_ref());
+            c.instances.push(&j.instance_id);
+            c.changes.push(j.change);
+            c.uris.push(j.resource_uri.as_deref());
+            c.resources.push(j.resources.as_ref());
+            if let Some(i) = CHANGES.iter().position(|(name, _)| Some(*name) == j.change) {
+                c.present |= 1 << i;
+            }
+        }
+        c
+    }
+
+    /// The statement for these rows.
+    pub(crate) fn sql(&self) -> &'static str {
+        complete_sql(self.present)
+    }
+
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.job_ids,
+            &self.states,
+            &self.results,
+            &self.errors,
+            &self.instances,
+            &self.changes,
+            &self.uris,
+            &self.resources,
+        ]
     }
 }
 
@@ -462,26 +557,11 @@ pub(crate) fn claim_read_sql() -> String {
     format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 FOR UPDATE")
 }
 
-/// The claim inside a transaction: reads the instance for update, applies [`admit`], and
-/// writes what the admission says. `Ok(Err(_))` is a refusal (the caller rolls back). With
-/// `owners`, an instance of another owner that the job would work on is refused as not
-/// found, exactly as one that does not exist.
-async fn claim_in(
-    tx: &impl GenericClient,
-    job: &Job,
-    job_id: &str,
-    plan: Option<&Plan>,
-    owners: Option<&[String]>,
-) -> Result<std::result::Result<Claimed, Refusal>> {
-    let id = job.instance_id().as_str();
-    let select = crate::stmt(tx, &claim_read_sql()).await?;
-    let row = tx.query_opt(&select, &[&id]).await.map_err(Error::query("reading an instance"))?;
-    let current = row.as_ref().map(instance_from_row).transpose()?;
-    claim_with(tx, job, job_id, plan, owners, current).await
-}
-
-/// The rest of a claim, given the instance as [`claim_read_sql`] read it (a submission
-/// reads it in the round trip that begins its transaction).
+/// The claim inside a transaction, given the instance as [`claim_read_sql`] read it in the
+/// round trip that began the transaction: applies [`admit`], and writes what the admission
+/// says. `Ok(Err(_))` is a refusal (the caller rolls back). With `owners`, an instance of
+/// another owner that the job would work on is refused as not found, exactly as one that
+/// does not exist.
 pub(crate) async fn claim_with(
     tx: &impl GenericClient,
     job: &Job,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dfe_registry::{Ending, Entry, LockPool, RunBy, Submitter, Transition};
+use dfe_registry::{Ending, Entry, LockSession, RunBy, SessionStats, Submitter, Transition};
 use dfe_shared::job::JobKind;
 use dfe_shared::records::{InstanceState, JobState};
 use serde_json::json;
@@ -31,7 +31,7 @@ fn by(worker: &str, wait_ms: u64) -> RunBy<'_> {
 async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_instance() {
     let name = format!("dfe_registry_runs_{}", std::process::id());
     let Scratch { registry, url, db } = scratch(&name).await;
-    let (one, two) = (LockPool::new(&url, 2).expect("pool"), LockPool::new(&url, 2).expect("pool"));
+    let (one, two) = (LockSession::new(&url).expect("session"), LockSession::new(&url).expect("session"));
 
     // A new job straight off the queue: recorded running, attempt 1, the owner kept.
     let provision = job(JobKind::Provision, json!({"job-id": "j1", "owner-id": 7, "instance-id": "acme"}));
@@ -139,5 +139,184 @@ async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_inst
     let again = two.enter(&suspend, "acme", &QUEUE, &by("w1", 0)).await.expect("enter");
     assert!(matches!(again, Entry::Ended(_)));
 
+    drop_scratch(&name).await;
+}
+
+/// Advisory locks held in the scratch database `db` is connected to.
+async fn locks_held(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[],
+    )
+    .await
+    .expect("pg_locks")
+    .get(0)
+}
+
+#[tokio::test]
+async fn the_runs_of_one_worker_share_its_session_but_never_a_lock() {
+    let name = format!("dfe_registry_runs_shared_{}", std::process::id());
+    let Scratch { url, db, .. } = scratch(&name).await;
+    let session = LockSession::new(&url).expect("session");
+
+    let provision = job(JobKind::Provision, json!({"job-id": "s1", "owner-id": 7, "instance-id": "acme"}));
+    let Entry::Started(_, first) = session.enter(&provision, "acme", &QUEUE, &by("w1", 0)).await.expect("enter") else {
+        panic!("the first run starts");
+    };
+    // The session holds the lock already; a second run of the same worker on the same
+    // instance must wait all the same (a session's advisory locks would stack).
+    let export = job(JobKind::Export, json!({"job-id": "s2", "instance-id": "acme"}));
+    let Entry::Busy(waiting) = session.enter(&export, "acme", &QUEUE, &by("w1", 300)).await.expect("enter") else {
+        panic!("a second run on a held instance waits, even in the same session");
+    };
+    assert_eq!(waiting.record.state, JobState::Queued);
+    assert_eq!(locks_held(&db).await, 1);
+
+    let none = Ending { state: JobState::Succeeded, result: &json!({}), error: None, transition: Transition::None };
+    assert!(first.complete_and_release("s1", "acme", &none).await.expect("end"));
+    assert_eq!(locks_held(&db).await, 0, "released once the completion committed");
+    let Entry::Started(started, second) = session.enter(&export, "acme", &QUEUE, &by("w1", 0)).await.expect("enter")
+    else {
+        panic!("the waiting run starts once the instance is free");
+    };
+    assert_eq!((started.record.state, started.record.attempts), (JobState::Running, 1));
+    // Given back without an end: the job stays running, the lock is free.
+    second.release().await.expect("release");
+    assert_eq!(locks_held(&db).await, 0);
+    // Dropped without either: released in the background.
+    let Entry::Started(_, dropped) = session.enter(&export, "acme", &QUEUE, &by("w1", 0)).await.expect("enter") else {
+        panic!("a run whose lock was given back starts again");
+    };
+    drop(dropped);
+    let mut held = locks_held(&db).await;
+    for _ in 0..50 {
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held = locks_held(&db).await;
+    }
+    assert_eq!(held, 0, "a dropped lock is released");
+    drop_scratch(&name).await;
+}
+
+#[tokio::test]
+async fn concurrent_runs_enter_and_end_together_and_a_bad_one_fails_alone() {
+    let name = format!("dfe_registry_runs_batch_{}", std::process::id());
+    let Scratch { registry, url, db } = scratch(&name).await;
+    let session = LockSession::new(&url).expect("session");
+    let ids: Vec<String> = (0..7).map(|i| format!("inst-{i}")).collect();
+    let jobs: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| job(JobKind::Provision, json!({"job-id": format!("b{i}"), "owner-id": 7, "instance-id": id})))
+        .collect();
+    let runner = by("w1", 0);
+    // On this test's single-threaded runtime, every request is queued before the session's
+    // task runs: five runs entering at once go out as one statement.
+    let entries =
+        futures::future::join_all(jobs[..5].iter().zip(&ids).map(|(j, id)| session.enter(j, id, &QUEUE, &runner)))
+            .await;
+    assert_eq!(session.stats(), SessionStats { requests: 5, batches: 1 }, "five runs, one round trip");
+    let mut locks = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let Ok(Entry::Started(e, lock)) = entry else { panic!("run {i} starts") };
+        assert_eq!((e.record.state, e.record.attempts), (JobState::Running, 1));
+        locks.push((i, lock));
+    }
+    // One submitter's text PostgreSQL cannot store (NUL): its row fails, the one beside it
+    // in the same batch must not.
+    let bad = Submitter { fingerprint: Some("nul\u{0}here"), ..QUEUE };
+    let (good, failed) = tokio::join!(session.enter(&jobs[5], &ids[5], &QUEUE, &runner), async {
+        session.enter(&jobs[6], &ids[6], &bad, &runner).await
+    });
+    let Ok(Entry::Started(_, lock)) = good else { panic!("the good run starts beside the bad one") };
+    locks.push((5, lock));
+    let e = failed.err().expect("the run with a NUL in its text cannot be recorded");
+    assert!(!e.is_transient(), "a NUL in a text is a data error: {e}");
+    assert_eq!(locks_held(&db).await, 6, "the bad run's lock was given back");
+    assert_eq!(registry.job("b6").await.expect("read"), None, "the bad run left no row");
+
+    for (i, _) in &locks {
+        db.execute(
+            "INSERT INTO instances (instance_id, owner_id, state, guest_location, job_id)
+             VALUES ($1, '7'::jsonb, 'provisioning', 'noop', $2)",
+            &[&ids[*i], &format!("b{i}")],
+        )
+        .await
+        .expect("insert");
+    }
+    // The ends, together; one result cannot be stored (jsonb refuses \u0000).
+    let good = json!({"container": "c"});
+    let poisoned = json!({"container": "nul\u{0}"});
+    let ends = futures::future::join_all(locks.into_iter().map(|(i, lock)| {
+        let (id, job_id, result) =
+            (ids[i].clone(), format!("b{i}"), if i == 4 { poisoned.clone() } else { good.clone() });
+        async move {
+            let ending = Ending {
+                state: JobState::Succeeded,
+                result: &result,
+                error: None,
+                transition: Transition::Provisioned {
+                    resource_uri: Some(format!("http://{id}")),
+                    resources: json!({}),
+                },
+            };
+            (i, lock.complete_and_release(&job_id, &id, &ending).await)
+        }
+    }))
+    .await;
+    for (i, ended) in ends {
+        let job = registry.job(&format!("b{i}")).await.expect("read").expect("job");
+        let instance = registry.instance(&ids[i]).await.expect("read").expect("instance");
+        if i == 4 {
+            assert!(ended.is_err(), "the poisoned end fails");
+            assert_eq!((job.state, instance.state), (JobState::Running, InstanceState::Provisioning));
+        } else {
+            assert!(ended.expect("end"), "run {i} ended");
+            assert_eq!((job.state, instance.state), (JobState::Succeeded, InstanceState::Provisioned));
+            assert_eq!(instance.resource_uri, Some(format!("http://{}", ids[i])));
+        }
+    }
+    assert_eq!(locks_held(&db).await, 0, "every lock is released, the failed end's too");
+    drop_scratch(&name).await;
+}
+
+#[tokio::test]
+async fn a_run_whose_session_lost_its_connection_is_told_at_its_end() {
+    let name = format!("dfe_registry_runs_lost_{}", std::process::id());
+    let Scratch { registry, url, db } = scratch(&name).await;
+    let (one, two) = (LockSession::new(&url).expect("session"), LockSession::new(&url).expect("session"));
+    let provision = job(JobKind::Provision, json!({"job-id": "l1", "owner-id": 7, "instance-id": "acme"}));
+    let Entry::Started(_, lock) = one.enter(&provision, "acme", &QUEUE, &by("w1", 0)).await.expect("enter") else {
+        panic!("starts");
+    };
+    // The connection holding the lock dies (a registry restart, a network cut).
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[],
+    )
+    .await
+    .expect("terminate");
+    // PostgreSQL released the lock: another worker may take the instance.
+    let export = job(JobKind::Export, json!({"job-id": "l2", "instance-id": "acme"}));
+    let Entry::Started(_, other) = two.enter(&export, "acme", &QUEUE, &by("w2", 3000)).await.expect("enter") else {
+        panic!("the lock died with its connection");
+    };
+    // So the first run must not record its outcome as if it still held it.
+    let none = Ending { state: JobState::Succeeded, result: &json!({}), error: None, transition: Transition::None };
+    let ended = lock.complete_and_release("l1", "acme", &none).await;
+    let e = ended.expect_err("the lock was lost");
+    assert!(e.is_transient(), "the job runs again: {e}");
+    assert_eq!(registry.job("l1").await.expect("read").expect("job").state, JobState::Running);
+    assert!(other.complete_and_release("l2", "acme", &none).await.expect("end"));
+    // The session connects again for the next run.
+    let Entry::Started(again, lock) = one.enter(&provision, "acme", &QUEUE, &by("w1", 0)).await.expect("enter") else {
+        panic!("the redelivered job starts again on a new connection");
+    };
+    assert_eq!(again.record.attempts, 2);
+    assert!(lock.complete_and_release("l1", "acme", &none).await.expect("end"));
     drop_scratch(&name).await;
 }

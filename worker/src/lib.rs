@@ -46,7 +46,7 @@ pub mod timings;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfe_registry::{LockPool, Registry};
+use dfe_registry::{LockSession, Registry};
 use dfe_shared::broker::BrokerHandle;
 use dfe_shared::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -91,8 +91,8 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         }
     };
     let concurrency = config.worker.concurrency.max(1);
-    let locks = LockPool::new(&config.registry.url, usize::from(concurrency) * 4 + 2)?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let locks = LockSession::new(&config.registry.url)?;
+    let metrics = Arc::new(metrics::Metrics::with_lock_session(locks.clone()));
     // Background tasks stop with a child token once the runner has drained, so that the
     // jobs still finishing in the grace period can have their events relayed.
     let background = CancellationToken::new();

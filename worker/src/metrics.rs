@@ -4,10 +4,12 @@
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
+use dfe_registry::LockSession;
 use dfe_shared::job::JobKind;
 use dfe_shared::records::JobState;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -122,6 +124,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a worker whose runs take their locks through `locks`: they show how
+    /// many requests its lock session served and in how many round trips.
+    pub fn with_lock_session(locks: LockSession) -> Metrics {
+        let mut metrics = Metrics::default();
+        metrics.registry.register_collector(Box::new(LockSessionCollector(locks)));
+        metrics
+    }
+
     /// Counts a finished job.
     pub fn finished(&self, kind: JobKind, state: JobState) {
         let outcome = if state == JobState::Succeeded { "succeeded" } else { "failed" };
@@ -183,6 +193,33 @@ impl Metrics {
     }
 }
 
+/// The lock session's counters, read at each scrape.
+#[derive(Debug)]
+struct LockSessionCollector(LockSession);
+
+impl Collector for LockSessionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let counters = [
+            (
+                "dfe_worker_lock_session_requests",
+                "Requests of runs to the registry's lock session: entering (each try), ending, giving a lock back",
+                stats.requests,
+            ),
+            (
+                "dfe_worker_lock_session_batches",
+                "Round trips of the lock session; requests / batches is how many runs share a statement",
+                stats.batches,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -213,5 +250,14 @@ mod tests {
         assert!(text.contains("dfe_worker_step_duration_seconds_count{step=\"storage\"} 1\n"), "{text}");
         drop(busy);
         assert!(m.render().contains("dfe_worker_jobs_in_flight 0\n"));
+    }
+
+    #[tokio::test]
+    async fn the_lock_sessions_counters_are_read_at_each_scrape() {
+        // The session connects on its first request; none is made here.
+        let session = LockSession::new("postgres://dfe@127.0.0.1:1/none").expect("a session");
+        let text = Metrics::with_lock_session(session).render();
+        assert!(text.contains("dfe_worker_lock_session_requests_total 0\n"), "{text}");
+        assert!(text.contains("dfe_worker_lock_session_batches_total 0\n"), "{text}");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dfe_registry::{LockPool, Registry, Transition};
+use dfe_registry::{LockSession, Registry, Transition};
 use dfe_shared::broker::{self, Publisher};
 use dfe_shared::event::EventError;
 use dfe_shared::ids::InstanceId;
@@ -143,8 +143,8 @@ pub struct Runner<C> {
     pub retry: RetryPolicy,
     /// The registry.
     pub registry: Registry,
-    /// Connections holding job locks.
-    pub locks: LockPool,
+    /// The session holding the job locks.
+    pub locks: LockSession,
     /// The job kinds served.
     pub kinds: Kinds<C>,
     /// What the bodies work with.
