@@ -105,7 +105,8 @@ pub(crate) struct EndRow {
 /// read as it is. A row per run carries whether the lock was taken and which of the three
 /// happened (`how`: `new`, `started`, `found`, or null). The given rows' columns are
 /// prefixed `r_` so that in the CTEs an unqualified name is always the table's; `ins` takes
-/// its rows in job id order, so that two batches lock the same rows in one order.
+/// its rows in job id order, so that two batches lock the same rows in one order. `jobs` is
+/// read only by its key (`job_id = ANY($1)`), whatever the plan (see [`crate::session`]).
 pub(crate) fn enter_sql() -> String {
     format!(
         "WITH req AS MATERIALIZED (
@@ -135,12 +136,13 @@ pub(crate) fn enter_sql() -> String {
                    worker = r_worker, published_at = coalesce(published_at, now()), next_retry_at = NULL,
                    deadline_at = now() + make_interval(secs => r_deadline)
             FROM req JOIN lock ON l_n = r_n
-            WHERE job_id = r_job AND kind = r_kind AND state NOT IN ('succeeded', 'failed') AND held
+            WHERE job_id = ANY($1::text[]) AND job_id = r_job AND kind = r_kind
+              AND state NOT IN ('succeeded', 'failed') AND held
               AND r_job NOT IN (SELECT job_id FROM ins)
             RETURNING {JOB_COLUMNS}, owner_id),
          found AS (
             SELECT {JOB_COLUMNS}, owner_id FROM jobs
-            WHERE job_id IN (SELECT r_job FROM req)
+            WHERE job_id = ANY($1::text[])
               AND job_id NOT IN (SELECT job_id FROM ins) AND job_id NOT IN (SELECT job_id FROM started))
          SELECT r_n, held, x.* FROM req JOIN lock ON l_n = r_n LEFT JOIN (
             SELECT 'new' AS how, * FROM ins
@@ -159,13 +161,13 @@ pub(crate) fn read_sql() -> String {
 
 /// Releases locks, a row per key given: a key with a job id only once that job has ended
 /// (its completion, sent before, committed), a key without one at once. `unlocked` is null
-/// where the lock was kept, and false where the session did not hold it. (A join, not an
-/// `EXISTS` in the select list: PostgreSQL may run that one as a hashed subplan, which reads
-/// every finished job.)
+/// where the lock was kept, and false where the session did not hold it. The job is looked
+/// up row by row (a scalar subquery): as a join, a plan made while `jobs` was small would
+/// read every finished job to hash them, at every unlock.
 pub(crate) const UNLOCK_SQL: &str = "SELECT u_key,
-        CASE WHEN u_job IS NULL OR j.job_id IS NOT NULL THEN pg_advisory_unlock($1, hashtext(u_key)) END AS unlocked
-    FROM unnest($2::text[], $3::text[]) AS u(u_key, u_job)
-    LEFT JOIN jobs j ON j.job_id = u_job AND j.state IN ('succeeded', 'failed')";
+        CASE WHEN u_job IS NULL OR (SELECT state FROM jobs WHERE job_id = u_job) IN ('succeeded', 'failed')
+             THEN pg_advisory_unlock($1, hashtext(u_key)) END AS unlocked
+    FROM unnest($2::text[], $3::text[]) AS u(u_key, u_job)";
 
 impl LockSession {
     /// Enters the run of `job` (which must carry its id), arrived on a queue: records it

@@ -39,7 +39,8 @@ const MAX_BATCH: usize = 64;
 
 /// Serves the requests of a lock session until every handle and lock is gone.
 pub(crate) async fn serve(pool: Pool, mut incoming: mpsc::UnboundedReceiver<Request>, counts: Arc<Counts>) {
-    let mut session = Session { pool, client: None, generation: 0, held: HashSet::new(), broken: false, counts };
+    let mut session =
+        Session { pool, client: None, generation: 0, held: HashSet::new(), broken: false, counts, plans: Plans::new() };
     let mut carried = Vec::new();
     loop {
         let mut batch: Vec<Request> = std::mem::take(&mut carried);
@@ -75,6 +76,44 @@ struct Session {
     broken: bool,
     /// What it served, for [`crate::LockSession::stats`].
     counts: Arc<Counts>,
+    /// When the statements' plans are made again.
+    plans: Plans,
+}
+
+/// When the lock session's statements are planned again.
+///
+/// They run with generic plans: each takes its rows as arrays, and planned for the arrays at
+/// hand (what PostgreSQL keeps doing while that looks cheaper than a generic plan) it would
+/// be planned again at every execution, which costs more than running it. But a generic
+/// plan is kept until its tables are analyzed again, and one made while they were nearly
+/// empty (a new registry, or one that autovacuum has not analyzed yet) may read a table
+/// whole, a hash of every finished job say, at every execution long after the table has
+/// grown. So every table is read by its key, sequential scans are off on this connection
+/// (no statement here needs one), and the plans are made again after each doubling of the
+/// requests served (the tables grow with them) and at least every few minutes.
+struct Plans {
+    made: std::time::Instant,
+    /// Requests served before the plans were last made, and since.
+    before: u64,
+    since: u64,
+}
+
+impl Plans {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+    fn new() -> Plans {
+        Plans { made: std::time::Instant::now(), before: 0, since: 0 }
+    }
+
+    /// Counts `requests` about to be served; true when the plans are to be made again first.
+    fn due(&mut self, requests: usize) -> bool {
+        self.since += u64::try_from(requests).unwrap_or(u64::MAX);
+        if self.since < self.before.max(64) && self.made.elapsed() < Plans::EVERY {
+            return false;
+        }
+        *self = Plans { made: std::time::Instant::now(), before: self.before + self.since, since: 0 };
+        true
+    }
 }
 
 /// What a batch's statements answered, each on its own.
@@ -127,6 +166,12 @@ impl Session {
             // Checked only now: taking the connection may have found the last one lost. A
             // run whose lock died with it must not be ended as if it still held it.
             let (ends, releases) = self.current(ends, releases);
+            if self.plans.due(ends.len() + releases.len() + enters.len()) {
+                // A failure here is left to the statements that follow to report.
+                if let Err(e) = client.batch_execute("DISCARD PLANS").await {
+                    tracing::debug!(error = %e, "the lock session could not discard its plans");
+                }
+            }
             // A key is tried once a batch, and never while this session holds it for a run.
             let mut tried = HashSet::new();
             let may_lock: Vec<bool> =
@@ -186,17 +231,11 @@ impl Session {
             self.put_back(client);
         }
         let client = self.pool.get().await?;
-        // Each statement here takes its rows as arrays and looks every row up by its key.
-        // Planned for the arrays at hand (PostgreSQL's choice while that looks cheaper than a
-        // generic plan), each would be planned again at every execution, which costs more
-        // than running it: so generic plans. A generic plan is kept until the tables are
-        // analyzed again, and one made while they were nearly empty would read them whole
-        // (a sequential scan, a hashed subplan) long after they have grown: so no
-        // sequential scans, which no statement here needs.
         client
             .batch_execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
             .await
             .map_err(Error::query("setting up the lock session"))?;
+        self.plans = Plans::new();
         Ok(client)
     }
 
@@ -555,4 +594,23 @@ fn fail_all(ends: Vec<End>, releases: Vec<Release>, enters: Vec<Enter>, e: &Arc<
 
 fn lost(key: &str) -> Error {
     Error::LockLost(format!("the lock of {key} was held by a connection of the lock session that broke"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plans;
+
+    #[test]
+    fn plans_are_made_again_as_the_requests_served_double() {
+        let mut plans = Plans::new();
+        let mut replanned_after = Vec::new();
+        let mut served = 0u64;
+        for _ in 0..1000 {
+            served += 8;
+            if plans.due(8) {
+                replanned_after.push(served);
+            }
+        }
+        assert_eq!(replanned_after, [64, 128, 256, 512, 1024, 2048, 4096]);
+    }
 }

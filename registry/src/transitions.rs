@@ -422,33 +422,39 @@ const CHANGES: [(&str, &str); 6] = [
         "provisioned",
         "UPDATE instances SET state = 'provisioned', resource_uri = r_uri, resources = r_resources,
                 provisioned_at = now(), updated_at = now()
-         FROM ended WHERE r_change = 'provisioned' AND instance_id = r_instance AND job_id = r_job",
+         FROM ended WHERE r_change = 'provisioned' AND instance_id = ANY($5::text[]) AND instance_id = r_instance
+           AND job_id = r_job",
     ),
     (
         "released",
         "DELETE FROM instances USING ended
-         WHERE r_change = 'released' AND instance_id = r_instance AND job_id = r_job AND state = 'provisioning'",
+         WHERE r_change = 'released' AND instance_id = ANY($5::text[]) AND instance_id = r_instance AND job_id = r_job
+           AND state = 'provisioning'",
     ),
     (
         "deprovisioned",
         "UPDATE instances SET state = 'deprovisioned', deprovisioned_at = now(), updated_at = now()
-         FROM ended WHERE r_change = 'deprovisioned' AND instance_id = r_instance AND job_id = r_job",
+         FROM ended WHERE r_change = 'deprovisioned' AND instance_id = ANY($5::text[]) AND instance_id = r_instance
+           AND job_id = r_job",
     ),
     (
         "failed",
         "UPDATE instances SET state = 'failed', updated_at = now()
-         FROM ended WHERE r_change = 'failed' AND instance_id = r_instance AND job_id = r_job
+         FROM ended WHERE r_change = 'failed' AND instance_id = ANY($5::text[]) AND instance_id = r_instance
+           AND job_id = r_job
            AND state IN ('provisioning', 'deprovisioning')",
     ),
     (
         "suspended",
         "UPDATE instances SET state = 'suspended', updated_at = now()
-         FROM ended WHERE r_change = 'suspended' AND instance_id = r_instance AND state IN ('provisioned', 'suspended')",
+         FROM ended WHERE r_change = 'suspended' AND instance_id = ANY($5::text[]) AND instance_id = r_instance
+           AND state IN ('provisioned', 'suspended')",
     ),
     (
         "resumed",
         "UPDATE instances SET state = 'provisioned', updated_at = now(), resource_uri = coalesce(r_uri, resource_uri)
-         FROM ended WHERE r_change = 'resumed' AND instance_id = r_instance AND state IN ('suspended', 'provisioned')",
+         FROM ended WHERE r_change = 'resumed' AND instance_id = ANY($5::text[]) AND instance_id = r_instance
+           AND state IN ('suspended', 'provisioned')",
     ),
 ];
 
@@ -461,8 +467,9 @@ const CHANGES: [(&str, &str); 6] = [
 /// It holds the CTEs of the changes in `present` (a bit per entry of [`CHANGES`]) and no
 /// others: PostgreSQL runs every data-modifying CTE of a statement, and one with nothing to
 /// do still scans (the release's and the failure's would walk the index of instances
-/// mid-operation, dead entries and all). The given rows' columns are prefixed `r_`, so that
-/// in the CTEs an unqualified name is always the table's.
+/// mid-operation, dead entries and all). Each table is read by its key
+/// (`= ANY` of the given ids), whatever the plan (see [`crate::session`]). The given rows'
+/// columns are prefixed `r_`, so that in the CTEs an unqualified name is always the table's.
 fn complete_sql(present: usize) -> &'static str {
     static SQL: [std::sync::OnceLock<String>; 1 << CHANGES.len()] = [const { std::sync::OnceLock::new() }; 64];
     SQL[present % SQL.len()].get_or_init(|| {
@@ -474,7 +481,7 @@ fn complete_sql(present: usize) -> &'static str {
              job AS (
                 UPDATE jobs SET state = r_state, result = r_result, error = r_error, finished_at = now(),
                        updated_at = now()
-                FROM req WHERE job_id = r_job AND state NOT IN ('succeeded', 'failed')
+                FROM req WHERE job_id = ANY($1::text[]) AND job_id = r_job AND state NOT IN ('succeeded', 'failed')
                 RETURNING job_id)",
         );
         if present != 0 {
