@@ -100,6 +100,8 @@ struct Row {
     submit_per_s: f64,
     /// The registry's size when empty (just migrated) and after the run.
     registry: (system::RegistrySize, system::RegistrySize),
+    /// The workers' lock sessions during the measured run: requests of runs, round trips.
+    lock_session: Option<(u64, u64)>,
 }
 
 /// Runs every requested configuration, then the reference, and prints the figures.
@@ -187,8 +189,13 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
         ]
     };
     let before = cpu();
+    let sessions_before = sys.lock_sessions().await;
     let result = load::run(&sys, load(args, &prefix, timeout)).await;
     let after = cpu();
+    let lock_session = match (sessions_before, sys.lock_sessions().await) {
+        (Some(b), Some(a)) => Some((a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))),
+        _ => None,
+    };
     let memory = sys.pids().into_iter().map(|(name, pid)| (name, system::peak_kib(pid).unwrap_or(0))).collect();
     let size = sys.registry_size().context("reading the registry's size")?;
     if args.probe {
@@ -230,6 +237,7 @@ async fn measure(args: &Args, workers: usize) -> Result<Row> {
         ],
         submit_per_s: n / result.submit_elapsed.as_secs_f64(),
         registry: (empty, size),
+        lock_session,
     })
 }
 
@@ -270,6 +278,12 @@ fn print_row(args: &Args, r: &Row) {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         (api + workers + rabbit + pg) * 1e3 / r.latency_ms.len().max(1) as f64
     );
+    if let Some((requests, batches)) = r.lock_session {
+        println!(
+            "lock sessions   {requests} requests of runs in {batches} round trips ({:.1} per statement)",
+            requests as f64 / batches.max(1) as f64
+        );
+    }
     let (empty, after) = r.registry;
     let jobs = after.jobs.max(1) as f64;
     println!(

@@ -175,6 +175,23 @@ impl System {
         Ok(RegistrySize { jobs, instances, all, jobs_bytes, instances_bytes })
     }
 
+    /// The workers' lock sessions so far, summed: requests of runs and the round trips they
+    /// took (`dfe_worker_lock_session_{requests,batches}_total` of each worker's metrics).
+    /// None when a worker's metrics cannot be read.
+    pub async fn lock_sessions(&self) -> Option<(u64, u64)> {
+        let mut sum = (0, 0);
+        for i in 0..self.workers.len() {
+            let log = std::fs::read_to_string(self.dir.join(format!("worker{}.log", i + 1))).ok()?;
+            let url = log.lines().find_map(|l| l.split("dfe-worker metrics on ").nth(1))?.trim().to_owned();
+            let text = reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok()?;
+            let counter =
+                |name: &str| text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok()));
+            sum.0 += counter("dfe_worker_lock_session_requests_total ")?;
+            sum.1 += counter("dfe_worker_lock_session_batches_total ")?;
+        }
+        Some(sum)
+    }
+
     /// Process ids: the api first, then the workers.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut v = vec![("dfe-api".to_owned(), self.api.id())];

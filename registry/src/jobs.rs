@@ -187,10 +187,16 @@ impl Registry {
         self.mark_published_many(&[job_id.to_owned()]).await
     }
 
-    /// Marks jobs published onto `dfe.jobs`, in one statement.
+    /// Marks jobs published onto `dfe.jobs`, in one statement. A job whose row another
+    /// transaction holds is left alone rather than waited for: that is a worker starting it
+    /// (which marks it published itself) or a cancellation. Waiting, the statement could
+    /// deadlock with a worker's lock session, which starts several jobs in one statement,
+    /// locking their rows in another order.
     pub async fn mark_published_many(&self, job_ids: &[String]) -> Result<()> {
         let client = self.client().await?;
-        let sql = "UPDATE jobs SET published_at = now() WHERE job_id = ANY($1) AND published_at IS NULL";
+        let sql = "UPDATE jobs SET published_at = now() WHERE job_id IN (
+                       SELECT job_id FROM jobs WHERE job_id = ANY($1) AND published_at IS NULL
+                       FOR UPDATE SKIP LOCKED)";
         client
             .execute(&crate::stmt(&client, sql).await?, &[&job_ids])
             .await

@@ -320,3 +320,39 @@ async fn a_run_whose_session_lost_its_connection_is_told_at_its_end() {
     assert!(lock.complete_and_release("l1", "acme", &none).await.expect("end"));
     drop_scratch(&name).await;
 }
+
+#[tokio::test]
+async fn marking_jobs_published_never_waits_for_a_row_a_run_holds() {
+    let name = format!("dfe_registry_runs_marks_{}", std::process::id());
+    let Scratch { registry, url, db } = scratch(&name).await;
+    for id in ["m1", "m2"] {
+        db.execute(
+            "INSERT INTO jobs (job_id, kind, state, instance_id, request, source, requested_by)
+             VALUES ($1, 'export', 'queued', 'acme', '{}'::jsonb, 'api', 'tester')",
+            &[&id],
+        )
+        .await
+        .expect("insert");
+    }
+    // Another transaction holds m1's row (a worker's batch starting it, say).
+    let mut holder = common::connect(&url).await;
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute("SELECT 1 FROM jobs WHERE job_id = 'm1' FOR UPDATE", &[]).await.expect("lock");
+    let marked =
+        tokio::time::timeout(Duration::from_secs(5), registry.mark_published_many(&["m1".to_owned(), "m2".to_owned()]))
+            .await;
+    assert!(matches!(marked, Ok(Ok(()))), "the marks did not wait for the held row: {marked:?}");
+    let published = |id: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one("SELECT published_at IS NOT NULL FROM jobs WHERE job_id = $1", &[&id])
+                .await
+                .expect("read")
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(published("m2").await, "the free row is marked");
+    assert!(!published("m1").await, "the held row is left to its holder");
+    tx.rollback().await.expect("rollback");
+    drop_scratch(&name).await;
+}
