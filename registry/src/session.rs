@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool};
-use dfe_shared::records::InstanceRecord;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -358,8 +357,9 @@ impl Session {
     }
 
     /// The entries of the entered runs, from the rows of the statement (one per run, in
-    /// order) and of the read.
-    fn entries(&self, enters: &[Enter], rows: &[Row], instances: &[Row]) -> Result<Vec<(bool, bool, Option<Entered>)>> {
+    /// order) and of the read: whether the lock was taken, and the run's entry or why its
+    /// row could not be read (a row this version cannot read fails its own run alone).
+    fn entries(&self, enters: &[Enter], rows: &[Row], instances: &[Row]) -> Result<Vec<(bool, Result<EntryRow>)>> {
         if rows.len() != enters.len() {
             return Err(Error::Inconsistent(format!(
                 "entering {} runs came back with {} rows",
@@ -367,42 +367,37 @@ impl Session {
                 rows.len()
             )));
         }
-        let instances: HashMap<String, InstanceRecord> = instances
-            .iter()
-            .map(|r| instance_from_row(r).map(|i| (i.instance_id.clone(), i)))
-            .collect::<Result<_>>()?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for ((enter, _), row) in enters.iter().zip(rows) {
-            let held: bool = row.get("held");
+        let mut read = HashMap::new();
+        for row in instances {
+            let id: String = row.get("instance_id");
+            read.insert(id, instance_from_row(row));
+        }
+        let entry = |enter: &EnterRow, row: &Row| -> Result<EntryRow> {
             let how: Option<String> = row.get("how");
+            let instance = match read.get(&enter.instance_id) {
+                None => None,
+                Some(Ok(instance)) => Some(instance.clone()),
+                Some(Err(e)) => return Err(Error::Inconsistent(format!("instance {}: {e}", enter.instance_id))),
+            };
             let entered = match &how {
-                Some(_) => Some(Entered {
-                    record: job_from_row(row)?,
-                    owner_id: row.get("owner_id"),
-                    instance: instances.get(&enter.instance_id).cloned(),
-                }),
+                Some(_) => Some(Entered { record: job_from_row(row)?, owner_id: row.get("owner_id"), instance }),
                 None => None,
             };
-            let started = held && matches!(how.as_deref(), Some("new" | "started"));
-            entries.push((held, started, entered));
-        }
-        Ok(entries)
+            let started = row.get::<_, bool>("held") && matches!(how.as_deref(), Some("new" | "started"));
+            Ok(EntryRow { started, generation: self.generation, entered })
+        };
+        Ok(enters.iter().zip(rows).map(|((enter, _), row)| (row.get("held"), entry(enter, row))).collect())
     }
 
-    async fn answer_entries(
-        &mut self,
-        client: &Object,
-        enters: Vec<Enter>,
-        entries: Vec<(bool, bool, Option<Entered>)>,
-    ) {
+    async fn answer_entries(&mut self, client: &Object, enters: Vec<Enter>, entries: Vec<(bool, Result<EntryRow>)>) {
+        // Session locks stack: one kept here would be taken twice by the next try.
         let taken_for_nothing: Vec<String> = enters
             .iter()
             .zip(&entries)
-            .filter(|(_, (held, started, _))| *held && !*started)
+            .filter(|(_, (held, entry))| *held && !entry.as_ref().is_ok_and(|e| e.started))
             .map(|((row, _), _)| row.key.clone())
             .collect();
         if !taken_for_nothing.is_empty() {
-            // Session locks stack: one kept here would be taken twice by the next try.
             self.unlock_now(client, taken_for_nothing, true).await;
         }
         if self.broken {
@@ -414,11 +409,11 @@ impl Session {
             }
             return;
         }
-        for ((row, answer), (_, started, entered)) in enters.into_iter().zip(entries) {
-            if started {
+        for ((row, answer), (_, entry)) in enters.into_iter().zip(entries) {
+            if entry.as_ref().is_ok_and(|e| e.started) {
                 self.held.insert(row.key.clone());
             }
-            let _ = answer.send(Ok(EntryRow { started, generation: self.generation, entered }));
+            let _ = answer.send(entry);
         }
     }
 

@@ -237,6 +237,25 @@ async fn concurrent_runs_enter_and_end_together_and_a_bad_one_fails_alone() {
     assert!(!e.is_transient(), "a NUL in a text is a data error: {e}");
     assert_eq!(locks_held(&db).await, 6, "the bad run's lock was given back");
     assert_eq!(registry.job("b6").await.expect("read"), None, "the bad run left no row");
+    // A row this version cannot read (a kind a newer version wrote) fails its own run
+    // alone, and that run keeps no lock.
+    db.execute(
+        "INSERT INTO jobs (job_id, kind, state, instance_id, request, source, requested_by)
+         VALUES ('b7', 'teleport', 'queued', 'inst-7', '{}'::jsonb, 'api', 'tester')",
+        &[],
+    )
+    .await
+    .expect("insert");
+    let odd = job(JobKind::Provision, json!({"job-id": "b7", "owner-id": 7, "instance-id": "inst-7"}));
+    let neighbour = job(JobKind::Provision, json!({"job-id": "b8", "owner-id": 7, "instance-id": "inst-8"}));
+    let (odd, good) = tokio::join!(session.enter(&odd, "inst-7", &QUEUE, &runner), async {
+        session.enter(&neighbour, "inst-8", &QUEUE, &runner).await
+    });
+    let e = odd.err().expect("an unreadable row is an error");
+    assert!(!e.is_transient() && e.to_string().contains("b7"), "{e}");
+    let Ok(Entry::Started(_, neighbour_lock)) = good else { panic!("its neighbour starts") };
+    assert_eq!(locks_held(&db).await, 7, "the unreadable run's lock was given back");
+    neighbour_lock.release().await.expect("release");
 
     for (i, _) in &locks {
         db.execute(
