@@ -15,10 +15,10 @@
 //! - [`lifecycle`]: expiries, their warnings, owners against their quotas.
 //! - [`moves`]: where a move takes an instance, and the switch of its record.
 //! - [`lock`]: per-instance mutual exclusion across every worker (advisory locks), all of a
-//!   process's held by one registry session.
-//! - [`runs`]: a worker's run of a job: record, lock and start in one statement; end, then unlock.
+//!   process's held by one registry session: what a worker's run calls to enter and end.
 //! - `session`: the lock session's task, which sends the statements of concurrent runs
 //!   together, several runs' rows to a statement.
+//! - [`runs`]: those statements (record, lock and start in one; end, then unlock) and their rows.
 //! - [`outbox`]: republishes recorded jobs whose publication did not complete.
 //! - [`events`]: events whose publication was refused, kept until the broker takes them.
 //! - [`reconciliation`]: requests for a reconciliation and the reports the workers write.
@@ -57,9 +57,9 @@ use tokio_postgres::NoTls;
 pub use error::{Error, Result};
 pub use instances::InstanceFilter;
 pub use jobs::{Cancelled, JobFilter, Submitter};
-pub use lock::{InstanceLock, LockSession, SessionStats};
+pub use lock::{Entry, InstanceLock, LockSession, SessionStats};
 pub use moves::Switch;
-pub use runs::{Entered, Entry, RunBy};
+pub use runs::{Entered, RunBy};
 pub use snapshots::SnapshotFilter;
 pub use submission::SubmitOutcome;
 pub use transitions::{Admission, Claimed, Ending, Refusal, Transition};

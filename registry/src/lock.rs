@@ -9,16 +9,34 @@
 //! stack), so the lock session keeps the keys it holds and never tries one of them again
 //! for another run of the same process: such a run waits as if another worker held it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use dfe_shared::job::Job;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runs::{EndRow, EnterRow, EntryRow};
-use crate::{Error, Result};
+use crate::jobs::Submitter;
+use crate::runs::{EndRow, EnterRow, Entered, RunBy};
+use crate::session::{Counts, Request};
+use crate::transitions::EndedJob;
+use crate::{Ending, Error, Result};
 
-/// First key of the two-key advisory lock space used for instances ("dfe").
-pub(crate) const LOCK_SPACE: i32 = 0x0064_6665;
+/// How often a job waiting for its instance's lock tries again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What entering a job's run came to.
+pub enum Entry {
+    /// Recorded (or found) and started, under its instance's lock: run it, then end it with
+    /// [`InstanceLock::complete_and_release`] (or release the lock).
+    Started(Entered, Box<InstanceLock>),
+    /// The job had ended already (a duplicate delivery): its outcome is to be announced again.
+    Ended(Entered),
+    /// The job id names a job of another kind: the message is not this job.
+    OtherKind(Entered),
+    /// The instance stayed locked by another job for the whole wait; the job is recorded.
+    Busy(Entered),
+}
 
 /// The handle on a process's lock session; cheap to clone. The session (one connection to
 /// the registry, opened again when it breaks) lives as long as a handle or a lock does.
@@ -43,13 +61,6 @@ pub struct SessionStats {
     pub batches: u64,
 }
 
-/// The counters behind [`SessionStats`], written by the session's task.
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    pub(crate) requests: AtomicU64,
-    pub(crate) batches: AtomicU64,
-}
-
 /// A held lock; end the run with [`InstanceLock::complete_and_release`], or give it back with
 /// [`InstanceLock::release`]. Dropped without either, it is released in the background.
 pub struct InstanceLock {
@@ -62,16 +73,6 @@ pub struct InstanceLock {
     pub(crate) generation: u64,
     /// Given back (or handed to the session to end the run): nothing left for Drop.
     pub(crate) settled: bool,
-}
-
-/// What the lock session is asked for.
-pub(crate) enum Request {
-    /// Record, lock and start a run (one try).
-    Enter(Arc<EnterRow>, oneshot::Sender<Result<EntryRow>>),
-    /// End a run (its completion), then release its lock: true when this ended the job.
-    End(Box<EndRow>, oneshot::Sender<Result<bool>>),
-    /// Give a lock back without ending its run.
-    Release { key: String, generation: u64, done: Option<oneshot::Sender<Result<()>>> },
 }
 
 impl LockSession {
@@ -125,5 +126,68 @@ impl Drop for InstanceLock {
             let key = std::mem::take(&mut self.key);
             let _ = self.requests.send(Request::Release { key, generation: self.generation, done: None });
         }
+    }
+}
+
+impl LockSession {
+    /// Enters the run of `job` (which must carry its id), arrived on a queue: records it
+    /// (or finds it recorded, by the api or an earlier delivery), waits up to
+    /// `runner.lock_wait` for the lock of `key`, and starts it. Every try is one row of a
+    /// statement shared with the other runs trying at the same moment.
+    pub async fn enter(&self, job: &Job, key: &str, by: &Submitter<'_>, runner: &RunBy<'_>) -> Result<Entry> {
+        let row = Arc::new(EnterRow {
+            job_id: job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default(),
+            kind: job.kind().as_str(),
+            instance_id: job.instance_id().as_str().to_owned(),
+            owner: job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default()),
+            request: job.to_value(),
+            source: by.source.to_owned(),
+            requested_by: by.requested_by.to_owned(),
+            fingerprint: by.fingerprint.map(str::to_owned),
+            traceparent: by.traceparent.map(str::to_owned),
+            key: key.to_owned(),
+            worker: runner.worker.to_owned(),
+            deadline_secs: runner.deadline_secs,
+        });
+        let deadline = tokio::time::Instant::now() + runner.lock_wait;
+        loop {
+            let answer = LockSession::ask(&self.requests, |a| Request::Enter(row.clone(), a)).await?;
+            if answer.started {
+                let entered =
+                    answer.entered.ok_or_else(|| Error::Inconsistent("a started job without its row".into()))?;
+                let lock = InstanceLock {
+                    requests: self.requests.clone(),
+                    key: key.to_owned(),
+                    generation: answer.generation,
+                    settled: false,
+                };
+                return Ok(Entry::Started(entered, Box::new(lock)));
+            }
+            match answer.entered {
+                Some(e) if e.record.kind != job.kind() => return Ok(Entry::OtherKind(e)),
+                Some(e) if e.record.state.is_terminal() => return Ok(Entry::Ended(e)),
+                Some(e) if tokio::time::Instant::now() >= deadline => return Ok(Entry::Busy(e)),
+                Some(_) => tokio::time::sleep(POLL).await,
+                // Inserted by another delivery after this statement's snapshot: the next try
+                // sees it.
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
+
+impl InstanceLock {
+    /// Ends the job this lock was taken for (as [`crate::Registry::complete`] does), then
+    /// releases the lock, once the completion has committed. False when the job had already
+    /// ended. Whatever the answer, the lock is given up: released after the completion, or
+    /// (when the completion failed) released anyway, or lost with its connection.
+    pub async fn complete_and_release(mut self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
+        self.settled = true;
+        let end = EndRow {
+            ended: EndedJob::new(job_id, instance_id, ending),
+            key: std::mem::take(&mut self.key),
+            generation: self.generation,
+        };
+        LockSession::ask(&self.requests, |a| Request::End(Box::new(end), a)).await
     }
 }

@@ -1,9 +1,9 @@
-//! A job's run on a worker, in as few statements as its guarantees allow, batched with the
-//! runs beside it. Entering a run (record the message, take the instance lock, start the
-//! run) is one statement, sent together with a read of the instance that the body's claim
-//! starts from; ending it is the completion ([`crate::Registry::complete`]'s statement), then the
-//! unlock. Each of these statements takes the rows of every run that asked for it meanwhile
-//! ([`crate::session`]): one round trip and one commit for all of them.
+//! The statements of a job's run on a worker, and the rows they take. Entering a run
+//! (record the message, take the instance lock, start the run) is one statement, sent
+//! together with a read of the instance that the body's claim starts from; ending it is the
+//! completion ([`crate::Registry::complete`]'s statement), then the unlock. Each statement
+//! takes the rows of every run that asked for it meanwhile ([`crate::session`] sends them,
+//! [`crate::lock`] is what a run calls): one round trip and one commit for all of them.
 //!
 //! The order of effects is what it was with a statement per run: a job is recorded before
 //! its run starts, it starts only under its instance's lock, and the lock is released only
@@ -11,32 +11,15 @@
 //! other, each in its own transaction; the unlock releases only the locks of jobs it finds
 //! ended).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use dfe_shared::job::Job;
 use dfe_shared::records::{InstanceRecord, JobRecord};
 
-use crate::jobs::{Submitter, JOB_COLUMNS};
-use crate::lock::{InstanceLock, LockSession, Request};
+use crate::jobs::JOB_COLUMNS;
 use crate::transitions::EndedJob;
-use crate::{Ending, Error, Result};
 
-/// How often a job waiting for its instance's lock tries again.
-const POLL: Duration = Duration::from_millis(200);
-
-/// What entering a job's run came to.
-pub enum Entry {
-    /// Recorded (or found) and started, under its instance's lock: run it, then end it with
-    /// [`InstanceLock::complete_and_release`] (or release the lock).
-    Started(Entered, Box<InstanceLock>),
-    /// The job had ended already (a duplicate delivery): its outcome is to be announced again.
-    Ended(Entered),
-    /// The job id names a job of another kind: the message is not this job.
-    OtherKind(Entered),
-    /// The instance stayed locked by another job for the whole wait; the job is recorded.
-    Busy(Entered),
-}
+/// First key of the two-key advisory lock space used for instances ("dfe").
+pub(crate) const LOCK_SPACE: i32 = 0x0064_6665;
 
 /// The job as the registry has it, and its owner (the request's, else its instance's).
 #[derive(Debug)]
@@ -168,66 +151,3 @@ pub(crate) const UNLOCK_SQL: &str = "SELECT u_key,
         CASE WHEN u_job IS NULL OR (SELECT state FROM jobs WHERE job_id = u_job) IN ('succeeded', 'failed')
              THEN pg_advisory_unlock($1, hashtext(u_key)) END AS unlocked
     FROM unnest($2::text[], $3::text[]) AS u(u_key, u_job)";
-
-impl LockSession {
-    /// Enters the run of `job` (which must carry its id), arrived on a queue: records it
-    /// (or finds it recorded, by the api or an earlier delivery), waits up to
-    /// `runner.lock_wait` for the lock of `key`, and starts it. Every try is one row of a
-    /// statement shared with the other runs trying at the same moment.
-    pub async fn enter(&self, job: &Job, key: &str, by: &Submitter<'_>, runner: &RunBy<'_>) -> Result<Entry> {
-        let row = Arc::new(EnterRow {
-            job_id: job.job_id().map(|j| j.as_str().to_owned()).unwrap_or_default(),
-            kind: job.kind().as_str(),
-            instance_id: job.instance_id().as_str().to_owned(),
-            owner: job.owner_id().map(|o| serde_json::to_value(o).unwrap_or_default()),
-            request: job.to_value(),
-            source: by.source.to_owned(),
-            requested_by: by.requested_by.to_owned(),
-            fingerprint: by.fingerprint.map(str::to_owned),
-            traceparent: by.traceparent.map(str::to_owned),
-            key: key.to_owned(),
-            worker: runner.worker.to_owned(),
-            deadline_secs: runner.deadline_secs,
-        });
-        let deadline = tokio::time::Instant::now() + runner.lock_wait;
-        loop {
-            let answer = LockSession::ask(&self.requests, |a| Request::Enter(row.clone(), a)).await?;
-            if answer.started {
-                let entered =
-                    answer.entered.ok_or_else(|| Error::Inconsistent("a started job without its row".into()))?;
-                let lock = InstanceLock {
-                    requests: self.requests.clone(),
-                    key: key.to_owned(),
-                    generation: answer.generation,
-                    settled: false,
-                };
-                return Ok(Entry::Started(entered, Box::new(lock)));
-            }
-            match answer.entered {
-                Some(e) if e.record.kind != job.kind() => return Ok(Entry::OtherKind(e)),
-                Some(e) if e.record.state.is_terminal() => return Ok(Entry::Ended(e)),
-                Some(e) if tokio::time::Instant::now() >= deadline => return Ok(Entry::Busy(e)),
-                Some(_) => tokio::time::sleep(POLL).await,
-                // Inserted by another delivery after this statement's snapshot: the next try
-                // sees it.
-                None => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    }
-}
-
-impl InstanceLock {
-    /// Ends the job this lock was taken for (as [`crate::Registry::complete`] does), then
-    /// releases the lock, once the completion has committed. False when the job had already
-    /// ended. Whatever the answer, the lock is given up: released after the completion, or
-    /// (when the completion failed) released anyway, or lost with its connection.
-    pub async fn complete_and_release(mut self, job_id: &str, instance_id: &str, ending: &Ending<'_>) -> Result<bool> {
-        self.settled = true;
-        let end = EndRow {
-            ended: EndedJob::new(job_id, instance_id, ending),
-            key: std::mem::take(&mut self.key),
-            generation: self.generation,
-        };
-        LockSession::ask(&self.requests, |a| Request::End(Box::new(end), a)).await
-    }
-}

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool};
@@ -28,10 +28,26 @@ use tokio_postgres::Row;
 
 use crate::instances::instance_from_row;
 use crate::jobs::job_from_row;
-use crate::lock::{Counts, Request, LOCK_SPACE};
-use crate::runs::{enter_sql, read_sql, EndRow, EnterRow, Entered, EntryRow, UNLOCK_SQL};
+use crate::runs::{enter_sql, read_sql, EndRow, EnterRow, Entered, EntryRow, LOCK_SPACE, UNLOCK_SQL};
 use crate::transitions::Completions;
 use crate::{Error, Result};
+
+/// What the lock session is asked for.
+pub(crate) enum Request {
+    /// Record, lock and start a run (one try).
+    Enter(Arc<EnterRow>, oneshot::Sender<Result<EntryRow>>),
+    /// End a run (its completion), then release its lock: true when this ended the job.
+    End(Box<EndRow>, oneshot::Sender<Result<bool>>),
+    /// Give a lock back without ending its run.
+    Release { key: String, generation: u64, done: Option<oneshot::Sender<Result<()>>> },
+}
+
+/// The counters behind [`SessionStats`], written by the session's task.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) requests: AtomicU64,
+    pub(crate) batches: AtomicU64,
+}
 
 /// Requests at most in one batch (a statement's rows).
 const MAX_BATCH: usize = 64;
