@@ -93,43 +93,6 @@ impl LockSession {
         }
     }
 
-    /// Sends `request` and waits for its answer.
-    pub(crate) async fn ask<T>(
-        requests: &mpsc::UnboundedSender<Request>,
-        request: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
-    ) -> Result<T> {
-        let (answer, answered) = oneshot::channel();
-        requests.send(request(answer)).map_err(|_| ended())?;
-        answered.await.map_err(|_| ended())?
-    }
-}
-
-/// The session's task is gone (the runtime is shutting down): so is its connection, and with
-/// it every lock it held.
-fn ended() -> Error {
-    Error::LockLost("the lock session has ended".into())
-}
-
-impl InstanceLock {
-    /// Gives the lock back without ending the run (it runs again later).
-    pub async fn release(mut self) -> Result<()> {
-        self.settled = true;
-        let (key, generation) = (std::mem::take(&mut self.key), self.generation);
-        LockSession::ask(&self.requests, |done| Request::Release { key, generation, done: Some(done) }).await
-    }
-}
-
-impl Drop for InstanceLock {
-    fn drop(&mut self) {
-        if !self.settled {
-            // Nobody waits for it; a session that is gone has freed the lock already.
-            let key = std::mem::take(&mut self.key);
-            let _ = self.requests.send(Request::Release { key, generation: self.generation, done: None });
-        }
-    }
-}
-
-impl LockSession {
     /// Enters the run of `job` (which must carry its id), arrived on a queue: records it
     /// (or finds it recorded, by the api or an earlier delivery), waits up to
     /// `runner.lock_wait` for the lock of `key`, and starts it. Every try is one row of a
@@ -174,6 +137,22 @@ impl LockSession {
             }
         }
     }
+
+    /// Sends `request` and waits for its answer.
+    pub(crate) async fn ask<T>(
+        requests: &mpsc::UnboundedSender<Request>,
+        request: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (answer, answered) = oneshot::channel();
+        requests.send(request(answer)).map_err(|_| ended())?;
+        answered.await.map_err(|_| ended())?
+    }
+}
+
+/// The session's task is gone (the runtime is shutting down): so is its connection, and with
+/// it every lock it held.
+fn ended() -> Error {
+    Error::LockLost("the lock session has ended".into())
 }
 
 impl InstanceLock {
@@ -189,5 +168,22 @@ impl InstanceLock {
             generation: self.generation,
         };
         LockSession::ask(&self.requests, |a| Request::End(Box::new(end), a)).await
+    }
+
+    /// Gives the lock back without ending the run (it runs again later).
+    pub async fn release(mut self) -> Result<()> {
+        self.settled = true;
+        let (key, generation) = (std::mem::take(&mut self.key), self.generation);
+        LockSession::ask(&self.requests, |done| Request::Release { key, generation, done: Some(done) }).await
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Nobody waits for it; a session that is gone has freed the lock already.
+            let key = std::mem::take(&mut self.key);
+            let _ = self.requests.send(Request::Release { key, generation: self.generation, done: None });
+        }
     }
 }

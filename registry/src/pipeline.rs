@@ -34,6 +34,13 @@ impl<'a> Step<'a> {
 
 /// Runs `steps` in one round trip; the rows of each, in order, or the first error.
 pub(crate) async fn run(c: &impl GenericClient, steps: &[Step<'_>]) -> Result<Vec<Vec<Row>>> {
+    each(c, steps).await.into_iter().collect()
+}
+
+/// Runs `steps` in one round trip; each one's rows or error, in order. Outside a
+/// transaction each statement commits or fails on its own, and the ones after a failure
+/// still run.
+pub(crate) async fn each(c: &impl GenericClient, steps: &[Step<'_>]) -> Vec<Result<Vec<Row>>> {
     // join_all polls its futures in order (and drives every one to its answer), so the
     // requests are sent in the order of `steps`.
     let answers = futures::future::join_all(steps.iter().map(|s| c.query(s.statement, s.params))).await;

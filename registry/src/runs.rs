@@ -90,9 +90,11 @@ pub(crate) struct EndRow {
 /// prefixed `r_` so that in the CTEs an unqualified name is always the table's; `ins` takes
 /// its rows in job id order, so that two batches lock the same rows in one order. `jobs` is
 /// read only by its key (`job_id = ANY($1)`), whatever the plan (see [`crate::session`]).
-pub(crate) fn enter_sql() -> String {
-    format!(
-        "WITH req AS MATERIALIZED (
+pub(crate) fn enter_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH req AS MATERIALIZED (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[],
                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::text[],
                                  $13::float8[])
@@ -132,14 +134,18 @@ pub(crate) fn enter_sql() -> String {
             UNION ALL SELECT 'started', * FROM started
             UNION ALL SELECT 'found', * FROM found) x ON x.job_id = r_job
          ORDER BY r_n"
-    )
+        )
+    })
 }
 
 /// Reads the instances of the runs just entered: a statement of its own, sent after the
 /// entering one, so that its snapshot is taken after the locks were granted and it sees what
 /// each lock's last holder committed.
-pub(crate) fn read_sql() -> String {
-    format!("SELECT {} FROM instances WHERE instance_id = ANY($1::text[])", crate::instances::INSTANCE_COLUMNS)
+pub(crate) fn read_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("SELECT {} FROM instances WHERE instance_id = ANY($1::text[])", crate::instances::INSTANCE_COLUMNS)
+    })
 }
 
 /// Releases locks, a row per key given: a key with a job id only once that job has ended

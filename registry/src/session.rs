@@ -28,6 +28,7 @@ use tokio_postgres::Row;
 
 use crate::instances::instance_from_row;
 use crate::jobs::job_from_row;
+use crate::pipeline::Step;
 use crate::runs::{enter_sql, read_sql, EndRow, EnterRow, Entered, EntryRow, LOCK_SPACE, UNLOCK_SQL};
 use crate::transitions::Completions;
 use crate::{Error, Result};
@@ -133,10 +134,10 @@ impl Plans {
 
 /// What a batch's statements answered, each on its own.
 struct Answers {
-    completed: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
-    unlocked: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
-    entered: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
-    read: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
+    completed: Option<Result<Vec<Row>>>,
+    unlocked: Option<Result<Vec<Row>>>,
+    entered: Option<Result<Vec<Row>>>,
+    read: Option<Result<Vec<Row>>>,
 }
 
 impl Session {
@@ -281,18 +282,11 @@ impl Session {
         client: &Object,
         ends: Vec<End>,
         releases: Vec<Release>,
-        completed: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
-        unlocked: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
+        completed: Option<Result<Vec<Row>>>,
+        unlocked: Option<Result<Vec<Row>>>,
     ) -> Vec<End> {
         if let Some(unlocked) = unlocked {
-            match unlocked {
-                Ok(rows) => self.forget_unlocked(&rows, true),
-                Err(e) => {
-                    // Locks that cannot be released must not outlive their runs.
-                    tracing::error!(error = %e, "releasing instance locks failed; closing the lock session's connection");
-                    self.lose("an unlock failed");
-                }
-            }
+            self.unlocked(unlocked, true);
         }
         for (_, _, done) in releases {
             if let Some(done) = done {
@@ -324,7 +318,7 @@ impl Session {
                     if self.generation == row.generation {
                         self.unlock_now(client, vec![row.key.clone()], true).await;
                     }
-                    let _ = answer.send(Err(Error::query("ending a job")(e)));
+                    let _ = answer.send(Err(e));
                 }
                 Vec::new()
             }
@@ -338,8 +332,8 @@ impl Session {
         client: &Object,
         enters: Vec<Enter>,
         may_lock: &[bool],
-        entered: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
-        read: Option<std::result::Result<Vec<Row>, tokio_postgres::Error>>,
+        entered: Option<Result<Vec<Row>>>,
+        read: Option<Result<Vec<Row>>>,
     ) -> Vec<Enter> {
         let (Some(entered), Some(read)) = (entered, read) else { return Vec::new() };
         let failed = match (entered, read) {
@@ -350,8 +344,7 @@ impl Session {
                 }
                 Err(e) => e,
             },
-            (Err(e), _) => Error::query("recording and starting jobs")(e),
-            (Ok(_), Err(e)) => Error::query("reading jobs' instances")(e),
+            (Err(e), _) | (Ok(_), Err(e)) => e,
         };
         // Whatever the statement locked before it failed is given back: its rows were rolled
         // back, and the runs try again (one at a time, or later).
@@ -438,21 +431,27 @@ impl Session {
     async fn unlock_now(&mut self, client: &Object, keys: Vec<String>, held: bool) {
         let jobs: Vec<Option<&str>> = vec![None; keys.len()];
         let answer = match crate::stmt(client, UNLOCK_SQL).await {
-            Ok(unlock) => client.query(&unlock, &[&LOCK_SPACE, &keys, &jobs]).await.map_err(Error::query("unlocking")),
+            Ok(unlock) => client
+                .query(&unlock, &[&LOCK_SPACE, &keys, &jobs])
+                .await
+                .map_err(Error::query("releasing instance locks")),
             Err(e) => Err(e),
         };
-        match answer {
-            Ok(rows) => self.forget_unlocked(&rows, held),
-            Err(e) => {
-                tracing::error!(error = %e, "releasing instance locks failed; closing the lock session's connection");
-                self.lose("an unlock failed");
-            }
-        }
+        self.unlocked(answer, held);
     }
 
-    /// Forgets the keys an unlock released (`held`: each of them should have been).
-    fn forget_unlocked(&mut self, rows: &[Row], held: bool) {
-        for row in rows {
+    /// Forgets the keys an unlock released (`held`: each of them should have been). Locks
+    /// that cannot be released must not outlive their runs: if the unlock failed, the
+    /// connection is given up.
+    fn unlocked(&mut self, answer: Result<Vec<Row>>, held: bool) {
+        let rows = match answer {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "releasing instance locks failed; closing the lock session's connection");
+                return self.lose("an unlock failed");
+            }
+        };
+        for row in &rows {
             let key: String = row.get("u_key");
             match row.get::<_, Option<bool>>("unlocked") {
                 Some(true) => {
@@ -479,9 +478,8 @@ async fn send(
     enters: &[Enter],
     may_lock: &[bool],
 ) -> Result<Answers> {
-    type Query<'a> = Pin<Box<dyn Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
     // Prepared first (from the connection's cache): then the statements go out in the order
-    // their futures are first polled.
+    // of the pipeline.
     let completions = Completions::of(ends.iter().map(|(row, _)| &row.ended));
     let complete = if ends.is_empty() { None } else { Some(crate::stmt(client, completions.sql()).await?) };
     let unlock =
@@ -489,7 +487,7 @@ async fn send(
     let (enter, read) = if enters.is_empty() {
         (None, None)
     } else {
-        (Some(crate::stmt(client, &enter_sql()).await?), Some(crate::stmt(client, &read_sql()).await?))
+        (Some(crate::stmt(client, enter_sql()).await?), Some(crate::stmt(client, read_sql()).await?))
     };
 
     let completion_params = completions.params();
@@ -497,37 +495,27 @@ async fn send(
     let mut unlock_jobs: Vec<Option<&str>> = ends.iter().map(|(row, _)| Some(row.ended.job_id.as_str())).collect();
     unlock_keys.extend(releases.iter().map(|(key, _, _)| key.as_str()));
     unlock_jobs.extend(releases.iter().map(|_| None));
+    let unlock_params: [&(dyn ToSql + Sync); 3] = [&LOCK_SPACE, &unlock_keys, &unlock_jobs];
     let columns = EnterColumns::of(enters, may_lock);
     let enter_params = columns.params();
     let instances: Vec<&str> = enters.iter().map(|(row, _)| row.instance_id.as_str()).collect();
-
-    let unlock_params: [&(dyn ToSql + Sync); 3] = [&LOCK_SPACE, &unlock_keys, &unlock_jobs];
     let read_params: [&(dyn ToSql + Sync); 1] = [&instances];
-    let mut queries: Vec<(usize, Query<'_>)> = Vec::new();
-    if let Some(s) = &complete {
-        queries.push((0, Box::pin(client.query(s, &completion_params))));
-    }
-    if let Some(s) = &unlock {
-        queries.push((1, Box::pin(client.query(s, &unlock_params))));
-    }
-    if let Some(s) = &enter {
-        queries.push((2, Box::pin(client.query(s, &enter_params))));
-    }
-    if let Some(s) = &read {
-        queries.push((3, Box::pin(client.query(s, &read_params))));
-    }
-    // join_all polls its futures in order (and drives every one to its answer).
-    let (slots, futures): (Vec<usize>, Vec<Query<'_>>) = queries.into_iter().unzip();
-    let mut answers = Answers { completed: None, unlocked: None, entered: None, read: None };
-    for (slot, answer) in slots.into_iter().zip(futures::future::join_all(futures).await) {
-        match slot {
-            0 => answers.completed = Some(answer),
-            1 => answers.unlocked = Some(answer),
-            2 => answers.entered = Some(answer),
-            _ => answers.read = Some(answer),
-        }
-    }
-    Ok(answers)
+
+    let steps = [
+        complete.as_ref().map(|s| Step::new(s, &completion_params, "ending jobs")),
+        unlock.as_ref().map(|s| Step::new(s, &unlock_params, "releasing instance locks")),
+        enter.as_ref().map(|s| Step::new(s, &enter_params, "recording and starting jobs")),
+        read.as_ref().map(|s| Step::new(s, &read_params, "reading jobs' instances")),
+    ];
+    let sent: Vec<Step<'_>> = steps.iter().flatten().copied().collect();
+    let mut answers = crate::pipeline::each(client, &sent).await.into_iter();
+    let mut next = |step: &Option<Step<'_>>| step.as_ref().and_then(|_| answers.next());
+    Ok(Answers {
+        completed: next(&steps[0]),
+        unlocked: next(&steps[1]),
+        entered: next(&steps[2]),
+        read: next(&steps[3]),
+    })
 }
 
 /// The parameters of the entering statement: a column each.

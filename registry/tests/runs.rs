@@ -105,16 +105,7 @@ async fn a_run_is_recorded_locked_and_started_at_once_and_its_end_frees_the_inst
     // Its id on a message of another kind is not that job.
     let impostor = job(JobKind::Deprovision, json!({"job-id": "j1", "instance-id": "acme"}));
     assert!(matches!(one.enter(&impostor, "acme", &QUEUE, &by("w1", 0)).await, Ok(Entry::OtherKind(_))));
-    let held = db
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[],
-        )
-        .await
-        .expect("pg_locks")
-        .get::<_, i64>(0);
-    assert_eq!(held, 0, "no run holds a lock any more");
+    assert_eq!(locks_held(&db).await, 0, "no run holds a lock any more");
 
     // A job recorded by the api (queued, unpublished) is started by its first run.
     db.execute(
